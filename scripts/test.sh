@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Set up everything the tests need (package with all extras, SmolLM2-135M for real-model tests)
+# and run lint, type check and the test suite. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh llamacpp,server,eval,train,dev smollm2-135m
+export TANDEM_REQUIRE_REAL="${TANDEM_REQUIRE_REAL:-1}"
+export TANDEM_DATA_DIR="${TANDEM_DATA_DIR:-$(cd .. && pwd)/shared/data}"
+echo "==> ruff"
+.venv/bin/ruff check src tests
+echo "==> mypy"
+.venv/bin/mypy
+echo "==> pytest"
+exec .venv/bin/python -m pytest -q "$@"

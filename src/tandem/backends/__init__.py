@@ -1,0 +1,49 @@
+"""Backends, built by short name; heavy engines are imported only when chosen."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from ..config import BackendSettings
+    from ..types import Backend
+
+BACKEND_KINDS = ("llamacpp", "openai", "scripted")
+
+
+def build_backend(settings: BackendSettings, *, models_dir: str | None = None) -> Backend:
+    """Create the backend a `BackendSettings` describes (loads the model for `llamacpp`)."""
+    if settings.kind == "llamacpp":
+        from ..models import resolve_model, spec_for_path
+        from .llamacpp import LlamaCppBackend, LlamaCppConfig
+
+        path = resolve_model(settings.model, models_dir)
+        spec = spec_for_path(path, models_dir)
+        return LlamaCppBackend(
+            LlamaCppConfig(
+                model_path=str(path), name=spec.name if spec else path.stem, n_ctx=settings.n_ctx,
+                n_threads=settings.n_threads, checksum=spec.sha256 if spec else "",
+            )
+        )
+    if settings.kind == "openai":
+        from .openai_http import OpenAIBackend, OpenAIBackendConfig
+
+        if settings.api_key_env and settings.api_key_env not in os.environ:
+            raise ConfigError(f"environment variable {settings.api_key_env} (API key) is not set")
+        return OpenAIBackend(
+            OpenAIBackendConfig(
+                base_url=settings.base_url or "", model=settings.model, api_key_env=settings.api_key_env,
+                n_params=settings.n_params or 0, n_ctx=settings.n_ctx, timeout_s=settings.timeout_s,
+                max_retries=settings.max_retries, top_logprobs=settings.top_logprobs, api=settings.api,
+                tokenizer_id=settings.tokenizer_id, chat_template_id=settings.chat_template_id,
+            )
+        )
+    if settings.kind == "scripted":
+        from .scripted import ScriptedBackend
+
+        return ScriptedBackend(settings.reply or "The answer is \\boxed{0}.", name=settings.model,
+                               n_params=settings.n_params or 1_000_000)
+    raise ConfigError(f"unknown backend kind {settings.kind!r}: use one of {BACKEND_KINDS}")

@@ -1,0 +1,164 @@
+"""Embedded GGUF models through llama-cpp-python: one loaded model per file, KV cache reused
+across calls that share a prefix, exact per-token log-probs and entropies, and scoring."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import threading
+from collections.abc import Generator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import BackendError, ModelError
+from ..types import (
+    Capabilities,
+    GenerationRequest,
+    ModelInfo,
+    Prompt,
+    ScoreResult,
+    TokenStep,
+    TokenStream,
+    Usage,
+)
+
+LLAMA_CPP_VERSION = "0.3.36"
+
+
+@dataclass(frozen=True)
+class LlamaCppConfig:
+    model_path: str
+    name: str = ""
+    n_ctx: int = 4096
+    n_threads: int = 0  # 0: all cores
+    n_batch: int = 512
+    seed: int = 0
+    checksum: str = ""
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+class LlamaCppBackend:
+    """A GGUF model loaded in this process. Not thread-safe: one call at a time (a lock enforces it)."""
+
+    def __init__(self, config: LlamaCppConfig) -> None:
+        try:
+            import llama_cpp
+        except ImportError as exc:
+            raise BackendError(
+                "llama-cpp-python is not installed: pip install 'tandem[llamacpp]'"
+            ) from exc
+        from ._llama_adapter import LlamaAdapter
+
+        path = Path(config.model_path).expanduser()
+        if not path.is_file():
+            raise ModelError(f"model file not found: {path}")
+        if llama_cpp.__version__ != LLAMA_CPP_VERSION:
+            raise BackendError(
+                f"llama-cpp-python {llama_cpp.__version__} found, tandem needs =={LLAMA_CPP_VERSION}"
+            )
+        try:
+            llama = llama_cpp.Llama(
+                model_path=str(path), n_ctx=config.n_ctx, n_threads=config.n_threads or os.cpu_count(),
+                n_batch=config.n_batch, seed=config.seed, logits_all=False, verbose=False,
+            )
+        except (ValueError, RuntimeError) as exc:
+            raise ModelError(f"cannot load {path}: {exc}") from exc
+        self.config = config
+        self._llama = llama
+        self._adapter = LlamaAdapter(llama)
+        self._lock = threading.Lock()
+        meta: dict[str, Any] = dict(llama.metadata)
+        self._template = meta.get("tokenizer.chat_template", "")
+        self._bos = self._piece(llama.token_bos())
+        self._eos = self._piece(llama.token_eos())
+        self._info = ModelInfo(
+            name=config.name or path.stem,
+            n_params=int(llama._model.n_params()),
+            n_ctx=llama.n_ctx(),
+            tokenizer_id=self._tokenizer_id(meta),
+            chat_template_id=_sha(self._template) if self._template else "",
+            capabilities=Capabilities(stream_logprobs=True, entropy="exact", score=True, raw_prompt=True),
+            checksum=config.checksum,
+        )
+
+    def _piece(self, token: int) -> str:
+        if token < 0:
+            return ""
+        return bytes(self._llama.detokenize([token], special=True)).decode("utf-8", errors="replace")
+
+    def _tokenizer_id(self, meta: dict[str, Any]) -> str:
+        ll = self._llama
+        n = ll.n_vocab()
+        pieces = "".join(
+            self._piece(i) for i in range(0, n, max(1, n // 2000))
+        )
+        head = f"{meta.get('tokenizer.ggml.model', '')}|{meta.get('tokenizer.ggml.pre', '')}|{n}|"
+        return _sha(head + pieces)
+
+    @property
+    def info(self) -> ModelInfo:
+        return self._info
+
+    @property
+    def adapter(self) -> Any:
+        return self._adapter
+
+    def render(self, prompt: Prompt) -> str:
+        if not self._template:
+            raise BackendError(f"{self._info.name} has no chat template in its GGUF metadata")
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        messages = [{"role": m.role, "content": m.content} for m in prompt.messages]
+        text = env.from_string(self._template).render(
+            messages=messages, add_generation_prompt=True, bos_token=self._bos, eos_token=self._eos
+        )
+        return text + prompt.assistant_prefix
+
+    def score(self, text: str) -> ScoreResult:
+        import time
+
+        with self._lock:
+            t0 = time.perf_counter()
+            tokens, lps, ents, computed = self._adapter.score(text)
+            secs = time.perf_counter() - t0
+            steps, offsets, pos = [], [], 0
+            for i, tok in enumerate(tokens):
+                piece = bytes(self._llama.detokenize([tok], special=True)).decode("utf-8", errors="replace")
+                lp, ent = float(lps[i]), float(ents[i])
+                steps.append(TokenStep(piece, None if math.isnan(lp) else lp, None if math.isnan(ent) else ent, tok))
+                offsets.append(pos)
+                pos += len(piece)
+        usage = Usage(len(tokens), computed, len(tokens) - computed, 0, secs)
+        return ScoreResult(steps=steps, offsets=offsets, usage=usage)
+
+    def stream(self, request: GenerationRequest) -> TokenStream:
+        text = self.render(request.prompt)
+        usage = Usage()
+        return TokenStream(self._generate(text, request, usage), usage)
+
+    def _generate(self, text: str, req: GenerationRequest, usage: Usage) -> Generator[TokenStep, None, str]:
+        with self._lock:
+            gen = self._adapter.generate(
+                text, usage, max_tokens=req.max_tokens, temperature=req.temperature, seed=req.seed,
+                stop=req.stop,
+            )
+            try:
+                tok = None
+                while True:
+                    try:
+                        tok = next(gen)
+                    except StopIteration as done:
+                        return str(done.value)
+                    yield TokenStep(tok.text, tok.logprob, tok.entropy, tok.token_id)
+            finally:
+                gen.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._llama.close()

@@ -1,0 +1,220 @@
+"""The `tandem` command line. Nothing heavy is imported or created until a command runs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import InputError, TandemError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="LLM + SLM in tandem for cheaper reasoning.")
+models_app = typer.Typer(no_args_is_help=True, help="Install and list the embedded GGUF models.")
+app.add_typer(models_app, name="models")
+
+out = Console()
+err = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+# ---- models -------------------------------------------------------------------------------------
+@models_app.command("pull")
+def models_pull(
+    names: Annotated[list[str] | None, typer.Argument(help="models to install (default: the embedded pair)")] = None,
+    models_dir: Annotated[str | None, typer.Option(help="where models live (default: user cache)")] = None,
+    force: Annotated[bool, typer.Option(help="download again even if installed")] = False,
+) -> None:
+    """Download, assemble and verify model files (pinned by sha256)."""
+    from .config import DEFAULT_LLM, DEFAULT_SLM
+    from .models import pull
+
+    for name in names or [DEFAULT_LLM, DEFAULT_SLM]:
+        path = pull(name, models_dir, force=force, progress=lambda m: err.print(f"[dim]{m}[/]"))
+        out.print(f"[green]ok[/] {name} -> {path}")
+
+
+@models_app.command("list")
+def models_list(models_dir: Annotated[str | None, typer.Option(help="models directory")] = None) -> None:
+    """Show the registered models, whether they are installed, and their checksum status."""
+    from .models import list_models
+
+    table = Table("name", "installed", "size", "checksum", "path")
+    for m in list_models(models_dir):
+        size = f"{m.size / 1e6:,.0f} MB" if m.size else "-"
+        table.add_row(m.name, "yes" if m.installed else "no", size, m.status, str(m.path))
+    out.print(table)
+
+
+# ---- solve --------------------------------------------------------------------------------------
+def _read_question(question: str | None, file: Path | None) -> str:
+    if file is not None:
+        if not file.is_file():
+            raise InputError(f"question file not found: {file}")
+        text = file.read_text(encoding="utf-8")
+    elif question is not None and question != "-":
+        text = question
+    elif not sys.stdin.isatty():
+        text = sys.stdin.read()
+    else:
+        raise InputError("no question: pass it as an argument, with --file, or on stdin")
+    if not text.strip():
+        raise InputError("the question is empty")
+    return text
+
+
+def _backend_overrides(prefix: str, model: str | None, base_url: str | None, key_env: str | None,
+                       n_params: int | None) -> dict[str, Any]:
+    d: dict[str, Any] = {}
+    if base_url:
+        d.update(kind="openai", base_url=base_url)
+    if model:
+        d["model"] = model
+    if key_env:
+        d["api_key_env"] = key_env
+    if n_params:
+        d["n_params"] = n_params
+    return d
+
+
+class _Printer:
+    """Human output: streams insights, checkpoint decisions and the SLM's text as they happen."""
+
+    def __init__(self, console: Console) -> None:
+        self.c = console
+        self.role: str | None = None
+
+    def __call__(self, event: str, payload: dict[str, Any]) -> None:
+        if event in ("llm_token", "slm_token"):
+            role = event.split("_")[0]
+            if role != self.role:
+                self.c.print(f"\n[bold {'cyan' if role == 'llm' else 'green'}]── {role.upper()} ──[/]")
+                self.role = role
+            self.c.print(payload["text"], end="", style="cyan" if role == "llm" else None, highlight=False,
+                         markup=False)
+        elif event == "checkpoint":
+            verdict = "hand over" if payload["handover"] else "continue"
+            self.c.print(
+                f"\n[yellow]◆ checkpoint {payload['stage']} @ {payload['llm_tokens']} LLM tokens: "
+                f"p={payload['probability']:.2f} (threshold {payload['threshold']:.2f}) → {verdict} "
+                f"({payload['reason']})[/]"
+            )
+            self.role = None
+
+
+def _cost_table(results: dict[str, Any]) -> Table:
+    t = Table("method", "LLM tokens (prompt/gen)", "SLM tokens (prompt+shadow/gen)", "TFLOPs total",
+              "TFLOPs generated", "wall s", "answer")
+    for name, r in results.items():
+        c = r.cost
+        llm, slm = c.models.get("llm"), c.models.get("slm")
+        t.add_row(
+            name,
+            f"{llm.input_tokens}/{llm.generated_tokens}" if llm else "-",
+            f"{slm.input_tokens}/{slm.generated_tokens}" if slm else "-",
+            f"{c.flops_total / 1e12:.3f}", f"{c.flops_generated / 1e12:.3f}", f"{c.wall_seconds:.1f}",
+            str(r.answer.answer),
+        )
+    return t
+
+
+@app.command()
+def solve(
+    question: Annotated[str | None, typer.Argument(help="the problem ('-' or omitted: read stdin)")] = None,
+    file: Annotated[Path | None, typer.Option("--file", "-f", help="read the problem from a file")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML/YAML settings file")] = None,
+    mode: Annotated[str, typer.Option(help="tandem | slm | llm | fixed:N")] = "tandem",
+    effort: Annotated[str | None, typer.Option(help="low | medium | high")] = None,
+    handover: Annotated[str | None, typer.Option(help="continue | hint")] = None,
+    task: Annotated[str | None, typer.Option(help="math | code")] = None,
+    classifier: Annotated[str | None, typer.Option(help="default | budget | PATH.json")] = None,
+    llm_model: Annotated[str | None, typer.Option(help="LLM: registry name, GGUF path or served name")] = None,
+    llm_base_url: Annotated[str | None, typer.Option(help="LLM: OpenAI-compatible base URL")] = None,
+    llm_api_key_env: Annotated[str | None, typer.Option(help="LLM: env var holding its API key")] = None,
+    llm_params: Annotated[int | None, typer.Option(help="LLM: parameter count (HTTP backends)")] = None,
+    slm_model: Annotated[str | None, typer.Option(help="SLM: registry name, GGUF path or served name")] = None,
+    slm_base_url: Annotated[str | None, typer.Option(help="SLM: OpenAI-compatible base URL")] = None,
+    slm_api_key_env: Annotated[str | None, typer.Option(help="SLM: env var holding its API key")] = None,
+    slm_params: Annotated[int | None, typer.Option(help="SLM: parameter count (HTTP backends)")] = None,
+    llm_max_tokens: Annotated[int | None, typer.Option(help="LLM max new tokens")] = None,
+    slm_max_tokens: Annotated[int | None, typer.Option(help="SLM max new tokens")] = None,
+    temperature: Annotated[float | None, typer.Option(help="sampling temperature (0 = greedy)")] = None,
+    seed: Annotated[int | None, typer.Option(help="sampling seed")] = None,
+    models_dir: Annotated[str | None, typer.Option(help="models directory")] = None,
+    compare: Annotated[bool, typer.Option(help="also run the LLM alone and compare")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Solve one problem with the LLM and the SLM in tandem and show what it cost."""
+    from .config import load_settings
+    from .factory import build_tandem
+
+    text = _read_question(question, file)
+    pipe = {k: v for k, v in dict(effort=effort, handover=handover, task=task, llm_max_tokens=llm_max_tokens,
+                                   slm_max_tokens=slm_max_tokens, temperature=temperature, seed=seed).items()
+            if v is not None}
+    overrides: dict[str, Any] = {"pipeline": pipe}
+    llm = _backend_overrides("llm", llm_model, llm_base_url, llm_api_key_env, llm_params)
+    slm = _backend_overrides("slm", slm_model, slm_base_url, slm_api_key_env, slm_params)
+    if llm:
+        overrides["llm"] = llm
+    if slm:
+        overrides["slm"] = slm
+    if classifier:
+        overrides["classifier"] = classifier
+    if models_dir:
+        overrides["models_dir"] = models_dir
+    settings = load_settings(config, overrides)
+    tandem = build_tandem(settings)
+    try:
+        hook = None if as_json else _Printer(out)
+        results = {mode: tandem.solve(text, method=mode, on_event=hook)}
+        if compare and mode != "llm":
+            if hook:
+                out.print("\n[bold]── LLM alone (--compare) ──[/]")
+            results["llm"] = tandem.solve(text, method="llm", on_event=hook)
+    finally:
+        tandem.llm.close()
+        tandem.slm.close()
+    if as_json:
+        payload = {k: v.to_dict() for k, v in results.items()}
+        print(json.dumps(payload if compare else payload[mode], indent=2, default=str))
+        return
+    main_result = results[mode]
+    out.print(f"\n\n[bold]answer:[/] {main_result.answer.answer}  [dim](rule: {main_result.answer.rule}; "
+              f"stop: {main_result.stop_reason})[/]")
+    out.print(_cost_table(results))
+
+
+def main() -> None:
+    """Entry point: project errors become one clear line and exit code 2, never a traceback."""
+    try:
+        app(standalone_mode=False)
+    except TandemError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # click usage errors and the like
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(130)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""Configuration: pydantic models that reject unknown keys, loaded from TOML or YAML.
+
+Defaults live here and only here; the CLI and the server read them from these models.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import ConfigError
+
+DEFAULT_LLM = "qwen2.5-coder-1.5b"
+DEFAULT_SLM = "qwen2.5-coder-0.5b"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BackendSettings(_Strict):
+    """One model: embedded GGUF (`llamacpp`), an OpenAI-compatible endpoint (`openai`) or `scripted`."""
+
+    kind: Literal["llamacpp", "openai", "scripted"] = "llamacpp"
+    model: str = Field(description="registry name or GGUF path (llamacpp); served model name (openai)")
+    base_url: str | None = None
+    api_key_env: str | None = None
+    api: Literal["completions", "chat"] = "completions"
+    n_params: int | None = Field(default=None, description="parameters, for FLOPs (openai: required)")
+    n_ctx: int = 4096
+    n_threads: int = 0
+    timeout_s: float = 120.0
+    max_retries: int = 2
+    top_logprobs: int = 5
+    tokenizer_id: str = ""
+    chat_template_id: str = ""
+    price_input_per_mtok: float = 0.0
+    price_output_per_mtok: float = 0.0
+    reply: str | None = Field(default=None, description="scripted backend: the reply text")
+
+    @model_validator(mode="after")
+    def _check(self) -> BackendSettings:
+        if self.kind == "openai":
+            if not self.base_url:
+                raise ValueError("an openai backend needs base_url")
+            if not self.n_params:
+                raise ValueError("an openai backend needs n_params (for honest FLOPs)")
+        return self
+
+
+class PipelineSettings(_Strict):
+    task: Literal["math", "code"] = "math"
+    handover: Literal["continue", "hint"] = "continue"
+    effort: Literal["low", "medium", "high"] = "medium"
+    stage_budgets: tuple[int, ...] = (32, 64, 128, 192, 256)
+    max_unit_tokens: int = 32
+    shadow: bool = True
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    seed: int = 0
+    llm_max_tokens: int = Field(default=512, ge=1)
+    slm_max_tokens: int = Field(default=512, ge=1)
+
+
+class TandemSettings(_Strict):
+    llm: BackendSettings = BackendSettings(model=DEFAULT_LLM)
+    slm: BackendSettings = BackendSettings(model=DEFAULT_SLM)
+    pipeline: PipelineSettings = PipelineSettings()
+    classifier: str = Field(
+        default="default",
+        description="'default' (the shipped classifier for the embedded pair, else budget), "
+        "'budget', or a path to a classifier JSON file",
+    )
+    models_dir: str | None = None
+
+
+def _read(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() == ".toml":
+            if sys.version_info >= (3, 11):
+                import tomllib
+            else:  # pragma: no cover
+                import tomli as tomllib
+            return tomllib.loads(text)
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+            if not isinstance(data, dict):
+                raise ConfigError(f"{path}: the top level must be a mapping")
+            return data
+    except ConfigError:
+        raise
+    except Exception as exc:  # parser errors differ by library; report them uniformly
+        raise ConfigError(f"{path}: cannot parse: {exc}") from exc
+    raise ConfigError(f"{path}: use a .toml, .yaml or .yml file")
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        parts.append(f"{loc}: {msg}")
+    return f"{source}: invalid configuration: " + "; ".join(parts)
+
+
+def load_settings(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TandemSettings:
+    """Settings from a file (optional) with `overrides` (nested dicts) applied on top."""
+    data: dict[str, Any] = _read(Path(path)) if path else {}
+    for key, value in (overrides or {}).items():
+        if isinstance(value, dict):
+            data[key] = {**data.get(key, {}), **value}
+        else:
+            data[key] = value
+    try:
+        return TandemSettings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, str(path) if path else "options")) from None

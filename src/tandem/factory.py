@@ -1,0 +1,57 @@
+"""Build a ready `Tandem` from settings: the two backends, the stop policy and its rule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .backends import build_backend
+from .config import TandemSettings
+from .cost import Price
+from .errors import ConfigError
+from .pipeline import DecodingSettings, PipelineConfig, Tandem
+from .policy import BudgetPolicy, StopRule
+from .types import Backend, StopPolicy
+
+
+def pipeline_config(settings: TandemSettings) -> PipelineConfig:
+    p = settings.pipeline
+    return PipelineConfig(
+        task=p.task, handover=p.handover, effort=p.effort, stage_budgets=tuple(p.stage_budgets),
+        max_unit_tokens=p.max_unit_tokens, shadow=p.shadow,
+        decoding=DecodingSettings(p.temperature, p.seed, p.llm_max_tokens, p.slm_max_tokens),
+    )
+
+
+def load_policy(name: str, llm: Backend, slm: Backend) -> tuple[StopPolicy, StopRule]:
+    """'budget', 'default' (the classifier shipped for this model pair, if any) or a JSON path."""
+    if name == "budget":
+        return BudgetPolicy(), StopRule()
+    try:
+        from .classifier import load_classifier, shipped_classifier_for
+    except ImportError:  # classifier extra not built yet
+        if name == "default":
+            return BudgetPolicy(), StopRule()
+        raise ConfigError(f"cannot load classifier {name!r}: classifier support is not available") from None
+    if name == "default":
+        path = shipped_classifier_for(llm.info, slm.info)
+        if path is None:
+            return BudgetPolicy(), StopRule()
+    else:
+        path = Path(name)
+    clf = load_classifier(path, llm=llm.info, slm=slm.info)
+    return clf, clf.stop_rule()
+
+
+def build_tandem(settings: TandemSettings) -> Tandem:
+    llm = build_backend(settings.llm, models_dir=settings.models_dir)
+    try:
+        slm = build_backend(settings.slm, models_dir=settings.models_dir)
+    except Exception:
+        llm.close()
+        raise
+    policy, rule = load_policy(settings.classifier, llm, slm)
+    prices = {
+        role: Price(b.price_input_per_mtok, b.price_output_per_mtok)
+        for role, b in (("llm", settings.llm), ("slm", settings.slm))
+    }
+    return Tandem(llm, slm, policy=policy, rule=rule, config=pipeline_config(settings), prices=prices)

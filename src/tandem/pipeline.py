@@ -1,0 +1,252 @@
+"""The tandem loop: the LLM coordinates, the stop rule decides, the SLM executes.
+
+    checkpoint 0 ─ SLM alone enough? ─yes─> SLM solves
+         │ no
+    LLM streams ─ insight boundary after a stage budget ─> checkpoint k:
+         SLM shadow-scores the new insight tokens (its cache grows, nothing is recomputed),
+         features -> policy -> StopRule; hand over? ─yes─> cancel the LLM stream at once,
+         SLM continues from its warm cache (`continue`) or solves with the insights (`hint`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from .answer import extract_answer
+from .cost import CostReport, ModelCost, Price
+from .errors import ConfigError, InputError
+from .features import CheckpointInputs, available_groups, compute_features
+from .policy import DEFAULT_STAGE_BUDGETS, BudgetPolicy, StopRule
+from .prompts import HandoverMode, PromptSet, Task, hint_prefix_length
+from .result import CheckpointRecord, TandemResult
+from .segment import InsightSegmenter
+from .types import Backend, GenerationRequest, Prompt, StopPolicy, TokenStep, TokenStream
+
+EventHook = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class DecodingSettings:
+    temperature: float = 0.0
+    seed: int = 0
+    llm_max_tokens: int = 512
+    slm_max_tokens: int = 512
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    task: Task = "math"
+    handover: HandoverMode = "continue"
+    effort: str = "medium"
+    stage_budgets: tuple[int, ...] = DEFAULT_STAGE_BUDGETS
+    max_unit_tokens: int = 32  # no insight boundary this long after a budget: checkpoint anyway
+    shadow: bool = True  # let the SLM score the insights (features + warm cache)
+    decoding: DecodingSettings = field(default_factory=DecodingSettings)
+
+
+class Tandem:
+    """Solve problems with an LLM and an SLM in tandem (or either alone, for baselines)."""
+
+    def __init__(
+        self,
+        llm: Backend,
+        slm: Backend,
+        *,
+        policy: StopPolicy | None = None,
+        rule: StopRule | None = None,
+        config: PipelineConfig | None = None,
+        prices: dict[str, Price] | None = None,
+    ) -> None:
+        self.llm, self.slm = llm, slm
+        self.policy: StopPolicy = policy or BudgetPolicy()
+        self.rule = rule or StopRule()
+        self.config = config or PipelineConfig()
+        self.prices = prices or {}
+
+    def solve(
+        self, question: str, *, method: str = "tandem", on_event: EventHook | None = None, **overrides: Any
+    ) -> TandemResult:
+        """`method`: "tandem", "slm", "llm" or "fixed:N". `overrides` replace PipelineConfig fields."""
+        if not question or not question.strip():
+            raise InputError("the question is empty")
+        cfg = replace(self.config, **overrides) if overrides else self.config
+        run = _Run(self, cfg, question, on_event or (lambda _e, _p: None))
+        t0 = time.perf_counter()
+        if method == "slm":
+            result = run.alone("slm")
+        elif method == "llm":
+            result = run.alone("llm")
+        elif method == "tandem":
+            result = run.tandem(self.policy, self.rule)
+        elif method.startswith("fixed:"):
+            try:
+                n = int(method.split(":", 1)[1])
+            except ValueError:
+                raise ConfigError(f"bad method {method!r}: use fixed:N with N an integer") from None
+            result = run.tandem(BudgetPolicy(), self.rule.with_budget(cfg.effort, n))
+        else:
+            raise ConfigError(f"unknown method {method!r}: use tandem, slm, llm or fixed:N")
+        result.method = method
+        result.cost.wall_seconds = time.perf_counter() - t0
+        result.settings = {**asdict(cfg), "policy": self.policy.name, "llm": self.llm.info.name,
+                           "slm": self.slm.info.name, **PromptSet(cfg.task).identity()}
+        return result
+
+
+class _Run:
+    """State of one solve."""
+
+    def __init__(self, t: Tandem, cfg: PipelineConfig, question: str, emit: EventHook) -> None:
+        self.t, self.cfg, self.q, self.emit = t, cfg, question, emit
+        self.prompts = PromptSet(cfg.task)
+        self.cost = CostReport()
+        self.llm_cost = self._model_cost("llm", t.llm)
+        self.slm_cost = self._model_cost("slm", t.slm)
+
+    def _model_cost(self, role: str, b: Backend) -> ModelCost:
+        return self.cost.model(role, b.info.name, b.info.n_params, self.t.prices.get(role))
+
+    def _drain(self, role: str, stream: TokenStream, prefix: str = "") -> tuple[str, str | None]:
+        t0, parts = time.perf_counter(), []
+        with stream:
+            for step in stream:
+                parts.append(step.text)
+                self.emit(f"{role}_token", {"text": step.text})
+        (self.llm_cost if role == "llm" else self.slm_cost).add(stream.usage)
+        self.cost.add_phase(f"{role}_generate", time.perf_counter() - t0)
+        return "".join(parts), stream.finish_reason
+
+    def _request(self, prompt: Prompt, max_tokens: int) -> GenerationRequest:
+        d = self.cfg.decoding
+        return GenerationRequest(prompt, max_tokens=max(1, max_tokens), temperature=d.temperature, seed=d.seed)
+
+    def alone(self, role: str) -> TandemResult:
+        backend = self.t.llm if role == "llm" else self.t.slm
+        max_tokens = self.cfg.decoding.llm_max_tokens if role == "llm" else self.cfg.decoding.slm_max_tokens
+        text, finish = self._drain(role, backend.stream(self._request(self.prompts.solve(self.q), max_tokens)))
+        return TandemResult(
+            method=role, question=self.q, text=text, answer=extract_answer(text, self.cfg.task),
+            stop_reason=f"{role}_alone", llm_text=text if role == "llm" else "",
+            slm_text=text if role == "slm" else "", handover_mode=self.cfg.handover,
+            cost=self.cost, finish_reason=finish,
+        )
+
+    # ---- tandem -------------------------------------------------------------------------------
+    def _slm_prompt(self, llm_text: str) -> Prompt:
+        if self.cfg.handover == "continue":
+            return self.prompts.continue_from(self.q, llm_text)
+        return self.prompts.with_hint(self.q, llm_text) if llm_text else self.prompts.solve(self.q)
+
+    def _shadow(self, llm_text: str) -> tuple[list[TokenStep] | None, list[TokenStep] | None, float]:
+        """Score question + insights with the SLM; return (question steps, insight steps, seconds)."""
+        if not self.can_shadow:
+            return None, None, 0.0
+        slm, prompt = self.t.slm, self._slm_prompt(llm_text)
+        full = slm.render(prompt)
+        if self.cfg.handover == "continue" or not llm_text:
+            text, start = full, len(self.base_text) if llm_text else len(full)
+        else:
+            end = hint_prefix_length(full, llm_text)
+            text, start = full[:end], end - len(llm_text)
+        t0 = time.perf_counter()
+        sr = slm.score(text)
+        secs = time.perf_counter() - t0
+        self.slm_cost.add(sr.usage, scoring=True)
+        self.cost.add_phase("slm_score", secs)
+        qpos = text.find(self.q.strip())
+        q_steps = [s for s, o in zip(sr.steps, sr.offsets, strict=True)
+                   if qpos <= o < qpos + len(self.q.strip())] if qpos >= 0 else []
+        return q_steps, sr.after(start), secs
+
+    def tandem(self, policy: StopPolicy, rule: StopRule) -> TandemResult:
+        cfg, llm, slm = self.cfg, self.t.llm, self.t.slm
+        if cfg.handover == "continue" and (
+            llm.info.tokenizer_id != slm.info.tokenizer_id or llm.info.chat_template_id != slm.info.chat_template_id
+        ):
+            raise ConfigError(
+                f"continue hand-over needs one tokenizer and chat template: {llm.info.name} and "
+                f"{slm.info.name} differ; use --handover hint"
+            )
+        caps = slm.info.capabilities
+        self.can_shadow = cfg.shadow and caps.score and caps.raw_prompt
+        self.base_text = slm.render(self.prompts.solve(self.q)) if self.can_shadow else ""
+        max_budget = rule.setting(cfg.effort).max_budget
+        budgets = sorted({b for b in cfg.stage_budgets if b < max_budget} | {max_budget})
+        seg, checkpoints = InsightSegmenter(cfg.handover), []
+        llm_text, llm_steps, q_steps = "", [], None
+
+        def checkpoint(stage: int) -> bool:
+            nonlocal q_steps
+            q_now, i_steps, score_s = self._shadow(llm_text)
+            q_steps = q_now if q_steps is None else q_steps
+            t0 = time.perf_counter()
+            feats = compute_features(CheckpointInputs(stage, len(llm_steps), seg.units, llm_steps,
+                                                      q_steps, i_steps))
+            p = policy.sufficiency(feats)
+            d = rule.decide(p, effort=cfg.effort, stage=stage, llm_tokens=len(llm_steps))
+            rec = CheckpointRecord(stage, len(llm_steps), len(seg.units), feats, p, d.threshold, d.handover,
+                                   d.reason, score_s, time.perf_counter() - t0)
+            checkpoints.append(rec)
+            self.cost.add_phase("decide", rec.decide_seconds)
+            self.emit("checkpoint", asdict(rec))
+            return d.handover
+
+        handed_over = checkpoint(0)
+        cancel_latency, llm_finish = None, None
+        if not handed_over:
+            llm_prompt = self.prompts.solve(self.q) if cfg.handover == "continue" else self.prompts.coordinator(self.q)
+            stream = llm.stream(self._request(llm_prompt, cfg.decoding.llm_max_tokens))
+            t_llm, stage, full_text = time.perf_counter(), 1, ""
+            try:
+                for step in stream:
+                    llm_text = full_text = full_text + step.text
+                    llm_steps.append(step)
+                    self.emit("llm_token", {"text": step.text})
+                    new_units = seg.feed(step.text, len(llm_steps))
+                    for unit in new_units:
+                        self.emit("insight", asdict(unit))
+                    n = len(llm_steps)
+                    if stage > len(budgets) or n < budgets[stage - 1]:
+                        continue
+                    at_boundary = bool(new_units) or n - budgets[stage - 1] >= cfg.max_unit_tokens
+                    if new_units:  # hand over whole units: the token that revealed a boundary waits
+                        llm_text = llm_text[: len(llm_text) - len(seg.pending)]
+                    if at_boundary and checkpoint(stage):
+                        t_dec = time.perf_counter()
+                        stream.close()
+                        cancel_latency, handed_over = time.perf_counter() - t_dec, True
+                        break
+                    if at_boundary:
+                        stage = 1 + sum(1 for b in budgets if b <= n)
+            finally:
+                stream.close()
+                self.llm_cost.add(stream.usage)
+                self.cost.add_phase("llm_stream", time.perf_counter() - t_llm)
+            llm_finish = stream.finish_reason
+            seg.flush(len(llm_steps))
+            if not handed_over:
+                llm_text = full_text
+        last = checkpoints[-1]
+        if not handed_over and cfg.handover == "continue":
+            # the LLM finished its own solution before any hand-over: its answer stands
+            return self._result(llm_text, "", "llm_finished", None, seg, checkpoints, llm_finish, None)
+        reason = "slm_alone" if not llm_steps else (last.reason if handed_over else "llm_finished")
+        room = cfg.decoding.slm_max_tokens - (len(llm_steps) if cfg.handover == "continue" else 0)
+        self.emit("handover", {"llm_tokens": len(llm_steps), "reason": reason})
+        slm_text, finish = self._drain("slm", slm.stream(self._request(self._slm_prompt(llm_text), room)))
+        return self._result(llm_text, slm_text, reason, len(llm_steps), seg, checkpoints, finish, cancel_latency)
+
+    def _result(self, llm_text: str, slm_text: str, reason: str, handover_tokens: int | None,
+                seg: InsightSegmenter, checkpoints: list[CheckpointRecord], finish: str | None,
+                cancel_latency: float | None) -> TandemResult:
+        final = llm_text + slm_text if self.cfg.handover == "continue" else (slm_text or llm_text)
+        return TandemResult(
+            method="tandem", question=self.q, text=final, answer=extract_answer(final, self.cfg.task),
+            stop_reason=reason, llm_text=llm_text, slm_text=slm_text, handover_mode=self.cfg.handover,
+            handover_tokens=handover_tokens, insights=list(seg.units), checkpoints=checkpoints,
+            cost=self.cost, finish_reason=finish, cancel_latency_s=cancel_latency,
+            features_used=available_groups(checkpoints[-1].features) if checkpoints else [],
+        )

@@ -1,0 +1,93 @@
+"""Stop policies and the one place where a probability becomes a hand-over decision.
+
+A `StopPolicy` (see `tandem.types`) only estimates the probability that the insights so far
+suffice. `StopRule` turns it into a decision per effort level: hand over when the probability
+reaches the effort's threshold (per stage where calibrated), and at the latest at the first
+checkpoint after the effort's largest budget.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Effort = Literal["low", "medium", "high"]
+EFFORTS: tuple[Effort, ...] = ("low", "medium", "high")
+DEFAULT_STAGE_BUDGETS: tuple[int, ...] = (32, 64, 128, 192, 256)
+
+
+@dataclass(frozen=True)
+class EffortSetting:
+    """`max_budget`: LLM tokens after which the next checkpoint hands over whatever the policy says.
+    `threshold`: hand over earlier when the sufficiency probability reaches it; `stage_thresholds`
+    overrides it per checkpoint stage (index into the stage budgets, 0 = before the LLM starts)."""
+
+    max_budget: int
+    threshold: float = 1.01  # above 1: never early (pure budget)
+    stage_thresholds: dict[int, float] = field(default_factory=dict)
+
+    def threshold_at(self, stage: int) -> float:
+        return self.stage_thresholds.get(stage, self.threshold)
+
+
+@dataclass(frozen=True)
+class Decision:
+    handover: bool
+    reason: Literal["sufficient", "budget", "continue"]
+    threshold: float
+
+
+BUDGET_EFFORTS: dict[str, EffortSetting] = {
+    "low": EffortSetting(max_budget=64),
+    "medium": EffortSetting(max_budget=128),
+    "high": EffortSetting(max_budget=256),
+}
+
+
+@dataclass(frozen=True)
+class StopRule:
+    efforts: dict[str, EffortSetting] = field(default_factory=lambda: dict(BUDGET_EFFORTS))
+
+    def setting(self, effort: str) -> EffortSetting:
+        try:
+            return self.efforts[effort]
+        except KeyError:
+            raise ValueError(f"unknown effort {effort!r}: choose one of {sorted(self.efforts)}") from None
+
+    def decide(self, probability: float, *, effort: str, stage: int, llm_tokens: int) -> Decision:
+        s = self.setting(effort)
+        thr = s.threshold_at(stage)
+        if probability >= thr:
+            return Decision(True, "sufficient", thr)
+        if llm_tokens >= s.max_budget:
+            return Decision(True, "budget", thr)
+        return Decision(False, "continue", thr)
+
+    def with_budget(self, effort: str, max_budget: int) -> StopRule:
+        efforts = dict(self.efforts)
+        old = self.setting(effort)
+        efforts[effort] = EffortSetting(max_budget, old.threshold, dict(old.stage_thresholds))
+        return StopRule(efforts)
+
+
+class BudgetPolicy:
+    """Never judges the insights sufficient: hand-over happens at the effort's budget.
+
+    This is the `fixed:N` method and the default until a trained classifier is installed.
+    """
+
+    name = "budget"
+
+    def sufficiency(self, features: dict[str, float]) -> float:
+        return 0.0
+
+
+class ConstantPolicy:
+    """Always returns the same probability (tests, and the `slm` router extreme)."""
+
+    def __init__(self, p: float) -> None:
+        self.name = f"constant:{p}"
+        self._p = p
+
+    def sufficiency(self, features: dict[str, float]) -> float:
+        return self._p

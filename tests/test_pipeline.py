@@ -1,0 +1,180 @@
+"""The pipeline on the scripted backend: decisions, cancellation, hand-over, cost."""
+
+from __future__ import annotations
+
+import pytest
+
+from tandem import BackendError, ConfigError, InputError, PipelineConfig, Tandem
+from tandem.backends.scripted import ScriptedBackend, tokenize
+from tandem.policy import ConstantPolicy, EffortSetting, StopRule
+
+QUESTION = "Tom has 3 apples and buys 4 more. How many apples does he have?"
+# 80 sentences of 5 tokens: boundaries every 5 tokens, far longer than any budget
+LLM_REPLY = " ".join(f"Step {i} adds one thing." for i in range(80)) + " The answer is \\boxed{7}."
+SLM_REPLY = " So 3 + 4 = 7. The answer is \\boxed{7}."
+
+
+def make(llm_reply: str = LLM_REPLY, slm_reply: str = SLM_REPLY, **kw):
+    llm = ScriptedBackend(llm_reply, name="big", n_params=1_500_000_000)
+    slm = ScriptedBackend(slm_reply, name="small", n_params=500_000_000)
+    return llm, slm, Tandem(llm, slm, **kw)
+
+
+def test_budget_handover_cancels_llm_stream_at_first_boundary_after_budget():
+    llm, slm, t = make()
+    r = t.solve(QUESTION)  # medium effort: budget 128
+    assert r.stop_reason == "budget"
+    assert r.handover_tokens is not None and 128 <= r.handover_tokens < 128 + 5
+    # the LLM stream was cancelled: it yielded exactly the tokens before the hand-over
+    assert llm.stats.streams_cancelled == 1
+    assert llm.stats.tokens_yielded == r.handover_tokens
+    assert r.cost.models["llm"].generated_tokens == r.handover_tokens
+    # the SLM continued the same assistant turn from the LLM's prefix
+    assert slm.stats.prompts[-1].endswith(r.llm_text)
+    assert r.llm_text.endswith("thing.")  # the SLM continues from a whole insight unit
+    assert r.text == r.llm_text + r.slm_text
+    assert r.answer.answer == "7"
+    assert r.cancel_latency_s is not None and r.cancel_latency_s >= 0
+
+
+def test_checkpoints_fall_on_boundaries_after_each_stage_budget():
+    _, _, t = make()
+    r = t.solve(QUESTION, effort="high")  # budgets 32, 64, 128, 192, 256
+    stages = [(c.stage, c.llm_tokens) for c in r.checkpoints]
+    assert stages[0] == (0, 0)
+    for (stage, n), budget in zip(stages[1:], (32, 64, 128, 192, 256), strict=True):
+        assert budget <= n < budget + 5, (stage, n, budget)
+    assert r.checkpoints[-1].handover and r.checkpoints[-1].reason == "budget"
+    assert all(not c.handover for c in r.checkpoints[:-1])
+
+
+def test_handover_continuation_reuses_the_shadow_cache():
+    _, slm, t = make()
+    r = t.solve(QUESTION)
+    slm_cost = r.cost.models["slm"]
+    # the shadow pass scored exactly the hand-over prompt, so the continuation computed none of it
+    handover_prompt = slm.stats.prompts[-1]
+    assert slm_cost.prompt_tokens_computed == 0
+    # each prompt token is computed once; a token at a text boundary may be recomputed per checkpoint
+    n = len(tokenize(handover_prompt))
+    assert n <= slm_cost.scored_tokens <= n + len(r.checkpoints)
+
+
+def test_sufficient_at_checkpoint_zero_never_starts_the_llm():
+    llm, slm, t = make(policy=ConstantPolicy(1.0), rule=StopRule({"medium": EffortSetting(128, 0.5)}))
+    r = t.solve(QUESTION)
+    assert r.stop_reason == "slm_alone"
+    assert llm.stats.streams_started == 0
+    assert r.cost.models["llm"].generated_tokens == 0
+    assert r.answer.answer == "7"
+
+
+def test_policy_probability_above_threshold_hands_over_early():
+    class AfterTwoInsights:
+        name = "two"
+
+        def sufficiency(self, f):
+            return 0.9 if f["n_insights"] >= 2 else 0.1
+
+    rule = StopRule({"medium": EffortSetting(256, threshold=0.5)})
+    _, _, t = make(policy=AfterTwoInsights(), rule=rule)
+    r = t.solve(QUESTION)
+    assert r.stop_reason == "sufficient"
+    assert r.handover_tokens is not None and r.handover_tokens < 40
+
+
+def test_llm_finishing_first_keeps_its_answer_in_continue_mode():
+    short = "3 + 4 = 7. The answer is \\boxed{7}."
+    llm, slm, t = make(llm_reply=short)
+    r = t.solve(QUESTION)
+    assert r.stop_reason == "llm_finished"
+    assert slm.stats.streams_started == 0
+    assert r.answer.answer == "7" and r.handover_tokens is None
+
+
+def test_hint_mode_puts_insights_in_the_slm_prompt_and_tags_gpra():
+    gpra = (
+        "[Thinking Insights]\nGoal: total apples.\nPlanning: add the two amounts.\n"
+        "Retrieval: addition.\nAction: add 3 and 4.\n" + "More detail here. " * 60
+    )
+    llm, slm, t = make(llm_reply=gpra, slm_reply="3 + 4 = 7, so \\boxed{7}.",
+                       config=PipelineConfig(handover="hint"))
+    r = t.solve(QUESTION, effort="low")
+    assert "[Thinking Insights]" in slm.stats.prompts[-1]
+    assert "Goal: total apples." in slm.stats.prompts[-1]
+    kinds = {u.kind for u in r.insights}
+    assert {"goal", "planning", "retrieval", "action"} <= kinds
+    assert r.checkpoints[-1].features["gpra_action"] == 1.0
+    assert r.text == r.slm_text and r.answer.answer == "7"
+
+
+def test_continue_mode_refused_across_tokenizers():
+    llm = ScriptedBackend(LLM_REPLY, tokenizer_id="a")
+    slm = ScriptedBackend(SLM_REPLY, tokenizer_id="b")
+    with pytest.raises(ConfigError, match="hint"):
+        Tandem(llm, slm).solve(QUESTION)
+    r = Tandem(llm, slm, config=PipelineConfig(handover="hint")).solve(QUESTION)
+    assert r.stop_reason == "budget"
+
+
+def test_baselines_through_the_same_interface():
+    llm, slm, t = make()
+    r_slm = t.solve(QUESTION, method="slm")
+    assert r_slm.stop_reason == "slm_alone" and llm.stats.streams_started == 0
+    assert r_slm.cost.models["llm"].flops_total == 0
+    r_llm = t.solve(QUESTION, method="llm")
+    assert r_llm.stop_reason == "llm_alone" and r_llm.answer.answer == "7"
+    assert r_llm.cost.models["llm"].generated_tokens == len(tokenize(LLM_REPLY))
+
+
+def test_fixed_budget_method():
+    _, _, t = make()
+    r = t.solve(QUESTION, method="fixed:32")
+    assert 32 <= r.handover_tokens < 37
+    with pytest.raises(ConfigError):
+        t.solve(QUESTION, method="fixed:x")
+    with pytest.raises(ConfigError):
+        t.solve(QUESTION, method="bogus")
+
+
+def test_empty_question_is_refused():
+    _, _, t = make()
+    with pytest.raises(InputError):
+        t.solve("   ")
+
+
+def test_backend_failure_mid_stream_is_an_error_not_an_answer():
+    llm = ScriptedBackend(LLM_REPLY, fail_after=10)
+    slm = ScriptedBackend(SLM_REPLY)
+    with pytest.raises(BackendError):
+        Tandem(llm, slm).solve(QUESTION)
+
+
+def test_cost_counts_both_models_and_both_flops_definitions():
+    _, _, t = make()
+    r = t.solve(QUESTION)
+    llm, slm = r.cost.models["llm"], r.cost.models["slm"]
+    assert llm.flops_generated == 2 * 1_500_000_000 * llm.generated_tokens
+    assert llm.flops_total == 2 * 1_500_000_000 * (llm.prompt_tokens_computed + llm.generated_tokens)
+    assert r.cost.flops_total == pytest.approx(llm.flops_total + slm.flops_total)
+    assert r.cost.flops_generated < r.cost.flops_total
+    assert set(r.cost.phases) >= {"slm_score", "llm_stream", "slm_generate", "decide"}
+
+
+def test_events_are_emitted_in_order():
+    _, _, t = make()
+    seen = []
+    t.solve(QUESTION, on_event=lambda e, p: seen.append(e))
+    assert seen[0] == "checkpoint"
+    assert "insight" in seen and "handover" in seen
+    assert seen.index("handover") > max(i for i, e in enumerate(seen) if e == "llm_token")
+    assert seen[-1] == "handover" or seen[-1] == "slm_token"
+
+
+def test_result_serialises():
+    import json
+
+    _, _, t = make()
+    d = t.solve(QUESTION).to_dict()
+    json.dumps(d)
+    assert d["cost"]["flops_total"] > 0 and d["checkpoints"][0]["stage"] == 0
