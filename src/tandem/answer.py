@@ -95,14 +95,19 @@ def _last_number(text: str) -> str | None:
     m = matches[-1]
     number = m.group(0)
     before = text[: m.start()]
-    # a minus sign directly before counts when it is not a subtraction ("5-3" is 3, "= -3" is -3)
-    if before.endswith(("-", "\u2212")) and not re.search(r"[\w)\]}]\s*[-\u2212]$", before):
+    # a minus sign directly before counts unless it follows an operand: "5-3" and "x - 3" give 3,
+    # "= -3" and "is -3" give -3
+    if before.endswith(("-", "\u2212")) and not re.search(r"(?:[\d)\]}]|\b[A-Za-z])\s*[-\u2212]$", before):
         number = "-" + number
     return number
 
 
 def looks_truncated(text: str) -> bool:
-    """Whether `text` seems cut off mid-answer (an open box or fence, or a dangling operator or word)."""
+    """Whether `text` seems cut off mid-answer.
+
+    Signs: an unclosed box or code fence, a dangling operator, or a long text whose last word has
+    no closing punctuation.
+    """
     body = text.rstrip()
     if not body:
         return False
@@ -110,7 +115,7 @@ def looks_truncated(text: str) -> bool:
         return True
     if len(_FENCE_RE.findall(body)) % 2 == 1:
         return True
-    return body[-1] in "=+-*/^_,:;({[\\&" or body[-1].isalpha()
+    return body[-1] in "=+-*/^_,:;({[\\&" or (body[-1].isalpha() and len(body) >= 200)
 
 
 def looks_like_code(text: str) -> bool:

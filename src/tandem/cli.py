@@ -179,6 +179,8 @@ def solve(
         if compare and mode != "llm":
             if hook:
                 out.print("\n[bold]── LLM alone (--compare) ──[/]")
+            for b in (tandem.llm, tandem.slm):  # a cold cache, as the tandem run had
+                getattr(b, "reset_cache", lambda: None)()
             results["llm"] = tandem.solve(text, method="llm", on_event=hook)
     finally:
         tandem.llm.close()

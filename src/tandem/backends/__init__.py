@@ -26,6 +26,7 @@ def build_backend(settings: BackendSettings, *, models_dir: str | None = None) -
             LlamaCppConfig(
                 model_path=str(path), name=spec.name if spec else path.stem, n_ctx=settings.n_ctx,
                 n_threads=settings.n_threads, checksum=spec.sha256 if spec else "",
+                n_params=settings.n_params or (spec.n_params if spec else 0),
             )
         )
     if settings.kind == "openai":

@@ -16,6 +16,7 @@ from ..errors import BackendError, ModelError
 from ..types import (
     Capabilities,
     GenerationRequest,
+    Message,
     ModelInfo,
     Prompt,
     ScoreResult,
@@ -36,6 +37,7 @@ class LlamaCppConfig:
     n_batch: int = 512
     seed: int = 0
     checksum: str = ""
+    n_params: int = 0  # 0: read from the GGUF (parameters that cost FLOPs per token)
 
 
 def _sha(text: str) -> str:
@@ -78,13 +80,29 @@ class LlamaCppBackend:
         self._eos = self._piece(llama.token_eos())
         self._info = ModelInfo(
             name=config.name or path.stem,
-            n_params=int(llama._model.n_params()),
+            n_params=config.n_params or self._matmul_params(),
             n_ctx=llama.n_ctx(),
             tokenizer_id=self._tokenizer_id(meta),
-            chat_template_id=_sha(self._template) if self._template else "",
+            chat_template_id=self._template_id(),
             capabilities=Capabilities(stream_logprobs=True, entropy="exact", score=True, raw_prompt=True),
             checksum=config.checksum,
         )
+
+    def _matmul_params(self) -> int:
+        """All weights as llama.cpp counts them. For a model with an untied output head this counts the
+        input embedding table too (a lookup, no FLOPs): registered models pass their exact count."""
+        return int(self._llama._model.n_params())
+
+    def _template_id(self) -> str:
+        """Identity of the chat template as it renders a probe conversation: two templates that differ
+        only in branches tandem never uses (tools, say) render identically and count as one."""
+        if not self._template:
+            return ""
+        probe = Prompt(
+            messages=(Message("system", "S"), Message("user", "U"), Message("assistant", "A"), Message("user", "V")),
+            assistant_prefix="P",
+        )
+        return _sha(self.render(probe))
 
     def _piece(self, token: int) -> str:
         if token < 0:
@@ -158,6 +176,12 @@ class LlamaCppBackend:
                     yield TokenStep(tok.text, tok.logprob, tok.entropy, tok.token_id)
             finally:
                 gen.close()
+
+    def reset_cache(self) -> None:
+        """Forget the KV cache (cold start for fair measurements)."""
+        with self._lock:
+            self._llama.reset()
+            self._adapter.forget()
 
     def close(self) -> None:
         with self._lock:

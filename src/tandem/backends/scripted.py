@@ -106,6 +106,9 @@ class ScriptedBackend:
         self._cache = list(tokens)
         return len(tokens) - common
 
+    def reset_cache(self) -> None:
+        self._cache = []
+
     def score(self, text: str) -> ScoreResult:
         toks = tokenize(text)
         computed = self._advance_cache(toks)
