@@ -48,8 +48,21 @@ def test_checkpoints_fall_on_boundaries_after_each_stage_budget():
     assert all(not c.handover for c in r.checkpoints[:-1])
 
 
-def test_handover_continuation_reuses_the_shadow_cache():
+def test_budget_policy_skips_shadow_passes():
     _, slm, t = make()
+    r = t.solve(QUESTION)
+    assert r.cost.models["slm"].scored_tokens == 0
+    assert r.cost.models["slm"].prompt_tokens_computed == len(tokenize(slm.stats.prompts[-1]))
+
+
+def test_handover_continuation_reuses_the_shadow_cache():
+    class Never:
+        name = "never"
+
+        def sufficiency(self, f):
+            return 0.0
+
+    _, slm, t = make(policy=Never())
     r = t.solve(QUESTION)
     slm_cost = r.cost.models["slm"]
     # the shadow pass scored exactly the hand-over prompt, so the continuation computed none of it
@@ -158,7 +171,7 @@ def test_cost_counts_both_models_and_both_flops_definitions():
     assert llm.flops_total == 2 * 1_500_000_000 * (llm.prompt_tokens_computed + llm.generated_tokens)
     assert r.cost.flops_total == pytest.approx(llm.flops_total + slm.flops_total)
     assert r.cost.flops_generated < r.cost.flops_total
-    assert set(r.cost.phases) >= {"slm_score", "llm_stream", "slm_generate", "decide"}
+    assert set(r.cost.phases) >= {"llm_stream", "slm_generate", "decide"}
 
 
 def test_events_are_emitted_in_order():

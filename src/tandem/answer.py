@@ -132,7 +132,7 @@ def _extract_math(text: str) -> Extraction:
         while (inner := _ANSWER_IS_RE.search(raw)) is not None:  # "Final Answer: The answer is 5"
             raw = inner.group("ans")
         ans = _clean_answer_is(raw)
-        if ans:
+        if ans and not _BOXED_RE.search(ans):  # a box here never closed: the text was cut
             return Extraction(ans, "answer_is")
     number = _last_number(text)
     if number is not None:

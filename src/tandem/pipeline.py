@@ -72,7 +72,7 @@ class Tandem:
         """`method`: "tandem", "slm", "llm" or "fixed:N". `overrides` replace PipelineConfig fields."""
         if not question or not question.strip():
             raise InputError("the question is empty")
-        cfg = replace(self.config, **overrides) if overrides else self.config
+        cfg = _with_overrides(self.config, overrides)
         run = _Run(self, cfg, question, on_event or (lambda _e, _p: None))
         t0 = time.perf_counter()
         if method == "slm":
@@ -94,6 +94,21 @@ class Tandem:
         result.settings = {**asdict(cfg), "policy": self.policy.name, "llm": self.llm.info.name,
                            "slm": self.slm.info.name, **PromptSet(cfg.task).identity()}
         return result
+
+
+def _with_overrides(cfg: PipelineConfig, overrides: dict[str, Any]) -> PipelineConfig:
+    """Replace PipelineConfig fields; decoding fields (temperature, seed, *_max_tokens) may be given flat."""
+    if not overrides:
+        return cfg
+    dec_fields = set(DecodingSettings.__dataclass_fields__)
+    dec = {k: v for k, v in overrides.items() if k in dec_fields}
+    rest = {k: v for k, v in overrides.items() if k not in dec_fields}
+    unknown = set(rest) - set(PipelineConfig.__dataclass_fields__)
+    if unknown:
+        raise ConfigError(f"unknown pipeline option(s): {', '.join(sorted(unknown))}")
+    if dec:
+        rest["decoding"] = replace(cfg.decoding, **dec)
+    return replace(cfg, **rest)
 
 
 class _Run:
@@ -171,7 +186,8 @@ class _Run:
                 f"{slm.info.name} differ; use --handover hint"
             )
         caps = slm.info.capabilities
-        self.can_shadow = cfg.shadow and caps.score and caps.raw_prompt
+        uses_shadow = getattr(policy, "uses_shadow", True)
+        self.can_shadow = cfg.shadow and uses_shadow and caps.score and caps.raw_prompt
         self.base_text = slm.render(self.prompts.solve(self.q)) if self.can_shadow else ""
         max_budget = rule.setting(cfg.effort).max_budget
         budgets = sorted({b for b in cfg.stage_budgets if b < max_budget} | {max_budget})

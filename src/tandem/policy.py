@@ -77,6 +77,7 @@ class BudgetPolicy:
     """
 
     name = "budget"
+    uses_shadow = False  # features are not needed: the pipeline skips the SLM's shadow passes
 
     def sufficiency(self, features: dict[str, float]) -> float:
         return 0.0

