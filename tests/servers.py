@@ -95,10 +95,13 @@ class Server:
 
 @contextmanager
 def llama_cpp_server(
-    model_path: Path, *, n_ctx: int = 2048, n_threads: int = 2, startup_timeout_s: float = 120.0,
+    model_path: Path, *, n_ctx: int = 2048, n_threads: int = 1, startup_timeout_s: float = 120.0,
     extra_args: tuple[str, ...] = (),
 ) -> Iterator[Server]:
-    """Run llama-cpp-python's server on loopback for the duration of the block."""
+    """Run llama-cpp-python's server on loopback for the duration of the block.
+
+    One thread by default: with as many llama.cpp threads as cores, any other busy process (a test
+    running beside it) slows generation down by an order of magnitude."""
     port = free_port()
     log_fd, log_name = tempfile.mkstemp(prefix="llama-server-", suffix=".log")
     cmd = [

@@ -239,3 +239,27 @@ def test_humaneval_wrong_answers_fail_with_a_reason(humaneval: list[Problem]) ->
     for text, reason in cases.items():
         grade = grade_humaneval(problem, text, timeout_s=2)
         assert (grade.correct, grade.reason) == (False, reason), (text, grade)
+
+
+def test_humaneval_program_keeps_the_prompts_helpers() -> None:
+    prompt = (
+        'import math\n\n\ndef helper(x):\n    return x * 2\n\n\ndef f(x):\n    """Twice x, plus one."""\n'
+    )
+    meta = {
+        "prompt": prompt,
+        "test": "def check(candidate):\n    assert candidate(2) == 5\n",
+        "entry_point": "f",
+    }
+    problem = Problem(id="synthetic/0", question=prompt, task="code", meta=meta)
+    assert grade_humaneval(problem, "```python\ndef f(x):\n    return helper(x) + 1\n```").correct
+    assert grade_humaneval(problem, "```python\nreturn helper(x) + 1\n```").correct  # body, unindented
+    assert not grade_humaneval(problem, "```python\ndef f(x):\n    return helper(x)\n```").correct
+
+
+def test_humaneval_problem_without_tests_is_an_error() -> None:
+    from tandem.errors import InputError
+
+    with pytest.raises(InputError, match="lacks test"):
+        grade_humaneval(
+            Problem(id="x", question="", task="code", meta={"prompt": "p", "entry_point": "f"}), "    pass"
+        )

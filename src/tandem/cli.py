@@ -195,6 +195,15 @@ def solve(
     out.print(_cost_table(results))
 
 
+def _register_subcommands() -> None:
+    from .bench.commands import register
+
+    register(app)
+
+
+_register_subcommands()
+
+
 def main() -> None:
     """Entry point: project errors become one clear line and exit code 2, never a traceback."""
     try:

@@ -111,6 +111,30 @@ def _with_overrides(cfg: PipelineConfig, overrides: dict[str, Any]) -> PipelineC
     return replace(cfg, **rest)
 
 
+class CheckpointSchedule:
+    """Where checkpoints fall: at the first insight boundary after each stage budget, or
+    `max_unit_tokens` after the budget when no boundary comes. Shared by live runs and probes."""
+
+    def __init__(self, budgets: list[int], max_unit_tokens: int) -> None:
+        self.budgets, self.max_unit_tokens, self.stage = budgets, max_unit_tokens, 1
+
+    def due(self, n_tokens: int, at_boundary: bool) -> int | None:
+        """The stage whose checkpoint falls at this token, if any."""
+        if self.stage > len(self.budgets) or n_tokens < self.budgets[self.stage - 1]:
+            return None
+        if at_boundary or n_tokens - self.budgets[self.stage - 1] >= self.max_unit_tokens:
+            return self.stage
+        return None
+
+    def passed(self, n_tokens: int) -> None:
+        """A checkpoint at `n_tokens` did not hand over: the next stage is the first budget beyond it."""
+        self.stage = 1 + sum(1 for b in self.budgets if b <= n_tokens)
+
+
+def stage_budgets_for(budgets: tuple[int, ...], max_budget: int) -> list[int]:
+    return sorted({b for b in budgets if b < max_budget} | {max_budget})
+
+
 class _Run:
     """State of one solve."""
 
@@ -189,8 +213,8 @@ class _Run:
         uses_shadow = getattr(policy, "uses_shadow", True)
         self.can_shadow = cfg.shadow and uses_shadow and caps.score and caps.raw_prompt
         self.base_text = slm.render(self.prompts.solve(self.q)) if self.can_shadow else ""
-        max_budget = rule.setting(cfg.effort).max_budget
-        budgets = sorted({b for b in cfg.stage_budgets if b < max_budget} | {max_budget})
+        budgets = stage_budgets_for(cfg.stage_budgets, rule.setting(cfg.effort).max_budget)
+        schedule = CheckpointSchedule(budgets, cfg.max_unit_tokens)
         seg, checkpoints = InsightSegmenter(cfg.handover), []
         llm_text, llm_steps, q_steps = "", [], None
 
@@ -215,7 +239,7 @@ class _Run:
         if not handed_over:
             llm_prompt = self.prompts.solve(self.q) if cfg.handover == "continue" else self.prompts.coordinator(self.q)
             stream = llm.stream(self._request(llm_prompt, cfg.decoding.llm_max_tokens))
-            t_llm, stage, full_text = time.perf_counter(), 1, ""
+            t_llm, full_text = time.perf_counter(), ""
             try:
                 for step in stream:
                     llm_text = full_text = full_text + step.text
@@ -224,19 +248,17 @@ class _Run:
                     new_units = seg.feed(step.text, len(llm_steps))
                     for unit in new_units:
                         self.emit("insight", asdict(unit))
-                    n = len(llm_steps)
-                    if stage > len(budgets) or n < budgets[stage - 1]:
+                    stage = schedule.due(len(llm_steps), bool(new_units))
+                    if stage is None:
                         continue
-                    at_boundary = bool(new_units) or n - budgets[stage - 1] >= cfg.max_unit_tokens
                     if new_units:  # hand over whole units: the token that revealed a boundary waits
                         llm_text = llm_text[: len(llm_text) - len(seg.pending)]
-                    if at_boundary and checkpoint(stage):
+                    if checkpoint(stage):
                         t_dec = time.perf_counter()
                         stream.close()
                         cancel_latency, handed_over = time.perf_counter() - t_dec, True
                         break
-                    if at_boundary:
-                        stage = 1 + sum(1 for b in budgets if b <= n)
+                    schedule.passed(len(llm_steps))
             finally:
                 stream.close()
                 self.llm_cost.add(stream.usage)

@@ -41,7 +41,7 @@ _HINT_GUIDE = (
     "[Thinking Insights]\n"
 )
 
-_CODE_SUFFIX = "\n\nComplete the following Python function:\n```python\n{prompt}```"
+_CODE_SUFFIX = "Complete the following Python function:\n```python\n{prompt}```"
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,8 @@ class PromptSet:
         return Prompt(messages=(Message("system", _SOLVE_SYSTEM[self.task]), Message("user", content)))
 
     def question_text(self, question: str) -> str:
+        if self.task == "code":
+            return _CODE_SUFFIX.format(prompt=question.strip("\n") + "\n").lstrip()
         return question.strip()
 
     def identity(self) -> dict[str, str]:

@@ -177,6 +177,9 @@ class LlamaCppBackend:
             finally:
                 gen.close()
 
+    def tokenize(self, text: str) -> list[int]:
+        return self._adapter.tokenize(text)
+
     def reset_cache(self) -> None:
         """Forget the KV cache (cold start for fair measurements)."""
         with self._lock:

@@ -46,6 +46,14 @@ meaningless numbers, so unless the answer carries `prompt_logprobs` (vLLM, whose
   *after* token i.
 
 A failed check raises `UnsupportedError` instead of returning wrong numbers.
+
+Usage comes from the final `usage` chunk (requested with `stream_options.include_usage`),
+including `prompt_tokens_details.cached_tokens` when the server reports it (vLLM with
+`--enable-prompt-tokens-details`, OpenAI); without it every prompt token counts as computed.
+A cancelled stream never gets that chunk, and some servers (llama-cpp-python) never send it: the
+prompt is then counted with the server's tokenizer endpoint (vLLM's `/tokenize`, llama.cpp's
+`/tokenize`, llama-cpp-python's `/extras/tokenize`, probed once) and generated tokens are those
+received; a server with no tokenizer endpoint (OpenAI) leaves `prompt_tokens` at 0.
 """
 
 from __future__ import annotations
@@ -56,7 +64,7 @@ import math
 import os
 import time
 from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
 import httpx
@@ -111,7 +119,9 @@ class OpenAIBackendConfig:
     once a token was streamed. `tokenizer_id` / `chat_template_id` are free strings that say
     whether two endpoints share tokenizer and template (the pipeline compares them);
     `chat_template` (Jinja, with `bos_token` / `eos_token`) renders prompts locally instead of
-    asking the server, and then also sets `chat_template_id` when that is empty. `extra_body` is
+    asking the server; when `chat_template_id` is empty it is then derived as LlamaCppBackend
+    derives it (a hash of how the template renders a probe conversation), so an endpoint and an
+    embedded model with the same template compare equal. `extra_body` is
     merged into every generation and scoring request (e.g. `{"repeat_penalty": 1.0}` for
     llama-cpp-python, whose default is 1.1 even at temperature 0); it cannot override the fields
     the backend relies on.
@@ -228,8 +238,15 @@ def iter_sse_data(lines: Iterable[str]) -> Iterator[str]:
 
 
 def _sha16(text: str) -> str:
-    # the same id LlamaCppBackend derives from a GGUF's template, so the two can be compared
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+# LlamaCppBackend identifies a chat template by how it renders this conversation (tests check that
+# both backends give one template the same id)
+_TEMPLATE_PROBE = Prompt(
+    messages=(Message("system", "S"), Message("user", "U"), Message("assistant", "A"), Message("user", "V")),
+    assistant_prefix="P",
+)
 
 
 @dataclass
@@ -259,7 +276,7 @@ def _num(x: Any) -> float | None:
     if x is None:
         return None
     if isinstance(x, bool) or not isinstance(x, int | float):
-        raise BackendProtocolError(f"expected a number in the log-probs, got {x!r}")
+        raise BackendProtocolError(f"malformed log-probs: expected a number, got {x!r}")
     return float(x)
 
 
@@ -298,14 +315,14 @@ def _chat_entries(lp: Any) -> list[_Entry]:
     return out
 
 
-def _steps_for_chunk(text: str, entries: Sequence[_Entry]) -> list[TokenStep]:
+def _steps_for_chunk(text: str, entries: Sequence[_Entry], *, with_entropy: bool = True) -> list[TokenStep]:
     """TokenSteps for one streamed chunk: one per token when the log-probs say which tokens the
     text is made of, else the text alone (log-prob unknown)."""
     if len(entries) == 1:
         e = entries[0]
-        return [TokenStep(text, e.logprob, e.entropy())]
+        return [TokenStep(text, e.logprob, e.entropy() if with_entropy else None)]
     if entries and "".join(e.text for e in entries) == text:
-        return [TokenStep(e.text, e.logprob, e.entropy()) for e in entries]
+        return [TokenStep(e.text, e.logprob, e.entropy() if with_entropy else None) for e in entries]
     return [TokenStep(text)] if text else []
 
 
@@ -382,7 +399,7 @@ class OpenAIBackend:
             n_params=config.n_params,
             n_ctx=config.n_ctx,
             tokenizer_id=config.tokenizer_id,
-            chat_template_id=config.chat_template_id or (_sha16(config.chat_template) if config.chat_template else ""),
+            chat_template_id=config.chat_template_id,
             capabilities=Capabilities(
                 stream_logprobs=True,
                 entropy="topk" if k > 0 else "none",
@@ -391,6 +408,12 @@ class OpenAIBackend:
             ),
             checksum=config.checksum,
         )
+        if config.chat_template is not None and not config.chat_template_id and config.api == "completions":
+            try:
+                self._info = replace(self._info, chat_template_id=_sha16(self.render(_TEMPLATE_PROBE)))
+            except BaseException:
+                self._client.close()
+                raise
 
     # ---- Backend ---------------------------------------------------------------------------------
     @property
@@ -417,14 +440,18 @@ class OpenAIBackend:
         return self._apply_template(prompt.messages) + prompt.assistant_prefix
 
     def stream(self, request: GenerationRequest) -> TokenStream:
-        """Stream a completion. Nothing is sent before the first `next()`; closing the stream
-        closes the HTTP response at once, which is how the server learns to stop."""
+        """Stream a completion. The prompt is rendered now (which may ask the server once, see
+        `render`); the generation request is sent at the first `next()`. Closing the stream closes
+        the HTTP response at once, which is how the server learns to stop."""
         path, body, count_body = self._generation_body(request)
         usage = Usage()
         return TokenStream(self._generate(path, body, count_body, usage), usage)
 
     def score(self, text: str) -> ScoreResult:
-        """Per-token log-probs of `text` from the server's echo (see the module docstring)."""
+        """Per-token log-probs of `text` from the server's echo (see the module docstring).
+
+        `usage` is that of the echo request (its prompt tokens, cached ones when the server says,
+        and the one token it had to generate); the check's second request is not counted."""
         if not self._info.capabilities.score:
             why = "the chat API cannot" if self.config.api == "chat" else "the config says the server cannot"
             raise UnsupportedError(f"{self._info.name}: scoring needs the completions API and echo; {why}")
@@ -497,13 +524,14 @@ class OpenAIBackend:
         finish: str | None = None
         done = reported = ended_well = cancelled = False
         chat = self.config.api == "chat"
+        k = int(body.get("top_logprobs", 0) if chat else body.get("logprobs", 0))
         try:
             for data in iter_sse_data(self._lines(resp)):
                 if data.strip() == "[DONE]":
                     done = True
                     break
                 chunk = self._parse_json(data, "stream chunk")
-                if "error" in chunk:
+                if chunk.get("error"):
                     err = chunk["error"]
                     msg = err.get("message", err) if isinstance(err, Mapping) else err
                     raise BackendProtocolError(self._redact(f"{self._info.name}: server error mid-stream: {msg}"))
@@ -520,7 +548,7 @@ class OpenAIBackend:
                         entries = _completion_entries(choice.get("logprobs"))
                     if not isinstance(text, str):
                         raise BackendProtocolError(f"{self._info.name}: malformed stream chunk (text)")
-                    steps = _steps_for_chunk(text, entries)
+                    steps = _steps_for_chunk(text, entries, with_entropy=k > 0)
                     if not reported:
                         usage.generated_tokens += len(entries) or len(steps)
                     yield from steps
@@ -661,12 +689,17 @@ class OpenAIBackend:
                 self._template = env.from_string(self.config.chat_template or "")
             except TemplateError as exc:
                 raise ConfigError(f"invalid chat_template: {exc}") from exc
-        return str(
-            self._template.render(
-                messages=msgs, add_generation_prompt=True,
-                bos_token=self.config.bos_token, eos_token=self.config.eos_token,
+        from jinja2 import TemplateError as RenderError
+
+        try:
+            return str(
+                self._template.render(
+                    messages=msgs, add_generation_prompt=True,
+                    bos_token=self.config.bos_token, eos_token=self.config.eos_token,
+                )
             )
-        )
+        except RenderError as exc:
+            raise ConfigError(f"chat_template failed to render: {exc}") from exc
 
     # ---- scoring ---------------------------------------------------------------------------------
     def _score_entries(

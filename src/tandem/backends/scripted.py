@@ -106,6 +106,9 @@ class ScriptedBackend:
         self._cache = list(tokens)
         return len(tokens) - common
 
+    def tokenize(self, text: str) -> list[str]:
+        return tokenize(text)
+
     def reset_cache(self) -> None:
         self._cache = []
 

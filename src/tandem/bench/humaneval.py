@@ -8,6 +8,7 @@ import textwrap
 
 from tandem.answer import extract_answer, looks_truncated
 from tandem.bench.sandbox import run_sandboxed
+from tandem.errors import InputError
 from tandem.types import Grade, Problem
 
 __all__ = ["build_program", "grade_humaneval"]
@@ -23,6 +24,7 @@ def build_program(problem: Problem, code: str) -> str:
 
     `problem.meta` needs "prompt", "test" and "entry_point", as in the HumanEval file.
     """
+    _check_meta(problem)
     prompt: str = problem.meta["prompt"]
     entry: str = problem.meta["entry_point"]
     if re.search(rf"^\s*def\s+{re.escape(entry)}\s*\(", code, re.MULTILINE):
@@ -44,6 +46,7 @@ def grade_humaneval(problem: Problem, text: str, *, timeout_s: float = 10.0, mem
     unclosed final code fence that failed), "exited_early", or the sandbox's reason ("failed",
     "timeout", "memory", "killed").
     """
+    _check_meta(problem)
     extraction = extract_answer(text, "code")
     if extraction.answer is None:
         if not text.strip():
@@ -67,6 +70,12 @@ def grade_humaneval(problem: Problem, text: str, *, timeout_s: float = 10.0, mem
     if truncated and result.reason == "failed":
         return Grade(False, "truncated", extraction)
     return Grade(False, result.reason, extraction)
+
+
+def _check_meta(problem: Problem) -> None:
+    missing = [k for k in ("prompt", "test", "entry_point") if not problem.meta.get(k)]
+    if missing:
+        raise InputError(f"HumanEval problem {problem.id} lacks {', '.join(missing)} in its meta")
 
 
 def _compiles(source: str) -> bool:

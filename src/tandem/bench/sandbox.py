@@ -215,13 +215,13 @@ def _execute(
         raise SandboxError(f"could not start the sandboxed process: {exc}") from exc
     try:
         timed_out = not _wait_unreaped(proc.pid, timeout_s)
-        if timed_out and plan.mode == "namespaces":
+    finally:
+        if plan.mode == "namespaces":
             # killing the namespace's first process kills every process in it, and lets unshare
             # reap it and exit (killing unshare first would orphan that process as a zombie)
             for child in _children(proc.pid):
                 _signal(child, signal.SIGKILL)
             _wait_unreaped(proc.pid, 2.0)
-    finally:
         # the group leader is not reaped yet, so its group id cannot have been reused
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
@@ -461,6 +461,8 @@ def _get_plan() -> _Plan:
 
 
 def _choose_plan() -> _Plan:
+    if not sys.platform.startswith("linux"):
+        raise SandboxError("the code sandbox needs Linux")
     if os.geteuid() != 0:
         logger.warning(
             "sandbox: not running as root, so generated code runs as the current user, "
@@ -471,16 +473,31 @@ def _choose_plan() -> _Plan:
     unshare = shutil.which("unshare")
     problem = "the unshare program was not found"
     if unshare is not None:
-        probe = subprocess.run(
-            [unshare, "--net", "--pid", "--kill-child", "--mount-proc", "--", sys.executable, "-I", "-c", ""],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        if probe.returncode == 0:
-            candidates.append(_namespace_plan(unshare))
+        try:
+            probe = subprocess.run(
+                [
+                    unshare,
+                    "--net",
+                    "--pid",
+                    "--kill-child",
+                    "--mount-proc",
+                    "--",
+                    sys.executable,
+                    "-I",
+                    "-c",
+                    "",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            problem = f"unshare failed: {exc}"
         else:
-            problem = f"unshare failed: {probe.stderr.strip()[-300:]}"
+            if probe.returncode == 0:
+                candidates.append(_namespace_plan(unshare))
+            else:
+                problem = f"unshare failed: {probe.stderr.strip()[-300:]}"
     candidates.append(_Plan("uid_only"))
     for plan in candidates:
         error = _trial(plan)

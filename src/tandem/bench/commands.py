@@ -1,0 +1,193 @@
+"""`tandem probe`, `tandem eval`, `tandem replay`, `tandem report`: evaluation from the command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from ..errors import ConfigError, InputError
+
+err = Console(stderr=True)
+out = Console()
+
+DataDir = Annotated[str | None, typer.Option(help="benchmark data directory (default: $TANDEM_DATA_DIR)")]
+Split = Annotated[str | None, typer.Option(help="split (default: the benchmark's test split)")]
+Offset = Annotated[int, typer.Option(help="skip this many problems")]
+Limit = Annotated[int | None, typer.Option(help="at most this many problems")]
+Sample = Annotated[int | None, typer.Option(help="a random subset of N problems (after offset/limit)")]
+Seed = Annotated[int, typer.Option(help="seed for --sample")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML/YAML settings file")]
+LlmModel = Annotated[str | None, typer.Option(help="LLM: registry name or GGUF path")]
+SlmModel = Annotated[str | None, typer.Option(help="SLM: registry name or GGUF path")]
+
+
+def _problems(bench: str, data_dir: str | None, split: str | None, offset: int, limit: int | None,
+              sample: int | None, seed: int) -> tuple[Any, str]:
+    from .datasets import load_benchmark
+
+    ps = load_benchmark(bench, data_dir, split)
+    sel = ps.select(offset=offset, limit=limit, sample=sample, seed=seed)
+    label = f"{bench}/{ps.split}[{offset}:{offset + len(sel) if limit is None else offset + limit}]"
+    if sample:
+        label += f" sample {sample} seed {seed}"
+    if len(sel) == 0:
+        raise InputError("no problems selected")
+    return sel, label
+
+
+def _settings(config: Path | None, llm_model: str | None, slm_model: str | None, **pipe: Any) -> Any:
+    from ..config import load_settings
+
+    overrides: dict[str, Any] = {"pipeline": {k: v for k, v in pipe.items() if v is not None}}
+    if llm_model:
+        overrides["llm"] = {"model": llm_model}
+    if slm_model:
+        overrides["slm"] = {"model": slm_model}
+    return load_settings(config, overrides)
+
+
+def _budgets(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        vals = tuple(sorted(int(x) for x in text.split(",") if x.strip()))
+    except ValueError:
+        raise ConfigError(f"--budgets takes comma-separated integers, got {text!r}") from None
+    if not vals or min(vals) <= 0:
+        raise ConfigError("--budgets needs positive integers")
+    return vals
+
+
+def probe(
+    bench: Annotated[str, typer.Argument(help="gsm8k | math | math500 | aime24 | amc23 | humaneval | hf:PATH")],
+    out_dir: Annotated[Path, typer.Option("--out", help="run directory (resumed if it exists)")],
+    data_dir: DataDir = None, split: Split = None, offset: Offset = 0, limit: Limit = None,
+    sample: Sample = None, seed: Seed = 0, config: ConfigOpt = None,
+    handover: Annotated[str | None, typer.Option(help="continue | hint")] = None,
+    budgets: Annotated[str | None, typer.Option(help="stage budgets, e.g. 32,64,128,192,256")] = None,
+    llm_max_tokens: Annotated[int | None, typer.Option(help="LLM max new tokens")] = None,
+    slm_max_tokens: Annotated[int | None, typer.Option(help="SLM max new tokens")] = None,
+    llm_model: LlmModel = None, slm_model: SlmModel = None,
+) -> None:
+    """Record probe tables: the LLM's full stream and the SLM's graded answer at every checkpoint."""
+    from ..backends import build_backend
+    from ..factory import pipeline_config
+    from .graders import get_grader
+    from .probe import ProbeConfig
+    from .runner import run_probe
+    from .store import RunStore
+
+    problems, label = _problems(bench, data_dir, split, offset, limit, sample, seed)
+    st = _settings(config, llm_model, slm_model, handover=handover, llm_max_tokens=llm_max_tokens,
+                   slm_max_tokens=slm_max_tokens, stage_budgets=_budgets(budgets))
+    pc = pipeline_config(st)
+    cfg = ProbeConfig(handover=pc.handover, stage_budgets=pc.stage_budgets, max_unit_tokens=pc.max_unit_tokens,
+                      decoding=pc.decoding)
+    grader_name = _grader_name(bench)
+    llm = build_backend(st.llm, models_dir=st.models_dir)
+    slm = build_backend(st.slm, models_dir=st.models_dir)
+    try:
+        n = run_probe(problems, llm, slm, get_grader(grader_name), RunStore(out_dir), cfg, dataset=label,
+                      grader_name=grader_name, console=err)
+    finally:
+        llm.close()
+        slm.close()
+    out.print(f"probed {n} new problem(s) into {out_dir}")
+
+
+def _grader_name(bench: str) -> str:
+    from .datasets import BENCHMARKS
+
+    spec = BENCHMARKS.get(bench)
+    return spec.grader if spec else "math"
+
+
+def evaluate(
+    bench: Annotated[str, typer.Argument(help="benchmark name (see tandem probe)")],
+    out_dir: Annotated[Path, typer.Option("--out", help="run directory (resumed if it exists)")],
+    methods: Annotated[str, typer.Option(help="comma-separated: slm, llm, fixed:N, tandem, tandem:EFFORT")] =
+    "slm,llm,tandem",
+    data_dir: DataDir = None, split: Split = None, offset: Offset = 0, limit: Limit = None,
+    sample: Sample = None, seed: Seed = 0, config: ConfigOpt = None,
+    effort: Annotated[str | None, typer.Option(help="low | medium | high")] = None,
+    handover: Annotated[str | None, typer.Option(help="continue | hint")] = None,
+    classifier: Annotated[str | None, typer.Option(help="default | budget | PATH.json")] = None,
+    llm_model: LlmModel = None, slm_model: SlmModel = None,
+) -> None:
+    """Run methods live on a benchmark, one sample at a time (wall time is each method's own)."""
+    from ..config import load_settings
+    from ..factory import build_tandem
+    from .graders import get_grader
+    from .runner import run_live
+    from .store import RunStore
+
+    problems, label = _problems(bench, data_dir, split, offset, limit, sample, seed)
+    st = _settings(config, llm_model, slm_model, effort=effort, handover=handover)
+    if classifier:
+        st = load_settings(None, {**st.model_dump(), "classifier": classifier})
+    tandem = build_tandem(st)
+    grader_name = _grader_name(bench)
+    try:
+        n = run_live(problems, tandem, [m.strip() for m in methods.split(",") if m.strip()],
+                     get_grader(grader_name), RunStore(out_dir), dataset=label, grader_name=grader_name,
+                     effort=effort, console=err)
+    finally:
+        tandem.llm.close()
+        tandem.slm.close()
+    out.print(f"ran {n} new sample(s) into {out_dir}")
+
+
+def replay_cmd(
+    probe_dirs: Annotated[list[Path], typer.Argument(help="probe run directories")],
+    out_dir: Annotated[Path, typer.Option("--out", help="where to write the report")],
+    methods: Annotated[str | None, typer.Option(help="default: slm, llm, fixed:N per budget, oracle "
+                                                     "(+ tandem/route efforts with --classifier)")] = None,
+    classifier: Annotated[Path | None, typer.Option(help="classifier JSON for tandem:EFFORT / route")] = None,
+    title: Annotated[str, typer.Option(help="report title")] = "tandem replay",
+) -> None:
+    """Replay methods from probe tables and write a report (accuracy, FLOPs, Pareto plot)."""
+    from .replay_run import replay_dirs
+    from .report import write_report
+
+    outcomes, frontier, notes = replay_dirs(probe_dirs, methods, classifier)
+    path = write_report(outcomes, out_dir, title, frontier_options=frontier, notes=notes)
+    out.print(path.read_text())
+    err.print(f"report written to {path}")
+
+
+def report(
+    runs: Annotated[list[Path], typer.Argument(help="run directories (live, or probe: replayed)")],
+    out_dir: Annotated[Path, typer.Option("--out", help="where to write report.md and plots")],
+    baseline: Annotated[str, typer.Option(help="method to compare with")] = "llm",
+    title: Annotated[str, typer.Option(help="report title")] = "tandem report",
+) -> None:
+    """Join runs by problem id and report each method side by side."""
+    from .records import Outcome
+    from .replay_run import replay_dirs
+    from .report import write_report
+    from .store import read_manifest, read_records
+
+    outcomes, probe_dirs = [], []
+    for r in runs:
+        kind = read_manifest(r).get("kind")
+        if kind == "probe":
+            probe_dirs.append(r)
+        else:
+            outcomes += [Outcome.from_dict(d) for d in read_records(r)]
+    frontier, notes = None, []
+    if probe_dirs:
+        replayed, frontier, notes = replay_dirs(probe_dirs, None, None)
+        outcomes += replayed
+    path = write_report(outcomes, out_dir, title, frontier_options=frontier, baseline=baseline, notes=notes)
+    out.print(path.read_text())
+    err.print(f"report written to {path}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("probe")(probe)
+    app.command("eval")(evaluate)
+    app.command("replay")(replay_cmd)
+    app.command("report")(report)

@@ -1,0 +1,167 @@
+"""Probe tables: everything needed to score any hand-over rule on a problem without running a model.
+
+Per problem: the SLM alone, the LLM's full stream (per-token log-probs, entropies and times), and
+at every checkpoint (the same schedule as live runs, for the full list of stage budgets) the
+features and the SLM's graded answer from that prefix. The SLM scores and solves on one cache,
+as it does live. Under greedy decoding, every method that only chooses where to hand over can
+then be replayed exactly (`tandem.bench.replay`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..features import CheckpointInputs, compute_features
+from ..pipeline import CheckpointSchedule, DecodingSettings
+from ..prompts import PromptSet
+from ..segment import InsightSegmenter
+from ..types import Backend, GenerationRequest, Grade, Problem, Prompt, TokenStep
+
+PROBE_VERSION = "probe-v1"
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    handover: str = "continue"
+    stage_budgets: tuple[int, ...] = (32, 64, 128, 192, 256)
+    max_unit_tokens: int = 32
+    decoding: DecodingSettings = field(default_factory=DecodingSettings)
+
+
+def _r(x: float | None) -> float | None:
+    return None if x is None else round(float(x), 4)
+
+
+def _grade_dict(g: Grade) -> dict[str, Any]:
+    ex = g.extraction
+    return {"correct": g.correct, "reason": g.reason, "answer": ex.answer if ex else None,
+            "rule": ex.rule if ex else "none"}
+
+
+def _common_prefix(a: list[Any], b: list[Any]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class Prober:
+    """Builds one probe record per problem with a given model pair."""
+
+    def __init__(self, llm: Backend, slm: Backend, grader: Callable[[Problem, str], Grade],
+                 config: ProbeConfig) -> None:
+        self.llm, self.slm, self.grade, self.cfg = llm, slm, grader, config
+
+    def _gen(self, backend: Backend, prompt: Prompt, max_tokens: int) -> tuple[list[TokenStep], list[float], Any]:
+        d = self.cfg.decoding
+        req = GenerationRequest(prompt, max_tokens=max(1, max_tokens), temperature=d.temperature, seed=d.seed)
+        t0, steps, times = time.perf_counter(), [], []
+        with backend.stream(req) as s:
+            for st in s:
+                steps.append(st)
+                times.append(time.perf_counter() - t0)
+        return steps, times, s
+
+    def _solve(self, backend: Backend, problem: Problem, prompt: Prompt, max_tokens: int,
+               prefix: str = "") -> dict[str, Any]:
+        t0 = time.perf_counter()
+        steps, times, s = self._gen(backend, prompt, max_tokens)
+        text = "".join(x.text for x in steps)
+        lps = [x.logprob for x in steps if x.logprob is not None]
+        return {
+            "lp_mean": sum(lps) / len(lps) if lps else 0.0, "lp_min": min(lps) if lps else 0.0,
+            "text": text, "prompt_tokens": s.usage.prompt_tokens,
+            "prompt_computed": s.usage.computed_prompt_tokens, "generated": s.usage.generated_tokens,
+            "seconds": time.perf_counter() - t0, "finish": s.finish_reason,
+            "grade": _grade_dict(self.grade(problem, prefix + text)),
+            "_steps": steps, "_times": times,
+        }
+
+    def _reset(self) -> None:
+        for b in (self.llm, self.slm):
+            getattr(b, "reset_cache", lambda: None)()
+
+    def _tokens(self, text: str) -> list[Any] | None:
+        tok = getattr(self.slm, "tokenize", None)
+        return tok(text) if tok else None
+
+    def probe(self, problem: Problem) -> dict[str, Any]:
+        cfg, ps = self.cfg, PromptSet(problem.task)
+        q = problem.question
+        self._reset()
+        base = self.slm.render(ps.solve(q))
+        # checkpoint 0: the SLM reads the question (its features route), then solves alone, warm
+        sr0 = self.slm.score(base)
+        qpos = base.find(q.strip())
+        q_steps = [s for s, o in zip(sr0.steps, sr0.offsets, strict=True) if qpos <= o < qpos + len(q.strip())]
+        ck0 = {"features": compute_features(CheckpointInputs(0, 0, [], [], q_steps, [])),
+               "score_tokens": sr0.usage.computed_prompt_tokens, "score_seconds": sr0.usage.seconds}
+        slm_alone = self._solve(self.slm, problem, ps.solve(q), cfg.decoding.slm_max_tokens)
+        slm_alone["prompt_tokens_cold"] = len(sr0.steps)
+        # the LLM's full stream, never cut
+        llm_prompt = ps.solve(q) if cfg.handover == "continue" else ps.coordinator(q)
+        self._reset()
+        llm = self._solve(self.llm, problem, llm_prompt, cfg.decoding.llm_max_tokens)
+        llm_steps: list[TokenStep] = llm.pop("_steps")
+        llm_times: list[float] = llm.pop("_times")
+        llm_solve = None
+        if cfg.handover == "hint":
+            self._reset()
+            llm_solve = self._solve(self.llm, problem, ps.solve(q), cfg.decoding.llm_max_tokens)
+            llm_solve.pop("_steps"), llm_solve.pop("_times")
+        # checkpoints: the live schedule over the whole budget list
+        seg = InsightSegmenter(cfg.handover)
+        sched = CheckpointSchedule(sorted(cfg.stage_budgets), cfg.max_unit_tokens)
+        marks: list[tuple[int, int, str, int]] = []  # (stage, llm_tokens, prefix text, n units)
+        text = ""
+        for i, st in enumerate(llm_steps, 1):
+            text += st.text
+            new = seg.feed(st.text, i)
+            stage = sched.due(i, bool(new))
+            if stage is None:
+                continue
+            prefix = text[: len(text) - len(seg.pending)] if new else text
+            marks.append((stage, i, prefix, len(seg.units)))
+            sched.passed(i)
+        seg.flush(len(llm_steps))
+        if cfg.handover == "hint" and (not marks or marks[-1][1] < len(llm_steps)) and sched.stage <= len(sched.budgets):
+            marks.append((sched.stage, len(llm_steps), text, len(seg.units)))  # insights ended early
+        # the SLM at each checkpoint: shadow-score the prefix, then solve from the warm cache
+        self._reset()
+        self.slm.score(base)
+        checkpoints, prev_tokens = [], self._tokens(base)
+        for stage, k, prefix, n_units in marks:
+            prompt = ps.continue_from(q, prefix) if cfg.handover == "continue" else ps.with_hint(q, prefix)
+            full = self.slm.render(prompt)
+            scored = full if cfg.handover == "continue" else full[: full.rfind(prefix) + len(prefix)]
+            start = len(base) if cfg.handover == "continue" else len(scored) - len(prefix)
+            sr = self.slm.score(scored)
+            toks = self._tokens(scored)
+            live = (len(toks) - _common_prefix(prev_tokens, toks) + 1
+                    if toks is not None and prev_tokens is not None else sr.usage.computed_prompt_tokens)
+            prev_tokens = toks
+            feats = compute_features(CheckpointInputs(stage, k, seg.units[:n_units], llm_steps[:k], q_steps,
+                                                      sr.after(start)))
+            room = cfg.decoding.slm_max_tokens - (k if cfg.handover == "continue" else 0)
+            slm = self._solve(self.slm, problem, prompt, room, prefix if cfg.handover == "continue" else "")
+            slm.pop("_steps"), slm.pop("_times")
+            checkpoints.append({
+                "stage": stage, "llm_tokens": k, "n_insights": n_units, "features": feats,
+                "handover_prompt_tokens": len(toks) if toks is not None else sr.usage.prompt_tokens,
+                "score_tokens_live": live, "score_seconds": sr.usage.seconds, "prefix_chars": len(prefix),
+                "slm": slm,
+            })
+            self.slm.score(scored)  # back to the live cache state before the next checkpoint
+        return {
+            "version": PROBE_VERSION, "problem_id": problem.id, "gold": problem.answer, "task": problem.task,
+            "ck0": ck0, "slm_alone": {k: v for k, v in slm_alone.items() if not k.startswith("_")},
+            "llm": {**llm, "token_times": [round(t, 4) for t in llm_times],
+                    "lp": [_r(s.logprob) for s in llm_steps], "ent": [_r(s.entropy) for s in llm_steps]},
+            "llm_solve": llm_solve, "checkpoints": checkpoints,
+            "units": [asdict(u) for u in seg.units],
+        }

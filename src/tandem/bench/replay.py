@@ -1,0 +1,231 @@
+"""Score hand-over methods exactly from probe records, pricing them as live runs are priced.
+
+Pricing (FLOPs = 2 x params x tokens, each token counted where it is computed):
+- `slm`: the SLM reads the prompt cold and writes its answer.
+- `llm`: the LLM reads the prompt and writes its whole answer.
+- hand-over at checkpoint k with a feature-reading policy (`tandem`): LLM prompt + k tokens; the
+  SLM's shadow pass over question and insights, incremental at every visited checkpoint; its
+  continuation from the warm cache.
+- hand-over without features (`fixed:N`, `oracle`): the SLM reads the hand-over prompt once.
+- `route`: checkpoint 0 only: SLM alone or LLM alone. `cascade:T`: the SLM alone first; the LLM
+  alone too when the SLM's mean token log-prob is below T.
+Wall time is summed from the probe's measured parts (SLM prompt time without a shadow pass is
+estimated from the SLM's measured prompt throughput at checkpoint 0).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ConfigError
+from ..pipeline import stage_budgets_for
+from ..policy import StopRule
+from ..types import StopPolicy
+from .records import Outcome
+
+
+@dataclass(frozen=True)
+class PairParams:
+    llm: int
+    slm: int
+
+
+@dataclass
+class _Cost:
+    llm_prompt: int = 0
+    llm_gen: int = 0
+    slm_prompt: int = 0
+    slm_gen: int = 0
+    seconds: float = 0.0
+
+    def flops(self, p: PairParams) -> tuple[float, float]:
+        total = 2.0 * (p.llm * (self.llm_prompt + self.llm_gen) + p.slm * (self.slm_prompt + self.slm_gen))
+        return total, 2.0 * (p.llm * self.llm_gen + p.slm * self.slm_gen)
+
+
+def _llm_alone(rec: dict[str, Any]) -> dict[str, Any]:
+    return rec["llm_solve"] or rec["llm"]
+
+
+def _slm_prompt_seconds(rec: dict[str, Any], tokens: int) -> float:
+    ck0 = rec["ck0"]
+    rate = ck0["score_seconds"] / max(ck0["score_tokens"], 1)
+    return tokens * rate
+
+
+def _outcome(rec: dict[str, Any], method: str, grade: dict[str, Any], cost: _Cost, p: PairParams, *,
+             stop: str, handover: int | None, finish: str | None) -> Outcome:
+    total, gen = cost.flops(p)
+    return Outcome(
+        problem_id=rec["problem_id"], method=method, correct=bool(grade["correct"]), answer=grade.get("answer"),
+        gold=rec["gold"], extraction_rule=grade.get("rule", "none"), grade_reason=grade.get("reason", ""),
+        truncated=finish == "length", stop_reason=stop, handover_tokens=handover,
+        llm_prompt_tokens=cost.llm_prompt, llm_generated_tokens=cost.llm_gen, slm_prompt_tokens=cost.slm_prompt,
+        slm_generated_tokens=cost.slm_gen, flops_total=total, flops_generated=gen, wall_seconds=cost.seconds,
+        replayed=True,
+    )
+
+
+def _slm(rec: dict[str, Any], p: PairParams, method: str = "slm") -> Outcome:
+    a = rec["slm_alone"]
+    c = _Cost(slm_prompt=a["prompt_tokens_cold"], slm_gen=a["generated"],
+              seconds=rec["ck0"]["score_seconds"] + a["seconds"])
+    return _outcome(rec, method, a["grade"], c, p, stop="slm_alone", handover=None, finish=a["finish"])
+
+
+def _llm(rec: dict[str, Any], p: PairParams, method: str = "llm") -> Outcome:
+    a = _llm_alone(rec)
+    c = _Cost(llm_prompt=a["prompt_tokens"], llm_gen=a["generated"], seconds=a["seconds"])
+    return _outcome(rec, method, a["grade"], c, p, stop="llm_alone", handover=None, finish=a["finish"])
+
+
+def _llm_time(rec: dict[str, Any], k: int) -> float:
+    times = rec["llm"]["token_times"]
+    return float(times[min(k, len(times)) - 1]) if k > 0 and times else 0.0
+
+
+def _handover(rec: dict[str, Any], ck: dict[str, Any], p: PairParams, method: str, *,
+              shadow: list[dict[str, Any]] | None, stop: str) -> Outcome:
+    """Hand over at `ck`; `shadow` = the checkpoints whose shadow passes were paid (None: no shadow)."""
+    k, s = ck["llm_tokens"], ck["slm"]
+    c = _Cost(llm_prompt=rec["llm"]["prompt_tokens"], llm_gen=k, slm_gen=s["generated"])
+    c.seconds = _llm_time(rec, k) + s["seconds"]
+    if shadow is None:
+        c.slm_prompt = s["prompt_tokens"]
+        c.seconds += _slm_prompt_seconds(rec, s["prompt_tokens"])
+    else:
+        c.slm_prompt = rec["ck0"]["score_tokens"] + sum(x["score_tokens_live"] for x in shadow) + s["prompt_computed"]
+        c.seconds += rec["ck0"]["score_seconds"] + sum(x["score_seconds"] for x in shadow)
+    return _outcome(rec, method, s["grade"], c, p, stop=stop, handover=k, finish=s["finish"])
+
+
+def _checkpoint_for_budget(rec: dict[str, Any], n: int) -> dict[str, Any] | None:
+    """The live checkpoint of a fixed budget n: the first probe checkpoint at or after n tokens."""
+    for ck in rec["checkpoints"]:
+        if ck["llm_tokens"] >= n:
+            return ck
+    return None
+
+
+def replay_fixed(rec: dict[str, Any], n: int, p: PairParams, handover: str = "continue") -> Outcome:
+    method = f"fixed:{n}"
+    if n == 0:
+        return _slm(rec, p, method)
+    ck = _checkpoint_for_budget(rec, n)
+    if ck is None:  # the LLM finished before n tokens
+        if handover == "continue":
+            return _llm(rec, p, method) if not rec["llm_solve"] else _llm(rec, p, method)
+        return _llm(rec, p, method)
+    return _handover(rec, ck, p, method, shadow=None, stop="budget")
+
+
+def options(rec: dict[str, Any], p: PairParams) -> list[Outcome]:
+    """Every per-problem choice a stopping rule could make, priced without shadow passes."""
+    outs = [_slm(rec, p, "slm")]
+    outs += [_handover(rec, ck, p, f"ck@{ck['llm_tokens']}", shadow=None, stop="oracle") for ck in rec["checkpoints"]]
+    outs.append(_llm(rec, p, "llm"))
+    return outs
+
+
+def replay_oracle(rec: dict[str, Any], p: PairParams) -> Outcome:
+    opts = options(rec, p)
+    right = [o for o in opts if o.correct]
+    best = min(right, key=lambda o: o.flops_total) if right else opts[-1]
+    best.method, best.stop_reason = "oracle", "oracle"
+    return best
+
+
+def replay_policy(rec: dict[str, Any], p: PairParams, policy: StopPolicy, rule: StopRule, *, effort: str,
+                  handover: str = "continue", method: str | None = None, budgets: tuple[int, ...] | None = None,
+                  ) -> Outcome:
+    """The live pipeline's decisions, replayed: checkpoint 0, then each checkpoint up to the effort's budget."""
+    method = method or f"tandem:{effort}"
+    max_budget = rule.setting(effort).max_budget
+    probe_budgets = tuple(budgets or (32, 64, 128, 192, 256))
+    if max_budget not in probe_budgets:
+        raise ConfigError(f"effort {effort!r} has budget {max_budget}, not a checkpoint of this probe table "
+                          f"({probe_budgets})")
+    n_stages = len(stage_budgets_for(probe_budgets, max_budget))
+    d = rule.decide(policy.sufficiency(rec["ck0"]["features"]), effort=effort, stage=0, llm_tokens=0)
+    if d.handover:
+        out = _slm(rec, p, method)
+        out.slm_prompt_tokens = rec["ck0"]["score_tokens"]  # the shadow pass read the prompt
+        out.stop_reason, out.extra = "slm_alone", {"decided_at_stage": 0}
+        return out
+    visited: list[dict[str, Any]] = []
+    for ck in rec["checkpoints"]:
+        if ck["stage"] > n_stages:
+            break
+        visited.append(ck)
+        d = rule.decide(policy.sufficiency(ck["features"]), effort=effort, stage=ck["stage"],
+                        llm_tokens=ck["llm_tokens"])
+        last_insight = handover == "hint" and ck is rec["checkpoints"][-1] and \
+            ck["llm_tokens"] >= rec["llm"]["generated"]
+        if d.handover or last_insight:
+            stop = d.reason if d.handover else "llm_finished"
+            out = _handover(rec, ck, p, method, shadow=visited, stop=stop)
+            out.extra = {"decided_at_stage": ck["stage"]}
+            return out
+    # the LLM finished its own solution first: its answer stands (plus the shadow passes paid)
+    out = _llm(rec, p, method)
+    out.stop_reason = "llm_finished"
+    out.slm_prompt_tokens = rec["ck0"]["score_tokens"] + sum(x["score_tokens_live"] for x in visited)
+    extra_s = rec["ck0"]["score_seconds"] + sum(x["score_seconds"] for x in visited)
+    out.wall_seconds += extra_s
+    out.flops_total += 2.0 * p.slm * out.slm_prompt_tokens
+    return out
+
+
+def replay_route(rec: dict[str, Any], p: PairParams, policy: StopPolicy, threshold: float) -> Outcome:
+    """RouteLLM's idea: decide once, before the LLM writes anything, between SLM alone and LLM alone."""
+    prob = policy.sufficiency(rec["ck0"]["features"])
+    ck0 = rec["ck0"]
+    if prob >= threshold:
+        out = _slm(rec, p, "route")
+        out.slm_prompt_tokens = ck0["score_tokens"]
+        return out
+    out = _llm(rec, p, "route")
+    out.slm_prompt_tokens = ck0["score_tokens"]
+    out.flops_total += 2.0 * p.slm * ck0["score_tokens"]
+    out.wall_seconds += ck0["score_seconds"]
+    return out
+
+
+def replay_cascade(rec: dict[str, Any], p: PairParams, threshold: float) -> Outcome:
+    """FrugalGPT/AutoMix's idea: SLM first; escalate to the LLM when its own confidence is low."""
+    s = _slm(rec, p, "cascade")
+    if rec["slm_alone"]["lp_mean"] >= threshold:
+        return s
+    out = _llm(rec, p, "cascade")
+    out.slm_prompt_tokens, out.slm_generated_tokens = s.slm_prompt_tokens, s.slm_generated_tokens
+    out.flops_total += s.flops_total
+    out.flops_generated += s.flops_generated
+    out.wall_seconds += s.wall_seconds
+    out.stop_reason = "escalated"
+    return out
+
+
+def replay(rec: dict[str, Any], method: str, p: PairParams, *, handover: str = "continue",
+           policy: StopPolicy | None = None, rule: StopRule | None = None,
+           budgets: tuple[int, ...] | None = None) -> Outcome:
+    """Replay one method by name: slm, llm, oracle, fixed:N, tandem:EFFORT, route, cascade:T."""
+    if method == "slm":
+        return _slm(rec, p)
+    if method == "llm":
+        return _llm(rec, p)
+    if method == "oracle":
+        return replay_oracle(rec, p)
+    if method.startswith("fixed:"):
+        return replay_fixed(rec, int(method.split(":", 1)[1]), p, handover)
+    if method.startswith("cascade:"):
+        return replay_cascade(rec, p, float(method.split(":", 1)[1]))
+    if policy is None or rule is None:
+        raise ConfigError(f"method {method!r} needs a classifier")
+    if method.startswith("tandem:"):
+        return replay_policy(rec, p, policy, rule, effort=method.split(":", 1)[1], handover=handover,
+                             budgets=budgets)
+    if method == "route" or method.startswith("route:"):
+        effort = method.split(":", 1)[1] if ":" in method else "medium"
+        return replay_route(rec, p, policy, rule.setting(effort).threshold_at(0))
+    raise ConfigError(f"unknown replay method {method!r}")

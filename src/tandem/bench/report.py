@@ -1,0 +1,613 @@
+"""Reports over stored `Outcome`s: per-method summaries, the oracle frontier, plots, Markdown.
+
+Everything but the plots and `write_report` is a pure function. Conventions:
+
+- An outcome with `error` set failed to run: it is counted in `n_errors` and left out of
+  accuracy, means and the paired comparison.
+- Accuracy comes with a 95% Wilson score interval.
+- Runs are joined by `problem_id`. Cost ratios and the exact McNemar test compare a method with
+  the baseline on the problems both have without error ("paired" problems).
+- Plots are drawn on `matplotlib.figure.Figure` objects and saved as PNG through Agg; pyplot and
+  its global state are never touched.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from tandem.bench.records import Outcome
+from tandem.errors import ConfigError, InputError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = [
+    "Z95",
+    "MethodSummary",
+    "mcnemar_exact",
+    "options_from_outcomes",
+    "oracle_frontier",
+    "plot_handover_hist",
+    "plot_pareto",
+    "plot_tradeoff",
+    "render_markdown",
+    "summarize",
+    "wilson_interval",
+    "write_report",
+]
+
+Z95 = 1.959963984540054
+"""Two-sided 95% quantile of the standard normal."""
+
+CostField = Literal["flops_total", "flops_generated", "wall_seconds"]
+TradeoffPoints = Sequence[tuple[float, float, float]]
+
+_TERA = 1e12
+_COST_AXIS = {
+    "flops_total": ("mean TFLOPs per problem (prompt + generated)", _TERA),
+    "flops_generated": ("mean TFLOPs per problem (generated tokens only)", _TERA),
+    "wall_seconds": ("mean wall seconds per problem", 1.0),
+}
+
+
+# --- statistics --------------------------------------------------------------------------------
+
+
+def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion; (0, 1) when `n` is 0."""
+    if n < 0 or not 0 <= successes <= n:
+        raise ValueError(f"need 0 <= successes <= n, got {successes} of {n}")
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    z2 = z * z
+    denom = 1 + z2 / n
+    center = (p + z2 / (2 * n)) / denom
+    half = z / denom * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    return max(0.0, center - half), min(1.0, center + half)
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value: a binomial test of `b` against `b + c` at 1/2.
+
+    `b` and `c` are the discordant pairs (one method right where the other is wrong, and the
+    reverse). 1.0 when there are none.
+    """
+    if b < 0 or c < 0:
+        raise ValueError(f"counts must be >= 0, got {b}, {c}")
+    n = b + c
+    if n == 0:
+        return 1.0
+    k = min(b, c)
+    tail = sum(math.comb(n, i) for i in range(k + 1))
+    return min(1.0, 2 * tail / 2**n)
+
+
+# --- summaries ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MethodSummary:
+    """Aggregate of one method's outcomes, compared with the baseline method.
+
+    Means are over the outcomes without error (None when there are none). `flops_ratio`,
+    `flops_generated_ratio` and `wall_ratio` are this method's mean over the baseline's on the
+    `n_paired` problems both ran without error; `mcnemar_b` counts those this method got right and
+    the baseline wrong, `mcnemar_c` the reverse. Comparisons are None for the baseline itself and
+    when the baseline is missing.
+    """
+
+    method: str
+    n: int
+    n_errors: int
+    n_correct: int
+    accuracy: float | None
+    ci_low: float | None
+    ci_high: float | None
+    mean_flops_total: float | None
+    mean_flops_generated: float | None
+    mean_llm_prompt_tokens: float | None
+    mean_llm_generated_tokens: float | None
+    mean_slm_prompt_tokens: float | None
+    mean_slm_generated_tokens: float | None
+    mean_wall_seconds: float | None
+    extraction_failures: int
+    truncations: int
+    baseline: str
+    n_paired: int
+    flops_ratio: float | None
+    flops_generated_ratio: float | None
+    wall_ratio: float | None
+    mcnemar_b: int | None
+    mcnemar_c: int | None
+    mcnemar_p: float | None
+
+    @property
+    def n_scored(self) -> int:
+        return self.n - self.n_errors
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.method == self.baseline
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _by_method(outcomes: Iterable[Outcome]) -> dict[str, dict[str, Outcome]]:
+    """method -> problem id -> outcome, methods in order of first appearance."""
+    table: dict[str, dict[str, Outcome]] = {}
+    for o in outcomes:
+        rows = table.setdefault(o.method, {})
+        if o.problem_id in rows:
+            raise InputError(f"two outcomes for problem {o.problem_id!r} and method {o.method!r}")
+        rows[o.problem_id] = o
+    return table
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _ratio(num: Sequence[float], den: Sequence[float]) -> float | None:
+    if not num:
+        return None
+    d = sum(den)
+    return sum(num) / d if d > 0 else None
+
+
+def summarize(outcomes: Iterable[Outcome], baseline: str = "llm") -> list[MethodSummary]:
+    """One `MethodSummary` per method, in order of first appearance. Raises InputError when one
+    method has two outcomes for the same problem."""
+    table = _by_method(outcomes)
+    base = {pid: o for pid, o in table.get(baseline, {}).items() if o.error is None}
+    has_baseline = baseline in table
+    summaries = []
+    for method, rows in table.items():
+        ok = [o for o in rows.values() if o.error is None]
+        n_correct = sum(o.correct for o in ok)
+        lo, hi = wilson_interval(n_correct, len(ok)) if ok else (None, None)
+        paired = [(o, base[o.problem_id]) for o in ok if o.problem_id in base]
+        compare = has_baseline and method != baseline
+        b = sum(o.correct and not r.correct for o, r in paired)
+        c = sum(r.correct and not o.correct for o, r in paired)
+        summaries.append(
+            MethodSummary(
+                method=method,
+                n=len(rows),
+                n_errors=len(rows) - len(ok),
+                n_correct=n_correct,
+                accuracy=n_correct / len(ok) if ok else None,
+                ci_low=lo,
+                ci_high=hi,
+                mean_flops_total=_mean([o.flops_total for o in ok]),
+                mean_flops_generated=_mean([o.flops_generated for o in ok]),
+                mean_llm_prompt_tokens=_mean([o.llm_prompt_tokens for o in ok]),
+                mean_llm_generated_tokens=_mean([o.llm_generated_tokens for o in ok]),
+                mean_slm_prompt_tokens=_mean([o.slm_prompt_tokens for o in ok]),
+                mean_slm_generated_tokens=_mean([o.slm_generated_tokens for o in ok]),
+                mean_wall_seconds=_mean([o.wall_seconds for o in ok]),
+                extraction_failures=sum(o.extraction_rule == "none" for o in ok),
+                truncations=sum(o.truncated for o in ok),
+                baseline=baseline,
+                n_paired=len(paired) if has_baseline else 0,
+                flops_ratio=_ratio([o.flops_total for o, _ in paired], [r.flops_total for _, r in paired])
+                if has_baseline
+                else None,
+                flops_generated_ratio=_ratio(
+                    [o.flops_generated for o, _ in paired], [r.flops_generated for _, r in paired]
+                )
+                if has_baseline
+                else None,
+                wall_ratio=_ratio([o.wall_seconds for o, _ in paired], [r.wall_seconds for _, r in paired])
+                if has_baseline
+                else None,
+                mcnemar_b=b if compare else None,
+                mcnemar_c=c if compare else None,
+                mcnemar_p=mcnemar_exact(b, c) if compare else None,
+            )
+        )
+    return summaries
+
+
+# --- oracle frontier ---------------------------------------------------------------------------
+
+
+def oracle_frontier(options: Mapping[str, Sequence[tuple[float, bool]]]) -> list[tuple[float, float]]:
+    """The least mean cost of each reachable accuracy, choosing one option per problem.
+
+    `options` maps a problem id to its (cost, correct) choices (e.g. every hand-over point, the
+    SLM alone, the LLM alone). A problem costs its cheapest choice unless it is made correct, at
+    its cheapest correct choice; making the problems with the smallest extra cost correct first
+    gives, for every k, the cheapest way to get at least k right. Returns (accuracy, mean cost)
+    pairs, accuracy increasing, from the accuracy of the all-cheapest choice (several problems may
+    be right for free) up to the fraction of problems with any correct choice. Empty `options`
+    give []. Raises InputError when a problem has no choices.
+    """
+    n = len(options)
+    if n == 0:
+        return []
+    base_total = 0.0
+    free = 0
+    extras: list[float] = []
+    for pid, choices in options.items():
+        if not choices:
+            raise InputError(f"problem {pid!r} has no choices")
+        cheapest = min(cost for cost, _ in choices)
+        base_total += cheapest
+        right = [cost for cost, correct in choices if correct]
+        if not right:
+            continue
+        extra = min(right) - cheapest
+        if extra <= 0:
+            free += 1
+        else:
+            extras.append(extra)
+    extras.sort()
+    total = base_total
+    points = [(free / n, total / n)]
+    for k, extra in enumerate(extras, start=free + 1):
+        total += extra
+        points.append((k / n, total / n))
+    return points
+
+
+def options_from_outcomes(
+    outcomes: Iterable[Outcome], cost: CostField = "flops_total", methods: Sequence[str] | None = None
+) -> dict[str, list[tuple[float, bool]]]:
+    """Per problem, every method's (cost, correct) as a choice: the oracle over the methods run.
+
+    Only problems that every chosen method (default: all) ran without error are included.
+    """
+    table = _by_method(outcomes)
+    names = list(methods) if methods is not None else list(table)
+    missing = [m for m in names if m not in table]
+    if missing:
+        raise ConfigError(f"no outcomes for method(s): {', '.join(missing)}")
+    if not names:
+        return {}
+    common = set.intersection(*({pid for pid, o in table[m].items() if o.error is None} for m in names))
+    first = table[names[0]]
+    order = [pid for pid in first if pid in common]
+    return {
+        pid: [(float(getattr(table[m][pid], cost)), table[m][pid].correct) for m in names] for pid in order
+    }
+
+
+# --- plots -------------------------------------------------------------------------------------
+
+
+def _figure(width: float, height: float) -> Figure:
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise ConfigError("plots need matplotlib: pip install 'tandem[eval]'") from exc
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, format="png", dpi=120)
+    return out
+
+
+def _cost_axis(cost: str) -> tuple[str, float]:
+    try:
+        return _COST_AXIS[cost]
+    except KeyError:
+        raise ConfigError(f"unknown cost {cost!r}; known: {', '.join(_COST_AXIS)}") from None
+
+
+def plot_pareto(
+    summaries: Sequence[MethodSummary],
+    frontier: Sequence[tuple[float, float]] | None,
+    path: str | os.PathLike[str],
+    cost: CostField = "flops_total",
+    *,
+    title: str = "",
+) -> Path:
+    """Accuracy against mean cost per method (95% CI bars), with the oracle frontier as a step line.
+
+    `frontier` holds (accuracy, mean cost) pairs in the same unit as `cost` in the outcomes (FLOPs
+    or seconds), as `oracle_frontier` returns them.
+    """
+    label, scale = _cost_axis(cost)
+    mean_attr = f"mean_{cost}"
+    fig = _figure(7.5, 5.0)
+    ax = fig.add_subplot()
+    xs_all: list[float] = []
+    for s in summaries:
+        x = getattr(s, mean_attr)
+        if s.accuracy is None or x is None:
+            continue
+        x /= scale
+        xs_all.append(x)
+        lo = s.ci_low if s.ci_low is not None else s.accuracy
+        hi = s.ci_high if s.ci_high is not None else s.accuracy
+        ax.errorbar(
+            [x],
+            [100 * s.accuracy],
+            yerr=[[100 * (s.accuracy - lo)], [100 * (hi - s.accuracy)]],
+            fmt="o",
+            capsize=4,
+            label=s.method,
+        )
+        ax.annotate(s.method, (x, 100 * s.accuracy), textcoords="offset points", xytext=(6, 6), fontsize=9)
+    if frontier:
+        fx = [c / scale for _, c in frontier]
+        fy = [100 * a for a, _ in frontier]
+        xs_all.extend(fx)
+        ax.step(fx, fy, where="post", color="black", linestyle="--", linewidth=1.2, label="oracle frontier")
+    positive = [x for x in xs_all if x > 0]
+    if positive and max(positive) / min(positive) > 20:
+        ax.set_xscale("log")
+    ax.set_xlabel(label)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title or "Accuracy against cost")
+    ax.grid(True, alpha=0.3)
+    if xs_all:
+        ax.legend(fontsize=8, loc="lower right")
+    else:
+        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+    return _save(fig, path)
+
+
+def plot_handover_hist(outcomes: Iterable[Outcome], path: str | os.PathLike[str], *, bins: int = 20) -> Path:
+    """Per method, how many LLM tokens were written before the hand-over (errors left out); a
+    separate bar counts the problems with no hand-over (`handover_tokens` None)."""
+    import numpy as np
+
+    per_method: dict[str, list[int | None]] = {}
+    for o in outcomes:
+        if o.error is None:
+            per_method.setdefault(o.method, []).append(o.handover_tokens)
+    values = [v for vs in per_method.values() for v in vs if v is not None]
+    if values:
+        lo, hi = min(values), max(values)
+        edges = np.histogram_bin_edges(values, bins=max(1, min(bins, hi - lo + 1)), range=(lo, hi + 1))
+    else:
+        edges = np.array([0.0, 1.0])
+    n_bins = len(edges) - 1
+    rows = max(1, len(per_method))
+    fig = _figure(8.0, 1.0 + 1.8 * rows)
+    axes = fig.subplots(rows, 1, sharex=True, squeeze=False)[:, 0]
+    positions = np.arange(n_bins + 1)
+    tick_labels = ["no hand-over"] + [f"{edges[i]:.0f}" for i in range(n_bins)]
+    for ax, (method, vs) in zip(axes, per_method.items(), strict=False):
+        counts, _ = np.histogram([v for v in vs if v is not None], bins=edges)
+        heights = [sum(v is None for v in vs), *counts.tolist()]
+        colors = ["tab:gray"] + ["tab:blue"] * n_bins
+        ax.bar(positions, heights, width=0.9, color=colors)
+        ax.set_ylabel("problems")
+        ax.set_title(method, fontsize=10, loc="left")
+        ax.grid(True, axis="y", alpha=0.3)
+    if not per_method:
+        axes[0].text(0.5, 0.5, "no data", ha="center", va="center", transform=axes[0].transAxes)
+    step = max(1, n_bins // 10)
+    shown = [0, *range(1, n_bins + 1, step)]
+    axes[-1].set_xticks(
+        [positions[i] for i in shown], [tick_labels[i] for i in shown], rotation=45, ha="right"
+    )
+    axes[-1].set_xlabel("LLM tokens before the hand-over (bin start)")
+    fig.suptitle("Where the LLM handed over")
+    return _save(fig, path)
+
+
+def plot_tradeoff(
+    points: TradeoffPoints | Mapping[str, TradeoffPoints],
+    path: str | os.PathLike[str],
+    *,
+    cost_label: str = "mean cost",
+    title: str = "",
+) -> Path:
+    """(threshold, accuracy, cost) curves, one or several by name: accuracy and cost against the
+    threshold (left, cost dashed on the right axis) and accuracy against cost (right)."""
+    curves: Mapping[str, TradeoffPoints] = points if isinstance(points, Mapping) else {"": points}
+    fig = _figure(11.0, 4.5)
+    ax_t, ax_c = fig.subplots(1, 2)
+    ax_cost = ax_t.twinx()
+    colors = [f"C{i}" for i in range(10)]
+    for i, (name, pts) in enumerate(curves.items()):
+        ordered = sorted(pts)
+        if not ordered:
+            continue
+        th = [p[0] for p in ordered]
+        acc = [100 * p[1] for p in ordered]
+        cost = [p[2] for p in ordered]
+        color = colors[i % len(colors)]
+        ax_t.plot(th, acc, marker="o", markersize=3, color=color, label=f"{name} accuracy".strip())
+        ax_cost.plot(th, cost, linestyle="--", color=color, label=f"{name} cost".strip())
+        ax_c.plot(cost, acc, marker="o", markersize=3, color=color, label=name or None)
+        step = max(1, len(ordered) // 6)
+        for t, c, a in list(zip(th, cost, acc, strict=True))[::step]:
+            ax_c.annotate(f"{t:g}", (c, a), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax_t.set_xlabel("threshold")
+    ax_t.set_ylabel("accuracy (%)")
+    ax_cost.set_ylabel(cost_label)
+    ax_t.grid(True, alpha=0.3)
+    handles = ax_t.get_legend_handles_labels()
+    cost_handles = ax_cost.get_legend_handles_labels()
+    if handles[0]:
+        ax_t.legend(handles[0] + cost_handles[0], handles[1] + cost_handles[1], fontsize=8, loc="best")
+    ax_c.set_xlabel(cost_label)
+    ax_c.set_ylabel("accuracy (%)")
+    ax_c.grid(True, alpha=0.3)
+    if any(curves.keys()):
+        ax_c.legend(fontsize=8, loc="lower right")
+    fig.suptitle(title or "Threshold trade-off (labels: threshold)")
+    return _save(fig, path)
+
+
+# --- Markdown ----------------------------------------------------------------------------------
+
+
+def _num(x: float | None, fmt: str) -> str:
+    return "–" if x is None else format(x, fmt)
+
+
+def _tflops(x: float | None) -> str:
+    return "–" if x is None else f"{x / _TERA:#.4g}"
+
+
+def _pct(s: MethodSummary) -> str:
+    if s.accuracy is None or s.ci_low is None or s.ci_high is None:
+        return "–"
+    return f"{100 * s.accuracy:.1f}% [{100 * s.ci_low:.1f}, {100 * s.ci_high:.1f}]"
+
+
+def _tokens(prompt: float | None, generated: float | None) -> str:
+    if prompt is None or generated is None:
+        return "–"
+    return f"{prompt:.0f} / {generated:.0f}"
+
+
+def _mcnemar(s: MethodSummary) -> str:
+    if s.is_baseline:
+        return "(baseline)"
+    if s.mcnemar_p is None:
+        return "–"
+    return f"{s.mcnemar_p:.3g} ({s.mcnemar_b}/{s.mcnemar_c})"
+
+
+def render_markdown(
+    summaries: Sequence[MethodSummary],
+    title: str,
+    notes: str | Sequence[str] | None = None,
+    *,
+    images: Sequence[tuple[str, str]] = (),
+) -> str:
+    """A Markdown report: one table row per method, then notes and `images` ((caption, path))."""
+    baseline = summaries[0].baseline if summaries else "llm"
+    headers = [
+        "method",
+        "accuracy [95% CI]",
+        "n",
+        "errors",
+        "TFLOPs total",
+        "TFLOPs generated",
+        f"total vs {baseline}",
+        f"generated vs {baseline}",
+        "LLM tokens prompt / gen",
+        "SLM tokens prompt / gen",
+        "wall s",
+        f"wall vs {baseline}",
+        "extraction failures",
+        "truncated",
+        f"McNemar p vs {baseline} (b/c)",
+    ]
+    lines = [f"# {title}", ""]
+    lines.append("| " + " | ".join(headers) + " |")
+    lines.append("|" + "|".join("---" for _ in headers) + "|")
+    for s in summaries:
+        cells = [
+            f"`{s.method}`",
+            _pct(s),
+            str(s.n),
+            str(s.n_errors),
+            _tflops(s.mean_flops_total),
+            _tflops(s.mean_flops_generated),
+            _num(s.flops_ratio, ".3f"),
+            _num(s.flops_generated_ratio, ".3f"),
+            _tokens(s.mean_llm_prompt_tokens, s.mean_llm_generated_tokens),
+            _tokens(s.mean_slm_prompt_tokens, s.mean_slm_generated_tokens),
+            _num(s.mean_wall_seconds, ".2f"),
+            _num(s.wall_ratio, ".3f"),
+            str(s.extraction_failures),
+            str(s.truncations),
+            _mcnemar(s),
+        ]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    if not summaries:
+        lines.append("| (no outcomes) |" + " |" * (len(headers) - 1))
+    lines += ["", "Notes", ""]
+    user_notes = [notes] if isinstance(notes, str) else list(notes or [])
+    lines += [f"- {n}" for n in user_notes]
+    if summaries and not any(s.is_baseline for s in summaries):
+        lines.append(f"- The baseline `{baseline}` is not among the outcomes: no ratios or tests.")
+    paired = [
+        f"`{s.method}` {s.n_paired}" for s in summaries if not s.is_baseline and s.mcnemar_p is not None
+    ]
+    if paired:
+        lines.append(
+            f"- Paired comparisons with `{baseline}` use the problems both ran without error: {', '.join(paired)}."
+        )
+    lines += [
+        "- Accuracy excludes samples that failed to run (errors); the interval is the 95% Wilson score interval.",
+        "- Means (TFLOPs, tokens, wall) are per problem over samples without error. TFLOPs total counts "
+        "prompt and generated tokens (2 x parameters x tokens, each computed token once); "
+        "TFLOPs generated counts generated tokens only.",
+        f"- Ratios are the method's mean over `{baseline}`'s on the paired problems (below 1: cheaper).",
+        "- McNemar: exact two-sided binomial test on the discordant pairs; b = method right and "
+        f"`{baseline}` wrong, c = the reverse.",
+        "- Extraction failures: no final answer could be extracted. Truncated: generation hit its token limit.",
+    ]
+    for caption, rel in images:
+        lines += ["", f"![{caption}]({rel})"]
+    return "\n".join(lines) + "\n"
+
+
+# --- the report --------------------------------------------------------------------------------
+
+
+def write_report(
+    outcomes: Iterable[Outcome],
+    out_dir: str | os.PathLike[str],
+    title: str,
+    frontier_options: Mapping[str, Sequence[tuple[float, bool]]] | None = None,
+    *,
+    baseline: str = "llm",
+    notes: str | Sequence[str] | None = None,
+) -> Path:
+    """Write `report.md`, `summary.json` and the plots (pareto.png, pareto_generated.png,
+    handover.png) into `out_dir`; return the path of `report.md`.
+
+    `frontier_options` (per problem, (total FLOPs, correct) choices: see `oracle_frontier`) adds
+    the oracle frontier to the total-FLOPs plot; `options_from_outcomes` builds them from the
+    methods run.
+    """
+    rows = list(outcomes)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summaries = summarize(rows, baseline=baseline)
+    frontier = oracle_frontier(frontier_options) if frontier_options else None
+    plot_pareto(summaries, frontier, out / "pareto.png", "flops_total", title=title)
+    plot_pareto(summaries, None, out / "pareto_generated.png", "flops_generated", title=title)
+    plot_handover_hist(rows, out / "handover.png")
+    extra_notes = [notes] if isinstance(notes, str) else list(notes or [])
+    if frontier:
+        acc_min, cost_min = frontier[0]
+        acc_max, cost_max = frontier[-1]
+        extra_notes.append(
+            f"Oracle frontier over {len(frontier_options or {})} problems: {100 * acc_min:.1f}% at "
+            f"{cost_min / _TERA:.4g} TFLOPs (cheapest choice everywhere) up to {100 * acc_max:.1f}% at "
+            f"{cost_max / _TERA:.4g} TFLOPs."
+        )
+    images = [
+        ("accuracy against total FLOPs", "pareto.png"),
+        ("accuracy against generated FLOPs", "pareto_generated.png"),
+        ("hand-over points", "handover.png"),
+    ]
+    md = render_markdown(summaries, title, extra_notes, images=images)
+    (out / "summary.json").write_text(
+        json.dumps(
+            {
+                "title": title,
+                "baseline": baseline,
+                "methods": [s.to_dict() for s in summaries],
+                "frontier": [list(p) for p in frontier] if frontier else None,
+            },
+            indent=1,
+        )
+        + "\n",
+        encoding="utf-8",
+    )
+    path = out / "report.md"
+    path.write_text(md, encoding="utf-8")
+    return path

@@ -1,0 +1,135 @@
+"""A run store: a manifest plus an append-only JSONL of finished records.
+
+Every finished record is appended and fsynced at once, so a run killed at any point (Ctrl-C,
+kill -9) resumes without recomputing, losing or duplicating anything: a torn last line is
+dropped on open. A run resumed with a different manifest is refused.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, InputError
+
+MANIFEST = "manifest.json"
+RECORDS = "records.jsonl"
+
+
+def git_revision(repo: Path | None = None) -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=repo or Path(__file__).parent, capture_output=True, text=True,
+            timeout=5, check=False,
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _identity(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a manifest that must match to resume (not the git revision or timestamps)."""
+    return {k: v for k, v in manifest.items() if k not in ("git_revision", "created", "notes")}
+
+
+class RunStore:
+    def __init__(self, path: str | Path) -> None:
+        self.dir = Path(path)
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.dir / MANIFEST
+
+    @property
+    def records_path(self) -> Path:
+        return self.dir / RECORDS
+
+    def open(self, manifest: dict[str, Any]) -> set[str]:
+        """Create or resume the run; return the keys of the records already done."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if self.manifest_path.exists():
+            old = json.loads(self.manifest_path.read_text())
+            a, b = _identity(old), _identity(json.loads(json.dumps(manifest)))
+            if a != b:
+                diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+                raise ConfigError(
+                    f"{self.dir} holds a run with another manifest (differs in: {', '.join(diff)}); "
+                    "use a new run directory"
+                )
+        else:
+            tmp = self.manifest_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+            os.replace(tmp, self.manifest_path)
+        packed = self.dir / (RECORDS + ".gz")
+        if not self.records_path.exists() and packed.exists():  # resuming a committed, packed run
+            with gzip.open(packed, "rb") as fi:
+                self.records_path.write_bytes(fi.read())
+        self._repair()
+        return {r["key"] for r in self.records()}
+
+    def _repair(self) -> None:
+        """Drop a torn final line left by a kill mid-write."""
+        p = self.records_path
+        if not p.exists():
+            return
+        data = p.read_bytes()
+        if data and not data.endswith(b"\n"):
+            cut = data.rfind(b"\n") + 1
+            with p.open("r+b") as f:
+                f.truncate(cut)
+
+    def append(self, key: str, record: dict[str, Any]) -> None:
+        line = json.dumps({"key": key, **record}, default=str) + "\n"
+        with self.records_path.open("a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def records(self) -> Iterator[dict[str, Any]]:
+        yield from read_records(self.dir)
+
+    def manifest(self) -> dict[str, Any]:
+        return dict(json.loads(self.manifest_path.read_text()))
+
+
+def read_records(path: str | Path) -> Iterator[dict[str, Any]]:
+    """Records of a run directory (records.jsonl or records.jsonl.gz) or of such a file."""
+    p = Path(path)
+    if p.is_dir():
+        plain, packed = p / RECORDS, p / (RECORDS + ".gz")
+        p = plain if plain.exists() else packed
+        if not p.exists():
+            return
+    if not p.exists():
+        raise InputError(f"no run records at {path}")
+    opener = gzip.open if p.suffix == ".gz" else open
+    with opener(p, "rt", encoding="utf-8") as f:  # type: ignore[operator]
+        for i, line in enumerate(f, 1):
+            if not line.endswith("\n"):
+                break  # torn last line
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{p}:{i}: corrupt record: {exc}") from None
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    m = p / MANIFEST if p.is_dir() else p.parent / MANIFEST
+    if not m.exists():
+        raise InputError(f"no manifest at {m}")
+    return dict(json.loads(m.read_text()))
+
+
+def pack(run_dir: str | Path) -> Path:
+    """Compress records.jsonl to records.jsonl.gz (for committing results); keeps the manifest."""
+    d = Path(run_dir)
+    src, dst = d / RECORDS, d / (RECORDS + ".gz")
+    with src.open("rb") as fi, gzip.open(dst, "wb", compresslevel=9) as fo:
+        fo.write(fi.read())
+    return dst
