@@ -463,6 +463,24 @@ def test_score_parses_vllm_echo_with_prompt_logprobs_without_a_second_request():
     assert len(sent) == 1 and sent[0]["echo"] is True and sent[0]["logprobs"] == 2 and sent[0]["prompt_logprobs"] == 2
 
 
+def test_score_keeps_a_leading_bos_at_offset_zero_and_drops_generated_tokens():
+    # vLLM with a model that adds BOS: the echo starts with it and counts it in the offsets
+    answer = echo_answer(["<s>", "The", " cat", "!"], [None, -3.0, -2.0, -0.1], [None, {"The": -3.0}, {" cat": -2.0},
+                                                                              {"!": -0.1}],
+                         prompt_logprobs=[None, {"1": {"logprob": -3.0, "decoded_token": "The"}},
+                                          {"2": {"logprob": -2.0, "decoded_token": " cat"}}], usage=False)
+    res = backend(lambda r: httpx.Response(200, json=answer)).score("The cat")
+    assert [s.text for s in res.steps] == ["<s>", "The", " cat"] and res.offsets == [0, 0, 3]
+    assert [s.logprob for s in res.steps] == [None, -3.0, -2.0]
+    # llama-cpp-python with a model that adds BOS: BOS left out of the echo, counted in usage, the
+    # generated token echoed after the text
+    answer = echo_answer(["The", " cat", " sat", " down"], [None, -2.0, -1.0, -0.3],
+                         [None, {" cat": -2.0}, {" sat": -1.0}, {" down": -0.3}])
+    answer["usage"] = {"prompt_tokens": 4, "completion_tokens": 1}
+    res = backend(lambda r: httpx.Response(200, json=answer), score_check=False).score("The cat sat")
+    assert [s.text for s in res.steps] == ["The", " cat", " sat"] and res.offsets == [0, 3, 7]
+
+
 def test_score_from_prompt_logprobs_alone():
     answer = {"choices": [{"index": 0, "text": "x", "logprobs": None, "prompt_logprobs": [
         None, {"5": {"logprob": -1.25, "rank": 3, "decoded_token": " b"}, "6": {"logprob": -0.5, "rank": 1,

@@ -181,7 +181,7 @@ def test_events_are_emitted_in_order():
     assert seen[0] == "checkpoint"
     assert "insight" in seen and "handover" in seen
     assert seen.index("handover") > max(i for i, e in enumerate(seen) if e == "llm_token")
-    assert seen[-1] == "handover" or seen[-1] == "slm_token"
+    assert seen[-1] in ("slm_token", "answer_delta")
 
 
 def test_result_serialises():
@@ -191,3 +191,27 @@ def test_result_serialises():
     d = t.solve(QUESTION).to_dict()
     json.dumps(d)
     assert d["cost"]["flops_total"] > 0 and d["checkpoints"][0]["stage"] == 0
+
+
+@pytest.mark.parametrize("reply", [LLM_REPLY, "3 + 4 = 7. The answer is \\boxed{7}."])
+def test_answer_deltas_concatenate_to_the_final_text(reply):
+    _, _, t = make(llm_reply=reply)
+    for method in ("tandem", "slm", "llm"):
+        deltas = []
+        r = t.solve(QUESTION, method=method,
+                    on_event=lambda e, p: deltas.append(p["text"]) if e == "answer_delta" else None)
+        assert "".join(deltas) == r.text, method
+
+
+def test_an_event_hook_can_cancel_the_run_and_every_stream_closes():
+    from tandem.errors import Cancelled
+
+    llm, slm, t = make()
+
+    def hook(event, payload):
+        if event == "llm_token" and llm.stats.tokens_yielded >= 10:
+            raise Cancelled("client went away")
+
+    with pytest.raises(Cancelled):
+        t.solve(QUESTION, on_event=hook)
+    assert llm.stats.streams_cancelled == 1 and llm.stats.tokens_yielded == 10

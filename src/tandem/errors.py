@@ -37,3 +37,7 @@ class BackendProtocolError(BackendError):
 
 class UnsupportedError(TandemError):
     """The backend or configuration cannot do what was asked (e.g. scoring over a chat-only API)."""
+
+
+class Cancelled(TandemError):
+    """The caller cancelled the run (client disconnected, timeout): every stream was closed."""

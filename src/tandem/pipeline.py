@@ -154,6 +154,7 @@ class _Run:
             for step in stream:
                 parts.append(step.text)
                 self.emit(f"{role}_token", {"text": step.text})
+                self.emit("answer_delta", {"text": step.text, "role": role})
         (self.llm_cost if role == "llm" else self.slm_cost).add(stream.usage)
         self.cost.add_phase(f"{role}_generate", time.perf_counter() - t0)
         return "".join(parts), stream.finish_reason
@@ -239,7 +240,7 @@ class _Run:
         if not handed_over:
             llm_prompt = self.prompts.solve(self.q) if cfg.handover == "continue" else self.prompts.coordinator(self.q)
             stream = llm.stream(self._request(llm_prompt, cfg.decoding.llm_max_tokens))
-            t_llm, full_text = time.perf_counter(), ""
+            t_llm, full_text, committed = time.perf_counter(), "", 0
             try:
                 for step in stream:
                     llm_text = full_text = full_text + step.text
@@ -253,6 +254,10 @@ class _Run:
                         continue
                     if new_units:  # hand over whole units: the token that revealed a boundary waits
                         llm_text = llm_text[: len(llm_text) - len(seg.pending)]
+                    if new_units and cfg.handover == "continue":  # whole units are final answer text
+                        end = len(full_text) - len(seg.pending)
+                        self.emit("answer_delta", {"text": full_text[committed:end], "role": "llm"})
+                        committed = end
                     if checkpoint(stage):
                         t_dec = time.perf_counter()
                         stream.close()
@@ -267,6 +272,8 @@ class _Run:
             seg.flush(len(llm_steps))
             if not handed_over:
                 llm_text = full_text
+                if cfg.handover == "continue":
+                    self.emit("answer_delta", {"text": full_text[committed:], "role": "llm"})
         last = checkpoints[-1]
         if not handed_over and cfg.handover == "continue":
             # the LLM finished its own solution before any hand-over: its answer stands

@@ -16,7 +16,7 @@ The API key is sent as a bearer token and appears in no message, log or repr.
 Two APIs, chosen in the config:
 
 - `completions` (`POST /v1/completions`): raw text prompts. The chat template is applied by the
-  server (`render`), so that a `continue` hand-over can send the exact text another model
+  server or by a template given in the config (`render`), so that a `continue` hand-over can send the exact text another model
   started; also the only API that can `score` a text.
 - `chat` (`POST /v1/chat/completions`): messages only (e.g. OpenAI proper). A prompt with an
   `assistant_prefix` is sent with the assistant message last and `continue_final_message: true,
@@ -43,7 +43,8 @@ meaningless numbers, so unless the answer carries `prompt_logprobs` (vLLM, whose
   every log-prob is one position off. llama-cpp-python 0.3.36's server does exactly this for any
   text that does not begin with the model's BOS token (all of SmolLM2 and the Qwen models here
   add no BOS): the log-prob it reports for token i is that of token i under the distribution
-  *after* token i.
+  *after* token i (on SmolLM2 up to 16.6 nats from the embedded backend's value; its top-k for
+  token i match the embedded log-prob of token i + 1 exactly).
 
 A failed check raises `UnsupportedError` instead of returning wrong numbers.
 
@@ -324,6 +325,14 @@ def _steps_for_chunk(text: str, entries: Sequence[_Entry], *, with_entropy: bool
     if entries and "".join(e.text for e in entries) == text:
         return [TokenStep(e.text, e.logprob, e.entropy() if with_entropy else None) for e in entries]
     return [TokenStep(text)] if text else []
+
+
+def _cumulative(entries: Sequence[_Entry]) -> list[int]:
+    offsets, pos = [], 0
+    for e in entries:
+        offsets.append(pos)
+        pos += len(e.text)
+    return offsets
 
 
 def _apply_usage(usage: Usage, u: Any) -> bool:
@@ -705,40 +714,39 @@ class OpenAIBackend:
     def _score_entries(
         self, choice: Mapping[str, Any], text: str, n_prompt: int | None
     ) -> tuple[list[_Entry], list[int], bool]:
-        """The prompt's entries and character offsets; True when they come from vLLM's
-        `prompt_logprobs` alongside (a server known to align echo correctly)."""
+        """The prompt's entries and their character offsets in `text`; True when the answer also
+        carries vLLM's `prompt_logprobs` (a server known to align its echo correctly).
+
+        A leading token that the text does not contain (a BOS the server added, e.g. vLLM's
+        `<s>`) is kept, at offset 0, and the other offsets are moved back by its length."""
         lp = choice.get("logprobs")
         raw_prompt_lps = choice.get("prompt_logprobs")
         prompt_lps: list[Any] = raw_prompt_lps if isinstance(raw_prompt_lps, list) else []
         trusted = len(prompt_lps) > 0
         entries = _completion_entries(lp)
+        if not entries:
+            entries = self._prompt_logprob_entries(prompt_lps, text) if trusted else []
+            return entries, _cumulative(entries), trusted
         raw_offsets = lp.get("text_offset") if isinstance(lp, Mapping) else None
-        offsets: list[int] | None = None
-        if entries:
-            if isinstance(raw_offsets, list) and len(raw_offsets) == len(entries):
-                offsets = [int(o) for o in raw_offsets]
-            # drop the generated token(s), which some servers echo too: by offset (or by text
-            # length), never more than the prompt's token count when usage gives it
-            if offsets is not None:
-                keep = sum(1 for o in offsets if o < len(text))
-            else:
-                keep, pos = 0, 0
-                for e in entries:
-                    if pos >= len(text):
-                        break
-                    pos += len(e.text)
-                    keep += 1
+        if isinstance(raw_offsets, list) and len(raw_offsets) == len(entries):
+            offsets = [int(o) for o in raw_offsets]
+        else:
+            offsets = _cumulative(entries)
+        shift = 0
+        first = entries[0].text
+        if (len(entries) > 1 and first and not text.startswith(first) and offsets[1] == len(first)
+                and text.startswith(entries[1].text)):
+            shift = len(first)
+            offsets = [0] + [o - shift for o in offsets[1:]]
+        # drop the generated token(s), which servers echo too: vLLM gives one prompt_logprobs entry
+        # per prompt token; otherwise by offset, never more than the prompt's token count
+        if trusted:
+            keep = len(prompt_lps)
+        else:
+            keep = sum(1 for i, o in enumerate(offsets) if o < len(text) or (i == 0 and shift))
             if n_prompt is not None:
                 keep = min(keep, n_prompt)
-            entries = entries[: max(0, keep)]
-        elif trusted:
-            entries = self._prompt_logprob_entries(prompt_lps, text)
-        if offsets is None:
-            offsets, pos = [], 0
-            for e in entries:
-                offsets.append(pos)
-                pos += len(e.text)
-        return entries, offsets[: len(entries)], trusted
+        return entries[:keep], offsets[:keep], trusted
 
     def _prompt_logprob_entries(self, prompt_lps: list[Any], text: str) -> list[_Entry]:
         """vLLM's `prompt_logprobs`: per position None (the first) or {token id: {logprob, rank,
@@ -765,9 +773,10 @@ class OpenAIBackend:
     def _check_pieces(self, entries: Sequence[_Entry], offsets: Sequence[int], text: str) -> None:
         """The echoed tokens must sit where they say in the scored text."""
         last = -1
-        for e, off in zip(entries, offsets, strict=True):
+        bos = len(offsets) > 1 and offsets[1] == 0  # a leading token the text does not contain
+        for i, (e, off) in enumerate(zip(entries, offsets, strict=True)):
             bad = off < last or off > len(text)
-            if not bad and e.text and "\ufffd" not in e.text:
+            if not bad and e.text and "\ufffd" not in e.text and not (i == 0 and bos):
                 bad = text[off : off + len(e.text)] != e.text
             if bad:
                 raise UnsupportedError(

@@ -34,7 +34,11 @@ def git_revision(repo: Path | None = None) -> str:
 
 def _identity(manifest: dict[str, Any]) -> dict[str, Any]:
     """The parts of a manifest that must match to resume (not the git revision or timestamps)."""
-    return {k: v for k, v in manifest.items() if k not in ("git_revision", "created", "notes")}
+    return {k: v for k, v in manifest.items() if k not in _EXTENSIBLE}
+
+
+# may differ on resume: a run can be extended to more problems of the same kind
+_EXTENSIBLE = ("git_revision", "created", "notes", "problem_ids", "dataset")
 
 
 class RunStore:
@@ -61,16 +65,24 @@ class RunStore:
                     f"{self.dir} holds a run with another manifest (differs in: {', '.join(diff)}); "
                     "use a new run directory"
                 )
+            ids = list(dict.fromkeys([*old.get("problem_ids", []), *manifest.get("problem_ids", [])]))
+            if ids != old.get("problem_ids", []):  # extended to more problems: record them all
+                old["problem_ids"] = ids
+                old.setdefault("notes", []).append(f"extended with {manifest.get('dataset')}")
+                self._write_manifest(old)
         else:
-            tmp = self.manifest_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
-            os.replace(tmp, self.manifest_path)
+            self._write_manifest(manifest)
         packed = self.dir / (RECORDS + ".gz")
         if not self.records_path.exists() and packed.exists():  # resuming a committed, packed run
             with gzip.open(packed, "rb") as fi:
                 self.records_path.write_bytes(fi.read())
         self._repair()
         return {r["key"] for r in self.records()}
+
+    def _write_manifest(self, manifest: dict[str, Any]) -> None:
+        tmp = self.manifest_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        os.replace(tmp, self.manifest_path)
 
     def _repair(self) -> None:
         """Drop a torn final line left by a kill mid-write."""
