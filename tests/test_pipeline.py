@@ -197,9 +197,13 @@ def test_result_serialises():
 def test_answer_deltas_concatenate_to_the_final_text(reply):
     _, _, t = make(llm_reply=reply)
     for method in ("tandem", "slm", "llm"):
-        deltas = []
-        r = t.solve(QUESTION, method=method,
-                    on_event=lambda e, p: deltas.append(p["text"]) if e == "answer_delta" else None)
+        deltas: list[str] = []
+
+        def hook(e, p, deltas=deltas):
+            if e == "answer_delta":
+                deltas.append(p["text"])
+
+        r = t.solve(QUESTION, method=method, on_event=hook)
         assert "".join(deltas) == r.text, method
 
 

@@ -40,6 +40,7 @@ class BackendSettings(_Strict):
     price_input_per_mtok: float = 0.0
     price_output_per_mtok: float = 0.0
     reply: str | None = Field(default=None, description="scripted backend: the reply text")
+    token_delay_s: float = Field(default=0.0, ge=0.0, description="scripted backend: seconds per token")
 
     @model_validator(mode="after")
     def _check(self) -> BackendSettings:

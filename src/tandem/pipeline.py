@@ -217,7 +217,8 @@ class _Run:
         budgets = stage_budgets_for(cfg.stage_budgets, rule.setting(cfg.effort).max_budget)
         schedule = CheckpointSchedule(budgets, cfg.max_unit_tokens)
         seg, checkpoints = InsightSegmenter(cfg.handover), []
-        llm_text, llm_steps, q_steps = "", [], None
+        llm_text, q_steps = "", None
+        llm_steps: list[TokenStep] = []
 
         def checkpoint(stage: int) -> bool:
             nonlocal q_steps

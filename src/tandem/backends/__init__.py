@@ -46,5 +46,5 @@ def build_backend(settings: BackendSettings, *, models_dir: str | None = None) -
         from .scripted import ScriptedBackend
 
         return ScriptedBackend(settings.reply or "The answer is \\boxed{0}.", name=settings.model,
-                               n_params=settings.n_params or 1_000_000)
+                               n_params=settings.n_params or 1_000_000, token_delay_s=settings.token_delay_s)
     raise ConfigError(f"unknown backend kind {settings.kind!r}: use one of {BACKEND_KINDS}")

@@ -76,6 +76,7 @@ class ScriptedBackend:
         self.fail_after = fail_after
         self.stats = ScriptedStats()
         self._cache: list[str] = []
+        self._last_common = 0
 
     @property
     def info(self) -> ModelInfo:
@@ -104,7 +105,11 @@ class ScriptedBackend:
                 break
             common += 1
         self._cache = list(tokens)
+        self._last_common = common
         return len(tokens) - common
+
+    def close(self) -> None:
+        self._cache = []
 
     def tokenize(self, text: str) -> list[str]:
         return tokenize(text)
@@ -114,7 +119,8 @@ class ScriptedBackend:
 
     def score(self, text: str) -> ScoreResult:
         toks = tokenize(text)
-        computed = self._advance_cache(toks)
+        # like the embedded engine, re-read the token before the reused prefix (its logits are not kept)
+        computed = min(len(toks), self._advance_cache(toks) + (1 if self._last_common > 0 else 0))
         steps, offsets, pos = [], [], 0
         for i, t in enumerate(toks):
             lp = None if i == 0 else _pseudo_logprob(i, t)

@@ -177,7 +177,8 @@ def report(
             probe_dirs.append(r)
         else:
             outcomes += [Outcome.from_dict(d) for d in read_records(r)]
-    frontier, notes = None, []
+    frontier: dict[str, list[tuple[float, bool]]] | None = None
+    notes: list[str] = []
     if probe_dirs:
         replayed, frontier, notes = replay_dirs(probe_dirs, None, None)
         outcomes += replayed

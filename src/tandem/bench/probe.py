@@ -142,8 +142,12 @@ class Prober:
             start = len(base) if cfg.handover == "continue" else len(scored) - len(prefix)
             sr = self.slm.score(scored)
             toks = self._tokens(scored)
-            live = (len(toks) - _common_prefix(prev_tokens, toks) + 1
-                    if toks is not None and prev_tokens is not None else sr.usage.computed_prompt_tokens)
+            if toks is not None and prev_tokens is not None:
+                # what a live shadow pass computes: the new tokens, plus the one re-read at the seam
+                common = _common_prefix(prev_tokens, toks)
+                live = len(toks) - common + (1 if common > 0 else 0)
+            else:
+                live = sr.usage.computed_prompt_tokens
             prev_tokens = toks
             feats = compute_features(CheckpointInputs(stage, k, seg.units[:n_units], llm_steps[:k], q_steps,
                                                       sr.after(start)))

@@ -120,7 +120,7 @@ def read_records(path: str | Path) -> Iterator[dict[str, Any]]:
     if not p.exists():
         raise InputError(f"no run records at {path}")
     opener = gzip.open if p.suffix == ".gz" else open
-    with opener(p, "rt", encoding="utf-8") as f:  # type: ignore[operator]
+    with opener(p, "rt", encoding="utf-8") as f:
         for i, line in enumerate(f, 1):
             if not line.endswith("\n"):
                 break  # torn last line

@@ -1,0 +1,216 @@
+"""Probe tables, replay, run stores and the runner, on scripted backends (fast)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tandem import ConfigError, PipelineConfig, Tandem
+from tandem.backends.scripted import ScriptedBackend
+from tandem.bench.graders import get_grader
+from tandem.bench.probe import ProbeConfig, Prober
+from tandem.bench.replay import PairParams, replay
+from tandem.bench.runner import run_live, run_probe
+from tandem.bench.store import RunStore, pack, read_records
+from tandem.policy import EffortSetting, StopRule
+from tandem.types import Problem
+
+LLM_REPLY = " ".join(f"Step {i} adds one thing." for i in range(80)) + " The answer is \\boxed{7}."
+
+
+def slm_reply(prompt, text):
+    # the SLM is right only when it was handed 60+ words of guidance
+    prefix = prompt.assistant_prefix
+    return " So the answer is \\boxed{7}." if len(prefix.split()) >= 60 else " I think \\boxed{5}."
+
+
+def pair():
+    return (ScriptedBackend(LLM_REPLY, name="big", n_params=1_500_000_000),
+            ScriptedBackend(slm_reply, name="small", n_params=500_000_000))
+
+
+PROBLEMS = [Problem(id=str(i), question=f"Question {i}: 3 + 4?", answer="7") for i in range(3)]
+
+
+class AfterInsights:
+    name = "after-insights"
+
+    def __init__(self, n):
+        self.n = n
+
+    def sufficiency(self, f):
+        return 0.9 if f["n_insights"] >= self.n else 0.1
+
+
+def test_replay_equals_live_for_every_method():
+    llm, slm = pair()
+    grader = get_grader("gsm8k")
+    rec = Prober(llm, slm, grader, ProbeConfig()).probe(PROBLEMS[0])
+    assert [c["stage"] for c in rec["checkpoints"]] == [1, 2, 3, 4, 5]
+    p = PairParams(llm.info.n_params, slm.info.n_params)
+    rule = StopRule({e: EffortSetting(b, 0.5) for e, b in (("low", 64), ("medium", 128), ("high", 256))})
+    policy = AfterInsights(16)
+    t = Tandem(llm, slm, policy=policy, rule=rule)
+    for method in ("slm", "llm", "fixed:32", "fixed:64", "fixed:128", "tandem:low", "tandem:medium",
+                   "tandem:high"):
+        llm.reset_cache(), slm.reset_cache()
+        live_method, kw = (("tandem", {"effort": method.split(":")[1]}) if method.startswith("tandem")
+                           else (method, {}))
+        live_t = Tandem(llm, slm) if method.startswith("fixed") else t
+        live = live_t.solve(PROBLEMS[0].question, method=live_method, **kw)
+        rep = replay(rec, method, p, policy=policy, rule=rule)
+        assert rep.answer == live.answer.answer, method
+        assert rep.handover_tokens == live.handover_tokens, method
+        assert rep.llm_generated_tokens == live.cost.models["llm"].generated_tokens, method
+        assert rep.slm_generated_tokens == live.cost.models["slm"].generated_tokens, method
+        assert rep.slm_prompt_tokens == live.cost.models["slm"].input_tokens, method
+        assert rep.flops_total == pytest.approx(live.cost.flops_total), method
+
+
+def test_oracle_picks_the_cheapest_correct_choice():
+    llm, slm = pair()
+    rec = Prober(llm, slm, get_grader("gsm8k"), ProbeConfig()).probe(PROBLEMS[0])
+    p = PairParams(llm.info.n_params, slm.info.n_params)
+    o = replay(rec, "oracle", p)
+    assert o.correct
+    right = [replay(rec, f"fixed:{b}", p) for b in (64, 128, 192, 256)]
+    assert all(r.correct for r in right) and not replay(rec, "fixed:32", p).correct
+    assert o.flops_total == min(r.flops_total for r in right) and o.handover_tokens == right[0].handover_tokens
+
+
+def test_replay_refuses_an_effort_budget_the_probe_lacks():
+    llm, slm = pair()
+    rec = Prober(llm, slm, get_grader("gsm8k"), ProbeConfig(stage_budgets=(32, 64))).probe(PROBLEMS[0])
+    with pytest.raises(ConfigError):
+        replay(rec, "tandem:medium", PairParams(1, 1), policy=AfterInsights(1), rule=StopRule(),
+               budgets=(32, 64))
+
+
+def test_run_store_resumes_and_refuses_another_manifest(tmp_path):
+    llm, slm = pair()
+    store = RunStore(tmp_path / "run")
+    cfg = ProbeConfig()
+    assert run_probe(PROBLEMS[:2], llm, slm, get_grader("gsm8k"), store, cfg, dataset="d", grader_name="gsm8k") == 2
+    assert run_probe(PROBLEMS, llm, slm, get_grader("gsm8k"), store, cfg, dataset="d", grader_name="gsm8k") == 1
+    ids = [r["problem_id"] for r in read_records(store.dir)]
+    assert ids == ["0", "1", "2"]
+    assert store.manifest()["problem_ids"] == ["0", "1", "2"]
+    with pytest.raises(ConfigError, match="another manifest"):
+        run_probe(PROBLEMS, llm, slm, get_grader("gsm8k"), RunStore(tmp_path / "run"),
+                  ProbeConfig(stage_budgets=(16,)), dataset="d", grader_name="gsm8k")
+    # packed runs read back, and a torn last line is dropped
+    pack(store.dir)
+    with store.records_path.open("a") as f:
+        f.write('{"key": "3", "problem_')
+    assert len(list(read_records(store.dir))) == 3
+    assert store.open(store.manifest()) == {"0", "1", "2"}
+    assert store.records_path.read_text().endswith("\n")
+
+
+def test_live_run_records_errors_apart(tmp_path):
+    llm = ScriptedBackend(LLM_REPLY, fail_after=5)
+    slm = ScriptedBackend(slm_reply)
+    t = Tandem(llm, slm)
+    run_live(PROBLEMS[:2], t, ["slm", "fixed:32"], get_grader("gsm8k"), RunStore(tmp_path / "r"),
+             dataset="d", grader_name="gsm8k")
+    recs = {r["key"]: r for r in read_records(tmp_path / "r")}
+    assert recs["0|slm"]["error"] is None and recs["0|slm"]["answer"] == "5"
+    assert "BackendError" in recs["0|fixed:32"]["error"] and recs["0|fixed:32"]["correct"] is False
+
+
+SCRIPTED_CONFIG = """
+[llm]
+kind = "scripted"
+model = "big"
+n_params = 1500000000
+token_delay_s = 0.01
+reply = "Step one adds things. Step two adds more. The answer is \\\\boxed{{7}}."
+
+[slm]
+kind = "scripted"
+model = "small"
+n_params = 500000000
+reply = " The answer is \\\\boxed{{7}}."
+
+[pipeline]
+stage_budgets = [4, 8]
+effort = "low"
+"""
+
+
+def test_eval_killed_with_sigkill_resumes_without_loss_or_duplicates(tmp_path, data_dir):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(SCRIPTED_CONFIG.format())
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "tandem.cli", "eval", "gsm8k", "--split", "train", "--limit", "30",
+           "--config", str(cfg), "--methods", "slm,llm", "--out", str(run), "--data-dir", str(data_dir)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if (run / "records.jsonl").exists() and len((run / "records.jsonl").read_text().splitlines()) >= 5:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = len(list(read_records(run)))
+    assert 5 <= before < 60
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    keys = [r["key"] for r in read_records(run)]
+    assert len(keys) == 60 and len(set(keys)) == 60
+    assert json.loads((run / "manifest.json").read_text())["kind"] == "live"
+
+
+def test_probe_and_report_commands_end_to_end(tmp_path, data_dir):
+    from typer.testing import CliRunner
+
+    from tandem.cli import app
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(SCRIPTED_CONFIG.format())
+    runner = CliRunner()
+    res = runner.invoke(app, ["probe", "gsm8k", "--split", "train", "--limit", "3", "--config", str(cfg),
+                              "--budgets", "4,8", "--out", str(tmp_path / "p"), "--data-dir", str(data_dir)])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["report", str(tmp_path / "p"), "--out", str(tmp_path / "rep")])
+    assert res.exit_code == 0, res.output
+    md = (tmp_path / "rep" / "report.md").read_text()
+    for m in ("`slm`", "`llm`", "`fixed:4`", "`fixed:8`", "`oracle`"):
+        assert m in md
+    assert (tmp_path / "rep" / "pareto.png").stat().st_size > 1000
+
+
+def test_problem_errors_in_a_probe_are_recorded_not_graded(tmp_path):
+    llm = ScriptedBackend(LLM_REPLY, fail_after=3)
+    slm = ScriptedBackend(slm_reply)
+    store = RunStore(tmp_path / "p")
+    run_probe(PROBLEMS[:1], llm, slm, get_grader("gsm8k"), store, ProbeConfig(), dataset="d", grader_name="gsm8k")
+    rec = next(iter(read_records(store.dir)))
+    assert "BackendError" in rec["error"]
+
+
+def test_read_records_reports_corruption(tmp_path):
+    from tandem.errors import InputError
+
+    d = tmp_path / "r"
+    d.mkdir()
+    (d / "records.jsonl").write_text('{"key": "a"}\nnot json\n')
+    with pytest.raises(InputError, match="corrupt"):
+        list(read_records(d))
+
+
+def test_pipeline_config_used_by_probe_and_live_agree():
+    # the probe's schedule is the live one: a probe for budgets (32, 64) places checkpoints as live does
+    llm, slm = pair()
+    rec = Prober(llm, slm, get_grader("gsm8k"), ProbeConfig(stage_budgets=(32, 64))).probe(PROBLEMS[0])
+    live = Tandem(llm, slm, config=PipelineConfig(stage_budgets=(32, 64)), policy=AfterInsights(99),
+                  rule=StopRule({"medium": EffortSetting(64, 0.5)})).solve(PROBLEMS[0].question)
+    assert [c["llm_tokens"] for c in rec["checkpoints"]] == [c.llm_tokens for c in live.checkpoints[1:]]
+    assert Path  # noqa: B018
