@@ -13,7 +13,8 @@ from rich.table import Table
 
 from .errors import InputError, TandemError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="LLM + SLM in tandem for cheaper reasoning.")
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="LLM + SLM in tandem for cheaper reasoning.")
 models_app = typer.Typer(no_args_is_help=True, help="Install and list the embedded GGUF models.")
 app.add_typer(models_app, name="models")
 
@@ -207,24 +208,13 @@ _register_subcommands()
 def main() -> None:
     """Entry point: project errors become one clear line and exit code 2, never a traceback."""
     try:
-        app(standalone_mode=False)
+        app(prog_name="tandem")
     except TandemError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except Exception as exc:  # click usage errors and the like
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(130)
-        raise
 
 
 if __name__ == "__main__":

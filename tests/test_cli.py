@@ -1,0 +1,112 @@
+"""The command line on bad input: one clear error line, a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+SCRIPTED = """
+[llm]
+kind = "scripted"
+model = "big"
+reply = "Step one. Step two. Step three. The answer is \\\\boxed{7}."
+[slm]
+kind = "scripted"
+model = "small"
+reply = " The answer is \\\\boxed{7}."
+[pipeline]
+stage_budgets = [2, 4]
+"""
+
+
+def run(*args: str, stdin: str | None = None, env: dict[str, str] | None = None):
+    return subprocess.run([sys.executable, "-m", "tandem.cli", *args], input=stdin, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, **(env or {})})
+
+
+def assert_clean_error(res, *needles: str) -> None:
+    assert res.returncode != 0
+    assert "Traceback" not in res.stderr and "Traceback" not in res.stdout
+    text = " ".join(res.stderr.split())
+    assert "error" in text.lower()
+    for n in needles:
+        assert n in text, text
+
+
+@pytest.fixture
+def scripted_config(tmp_path):
+    p = tmp_path / "s.toml"
+    p.write_text(SCRIPTED)
+    return p
+
+
+def test_solve_with_scripted_backends_json(scripted_config):
+    res = run("solve", "--config", str(scripted_config), "--json", "What is 3 + 4?")
+    assert res.returncode == 0, res.stderr
+    d = json.loads(res.stdout)
+    assert d["answer"]["answer"] == "7" and d["stop_reason"] in ("budget", "llm_finished")
+    assert d["cost"]["flops_total"] > 0
+
+
+def test_solve_reads_stdin_and_files(scripted_config, tmp_path):
+    res = run("solve", "--config", str(scripted_config), "--json", stdin="What is 3 + 4?")
+    assert res.returncode == 0 and json.loads(res.stdout)["question"] == "What is 3 + 4?"
+    q = tmp_path / "q.txt"
+    q.write_text("What is 3 + 4?")
+    res = run("solve", "--config", str(scripted_config), "--json", "--file", str(q), "--compare")
+    assert res.returncode == 0 and set(json.loads(res.stdout)) == {"tandem", "llm"}
+
+
+def test_human_output_shows_checkpoints_and_cost_table(scripted_config):
+    res = run("solve", "--config", str(scripted_config), "What is 3 + 4?")
+    assert res.returncode == 0, res.stderr
+    assert "checkpoint 0" in res.stdout and "TFLOPs" in res.stdout and "answer:" in res.stdout
+
+
+def test_empty_question(scripted_config):
+    assert_clean_error(run("solve", "--config", str(scripted_config), "   "), "empty")
+
+
+def test_unknown_model_name():
+    assert_clean_error(run("solve", "--llm-model", "no-such-model", "q"), "unknown model 'no-such-model'")
+
+
+def test_missing_model_file(tmp_path):
+    assert_clean_error(run("solve", "--slm-model", str(tmp_path / "missing.gguf"), "q"), "missing.gguf")
+
+
+def test_invalid_config_key(tmp_path):
+    p = tmp_path / "bad.toml"
+    p.write_text('[pipeline]\neffort = "medium"\nspeed = 3\n')
+    assert_clean_error(run("solve", "--config", str(p), "q"), "pipeline.speed: unknown key")
+
+
+def test_invalid_option_value(scripted_config):
+    assert_clean_error(run("solve", "--config", str(scripted_config), "--effort", "extreme", "q"), "effort")
+
+
+def test_unreachable_endpoint(scripted_config):
+    res = run("solve", "--config", str(scripted_config), "--llm-base-url", "http://127.0.0.1:9/v1",
+              "--llm-model", "m", "--llm-params", "1000", "--handover", "hint", "q")
+    assert_clean_error(res, "127.0.0.1:9")
+
+
+def test_wrong_checksum(tmp_path):
+    from tandem.models import DEFAULT_MODELS
+
+    spec = DEFAULT_MODELS["smollm2-135m"]
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / spec.filename).write_bytes(b"GGUF" + b"\0" * 100)
+    res = run("solve", "--models-dir", str(models), "--llm-model", "smollm2-135m", "--slm-model", "smollm2-135m",
+              "q")
+    assert_clean_error(res, "smollm2-135m")
+
+
+def test_unknown_command_is_a_usage_error():
+    res = run("fly")
+    assert res.returncode != 0 and "Traceback" not in res.stderr
