@@ -271,3 +271,9 @@ def test_write_report(tmp_path: Path) -> None:
     # p1 and p3 are right at their cheapest choice (4 + 2), p4 costs 2 wrong or 10 right
     assert summary["frontier"][0] == pytest.approx([2 / 3, 8e12 / 3])
     assert summary["frontier"][1] == pytest.approx([1.0, 16e12 / 3])
+
+
+def test_wilson_bounds_are_exact_when_all_or_none_are_right() -> None:
+    for n in range(1, 200):
+        assert wilson_interval(n, n)[1] == 1.0
+        assert wilson_interval(0, n)[0] == 0.0

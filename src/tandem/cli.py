@@ -196,10 +196,26 @@ def solve(
     out.print(_cost_table(results))
 
 
+@app.command()
+def serve(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML/YAML settings file")] = None,
+    host: Annotated[str | None, typer.Option(help="address to listen on (default: server.host, 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (default: server.port, 8000)")] = None,
+    api_key_env: Annotated[str | None, typer.Option(
+        help="environment variable holding the accepted API key(s), comma-separated")] = None,
+) -> None:
+    """Serve an OpenAI-compatible API: chat completions, models, health and metrics."""
+    from .server import serve as run_server
+
+    run_server(config, host=host, port=port, api_key_env=api_key_env)
+
+
 def _register_subcommands() -> None:
     from .bench.commands import register
+    from .train.commands import register as register_train
 
     register(app)
+    register_train(app)
 
 
 _register_subcommands()

@@ -65,10 +65,32 @@ class PipelineSettings(_Strict):
     slm_max_tokens: int = Field(default=512, ge=1)
 
 
+class ServerSettings(_Strict):
+    """`tandem serve`: where it listens, who may call it, and the limits it enforces (docs/server.md)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    api_key_env: str | None = Field(
+        default=None, description="environment variable with the accepted API key(s), comma-separated; "
+        "unset: no authentication")
+    max_body_bytes: int = Field(default=1_048_576, ge=1, description="larger request bodies get 413")
+    max_tokens_cap: int = Field(default=4096, ge=1, description="largest max_tokens a request may ask for")
+    max_queue: int = Field(default=8, ge=1, description="requests waiting + running; beyond it 429")
+    request_timeout_s: float = Field(default=600.0, gt=0, description="from admission to the last byte; 504")
+    shutdown_grace_s: float = Field(default=30.0, ge=0, description="in-flight requests may finish this long")
+    fallback: Literal["slm", "llm"] | None = Field(
+        default=None, description="after a backend failure, retry once with this model alone")
+    compare_estimate: float | None = Field(
+        default=None, gt=0, description="LLM-alone tokens (prompt + generated) per request, for the "
+        "FLOPs-relative-to-the-LLM-alone metric")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
 class TandemSettings(_Strict):
     llm: BackendSettings = BackendSettings(model=DEFAULT_LLM)
     slm: BackendSettings = BackendSettings(model=DEFAULT_SLM)
     pipeline: PipelineSettings = PipelineSettings()
+    server: ServerSettings = ServerSettings()
     classifier: str = Field(
         default="default",
         description="'default' (the shipped classifier for the embedded pair, else budget), "

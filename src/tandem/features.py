@@ -4,7 +4,7 @@ The same function computes features at training time (from probe tables) and at 
 (in the pipeline), so the two can never drift apart. Nothing here looks at the words: only at how
 surprised the models are, how much they have written, and which GPRA kinds have appeared.
 
-Feature groups (see docs/features.md for the full table):
+Feature groups (see docs/classifier.md for the full table):
 - `slm_q_*`: the SLM's log-probs / entropies over the question tokens (shadow pass);
 - `slm_i_*`: the same over the insight tokens seen so far (shadow pass);
 - `llm_*`: the LLM's own stream (log-probs / entropies of the tokens it generated);

@@ -154,6 +154,7 @@ def replay_policy(rec: dict[str, Any], p: PairParams, policy: StopPolicy, rule: 
         out.stop_reason, out.extra = "slm_alone", {"decided_at_stage": 0}
         return out
     visited: list[dict[str, Any]] = []
+    shadow = getattr(policy, "uses_shadow", True)
     for ck in rec["checkpoints"]:
         if ck["stage"] > n_stages:
             break
@@ -164,7 +165,7 @@ def replay_policy(rec: dict[str, Any], p: PairParams, policy: StopPolicy, rule: 
             ck["llm_tokens"] >= rec["llm"]["generated"]
         if d.handover or last_insight:
             stop = d.reason if d.handover else "llm_finished"
-            out = _handover(rec, ck, p, method, shadow=visited, stop=stop)
+            out = _handover(rec, ck, p, method, shadow=visited if shadow else None, stop=stop)
             out.extra = {"decided_at_stage": ck["stage"]}
             return out
     # the LLM finished its own solution first: its answer stands (plus the shadow passes paid)

@@ -6,17 +6,40 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError
+from ..errors import ConfigError, InputError
+from ..policy import StopRule
+from ..types import StopPolicy
 from .records import Outcome
-from .replay import PairParams, options, replay
+from .replay import PairParams, options, replay, replay_cascade, replay_route
 from .store import read_manifest, read_records
 
 
-def default_methods(budgets: Sequence[int], with_classifier: bool) -> list[str]:
+def default_methods(budgets: Sequence[int], with_classifier: bool, *, cascade: bool = False) -> list[str]:
+    """slm, llm, fixed:N per budget, oracle; with a classifier also route and tandem per effort;
+    `cascade`: the cascade at the classifier's calibrated threshold."""
     methods = ["slm", "llm"] + [f"fixed:{b}" for b in budgets] + ["oracle"]
     if with_classifier:
         methods += ["route", "tandem:low", "tandem:medium", "tandem:high"]
+    if cascade:
+        methods.append("cascade")
     return methods
+
+
+def replay_method(rec: dict[str, Any], method: str, p: PairParams, *, handover: str, budgets: tuple[int, ...],
+                  policy: StopPolicy | None = None, rule: StopRule | None = None,
+                  route_threshold: float | None = None, cascade_threshold: float | None = None) -> Outcome:
+    """`replay` plus the calibrated operating points: `route` at `route_threshold` (when given;
+    else the medium effort's checkpoint-0 threshold) and `cascade` at `cascade_threshold`."""
+    if method == "route" and route_threshold is not None:
+        if policy is None:
+            raise ConfigError("method 'route' needs a classifier")
+        return replay_route(rec, p, policy, route_threshold)
+    if method == "cascade":
+        if cascade_threshold is None:
+            raise ConfigError("method 'cascade' needs a classifier with a calibrated cascade threshold "
+                              "(tandem train calibrate); or give the threshold: cascade:T")
+        return replay_cascade(rec, p, cascade_threshold)
+    return replay(rec, method, p, handover=handover, policy=policy, rule=rule, budgets=budgets)
 
 
 def load_probe(run_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -28,12 +51,16 @@ def load_probe(run_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]
 
 def replay_dirs(dirs: Sequence[Path], methods: str | None, classifier: Path | None,
                 ) -> tuple[list[Outcome], dict[str, list[tuple[float, bool]]], list[str]]:
-    policy = rule = None
+    policy: StopPolicy | None = None
+    rule: StopRule | None = None
+    route_thr = cascade_thr = None
+    clf = None
     if classifier is not None:
         from ..classifier import load_classifier
 
         clf = load_classifier(classifier)
         policy, rule = clf, clf.stop_rule()
+        route_thr, cascade_thr = clf.route_threshold, clf.cascade_threshold
     outcomes: list[Outcome] = []
     frontier: dict[str, list[tuple[float, bool]]] = {}
     notes: list[str] = []
@@ -42,7 +69,10 @@ def replay_dirs(dirs: Sequence[Path], methods: str | None, classifier: Path | No
         p = PairParams(man["llm"]["n_params"], man["slm"]["n_params"])
         cfg = man["config"]
         budgets = tuple(cfg["stage_budgets"])
-        names = [m.strip() for m in methods.split(",")] if methods else default_methods(budgets, policy is not None)
+        if clf is not None:
+            clf.check_models(man["llm"], man["slm"])
+        names = [m.strip() for m in methods.split(",")] if methods else \
+            default_methods(budgets, policy is not None, cascade=cascade_thr is not None)
         errors = 0
         for rec in recs:
             if "error" in rec:
@@ -51,10 +81,16 @@ def replay_dirs(dirs: Sequence[Path], methods: str | None, classifier: Path | No
                              for m in names]
                 continue
             for m in names:
-                outcomes.append(replay(rec, m, p, handover=cfg["handover"], policy=policy, rule=rule,
-                                       budgets=budgets))
+                outcomes.append(replay_method(rec, m, p, handover=cfg["handover"], policy=policy, rule=rule,
+                                              budgets=budgets, route_threshold=route_thr,
+                                              cascade_threshold=cascade_thr))
             frontier[rec["problem_id"]] = [(o.flops_total, o.correct) for o in options(rec, p)]
         notes.append(f"{d}: {len(recs)} problems replayed from a probe table ({man['dataset']}, "
                      f"{cfg['handover']} hand-over, budgets {list(budgets)}, LLM {man['llm']['name']}, "
                      f"SLM {man['slm']['name']}){f', {errors} probe errors' if errors else ''}")
+    if clf is not None:
+        route_note = (f"calibrated route threshold {route_thr:g}" if route_thr is not None
+                      else "no calibrated route threshold: `route` uses the medium effort's checkpoint-0 threshold")
+        cascade_note = f", cascade threshold {cascade_thr:g} (SLM mean log-prob)" if cascade_thr is not None else ""
+        notes.append(f"classifier {classifier} ({clf.kind}): {route_note}{cascade_note}")
     return outcomes, frontier, notes

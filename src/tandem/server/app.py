@@ -1,0 +1,719 @@
+"""The OpenAI-compatible server: `create_app(settings, tandem=...)` and `serve(...)` (`tandem serve`).
+
+Endpoints, options, errors and metrics are described in docs/server.md. The pipeline is synchronous:
+each request's run goes through one worker thread (see `runner`), its answer deltas come back to the
+event loop through a queue, and a run is cancelled through the pipeline's event hook when the client
+goes away, the request times out or the server shuts down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import math
+import os
+import re
+import time
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..config import TandemSettings
+from ..errors import BackendError, BackendTimeout, Cancelled, ConfigError, InputError, UnsupportedError
+from ..pipeline import Tandem
+from .metrics import CONTENT_TYPE, ServerMetrics
+from .runner import Outcome, PipelineRunner, RunHandle, RunSpec, StopScanner, find_stop, run_spec
+from .schemas import (
+    SERVED_MODELS,
+    AssistantMessage,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    Choice,
+    ChunkChoice,
+    CompletionUsage,
+    Delta,
+    ModelCard,
+    ModelList,
+    RequestError,
+    build_question,
+    error_body,
+    parse_request,
+)
+
+log = logging.getLogger("tandem.server")
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_RID_KEY = "tandem.request_id"
+_QUIET_PATHS = frozenset({"/health", "/metrics"})  # probes and scrapes: logged at debug level
+_CLOSE_TIMEOUT_S = 10.0  # after cancelling at shutdown: how long the worker may take to stop
+
+
+def api_keys(env_var: str | None) -> tuple[bytes, ...]:
+    """The accepted API keys: the comma-separated value of `env_var` (none when `env_var` is None)."""
+    if env_var is None:
+        return ()
+    raw = os.environ.get(env_var, "")
+    keys = tuple(k.strip().encode("utf-8") for k in raw.split(",") if k.strip())
+    if not keys:
+        raise ConfigError(f"environment variable {env_var} (server API keys) is not set or empty")
+    return keys
+
+
+def _request_id(scope: Scope) -> str:
+    return str(scope.get(_RID_KEY, ""))
+
+
+def _error(status: int, message: str, *, type: str, code: str | None = None, param: str | None = None,
+           headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(error_body(message, type=type, param=param, code=code), status_code=status, headers=headers)
+
+
+def _error_response(exc: RequestError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers or None)
+
+
+class _RequestContext:
+    """Pure ASGI middleware: a request id for every request (the client's `X-Request-Id` when it is
+    sane, else a new one) in the response headers and the log, and an OpenAI-shaped 500 for any
+    unexpected error. Never logs headers (API keys)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = next((v.decode("latin-1") for k, v in scope.get("headers", []) if k == b"x-request-id"), "")
+        rid = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        scope[_RID_KEY] = rid
+        started, status = False, 500
+        t0 = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal started, status
+            if message["type"] == "http.response.start":
+                started, status = True, int(message["status"])
+                message = {**message, "headers": [*message.get("headers", []),
+                                                   (b"x-request-id", rid.encode("latin-1"))]}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            log.exception("request_id=%s unexpected error in %s %s", rid, scope.get("method"), scope.get("path"))
+            if not started:
+                resp = _error(500, f"internal server error (request {rid})", type="server_error",
+                              code="internal_error")
+                await resp(scope, receive, send_with_id)
+        finally:
+            level = logging.DEBUG if scope.get("path") in _QUIET_PATHS and status < 400 else logging.INFO
+            log.log(level, "request_id=%s %s %s %d %.1fms", rid, scope.get("method"), scope.get("path"), status,
+                    (time.perf_counter() - t0) * 1000)
+
+
+class _EventStream(StreamingResponse):
+    """Server-sent events without Starlette's own disconnect listener: the request's watcher task is
+    the one reader of `receive`. `events` is an already started generator (its first chunk given), so
+    closing it always runs its clean-up, which cancels the run when it did not finish."""
+
+    def __init__(self, first: bytes, events: AsyncGenerator[bytes, None]) -> None:
+        super().__init__(events, media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self._first, self._events = first, events
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            await send({"type": "http.response.body", "body": self._first, "more_body": True})
+            async for chunk in self._events:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            await self._events.aclose()
+
+
+def _sse(data: dict[str, Any] | str) -> bytes:
+    text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    return f"data: {text}\n\n".encode()
+
+
+class _State:
+    """Everything one app owns: settings, keys, the pipeline, its runner and metrics."""
+
+    def __init__(self, settings: TandemSettings, tandem: Tandem | None) -> None:
+        self.settings = settings
+        self.srv = settings.server
+        self.keys = api_keys(self.srv.api_key_env)
+        self.tandem = tandem
+        self.load_error: str | None = None
+        self.loading: asyncio.Task[None] | None = None
+        self.draining = False
+        self.created = int(time.time())
+        self.metrics = ServerMetrics(compare_estimate=self.srv.compare_estimate)
+        self.runner = PipelineRunner(self.srv.max_queue, on_depth=self.metrics.queue_depth.set)
+        if tandem is not None:
+            self.metrics.llm_params = tandem.llm.info.n_params
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+    async def load(self) -> None:
+        from ..factory import build_tandem
+
+        try:
+            tandem = await self.runner.call(lambda: build_tandem(self.settings))
+        except Exception as exc:
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            log.error("the models failed to load: %s", self.load_error)
+            return
+        self.tandem = tandem
+        self.metrics.llm_params = tandem.llm.info.n_params
+        log.info("models loaded: llm=%s slm=%s", tandem.llm.info.name, tandem.slm.info.name)
+
+    async def shutdown(self) -> None:
+        """Stop admitting, let runs finish for the grace period, cancel the rest, close the backends."""
+        self.draining = True
+        if self.loading is not None:
+            await self.loading
+        if not await self.runner.wait_idle(self.srv.shutdown_grace_s):
+            n = self.runner.cancel_all("shutdown")
+            log.warning("shutdown: cancelled %d run(s) after %.1f s of grace", n, self.srv.shutdown_grace_s)
+            if not await self.runner.wait_idle(_CLOSE_TIMEOUT_S):
+                log.error("shutdown: the pipeline did not stop; the backends are left open")
+                self.runner.shutdown()
+                return
+        self.runner.shutdown()
+        if self.tandem is not None:
+            for backend in (self.tandem.llm, self.tandem.slm):
+                close = getattr(backend, "close", None)
+                if close is None:
+                    continue
+                try:
+                    close()
+                except Exception:
+                    log.exception("closing backend %s failed", backend.info.name)
+
+    @asynccontextmanager
+    async def lifespan(self, _app: FastAPI) -> AsyncIterator[None]:
+        if self.tandem is None and self.loading is None:
+            self.loading = asyncio.create_task(self.load())
+        try:
+            yield
+        finally:
+            await self.shutdown()
+
+    # ---- checks ---------------------------------------------------------------------------------
+    def authorize(self, request: Request) -> None:
+        if not self.keys:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise RequestError("missing API key: send it as 'Authorization: Bearer <key>'", status=401,
+                               type="authentication_error", code="missing_api_key",
+                               headers={"WWW-Authenticate": "Bearer"})
+        given = token.strip().encode("utf-8")
+        ok = False
+        for key in self.keys:  # compare with every key: the time taken says nothing about which matched
+            ok |= hmac.compare_digest(given, key)
+        if not ok:
+            raise RequestError("invalid API key", status=401, type="authentication_error",
+                               code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+
+    def ready(self) -> Tandem:
+        if self.draining:
+            raise RequestError("the server is shutting down", status=503, type="server_error",
+                               code="shutting_down")
+        if self.tandem is None:
+            why = "the models failed to load" if self.load_error else "the models are loading"
+            raise RequestError(why, status=503, type="server_error", code="not_ready",
+                               headers={"Retry-After": "5"})
+        return self.tandem
+
+    async def read_body(self, request: Request) -> bytes:
+        limit = self.srv.max_body_bytes
+        too_large = RequestError(f"the request body exceeds {limit} bytes", status=413, code="request_too_large")
+        length = request.headers.get("content-length")
+        if length is not None:
+            try:
+                if int(length) > limit:
+                    raise too_large
+            except ValueError:
+                raise RequestError("invalid Content-Length header", code="invalid_request") from None
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def spec_for(self, req: ChatCompletionRequest, tandem: Tandem, request_id: str) -> RunSpec:
+        method, fixed_effort = SERVED_MODELS[req.model]
+        wanted = req.requested_effort
+        effort_param = "effort" if req.effort is not None else "reasoning_effort"
+        if fixed_effort is not None and wanted is not None and wanted != fixed_effort:
+            raise RequestError(f"{effort_param} {wanted!r} conflicts with model {req.model!r} (effort "
+                               f"{fixed_effort!r}); use model 'tandem' to choose the effort", param=effort_param,
+                               code="invalid_value")
+        overrides: dict[str, Any] = {}
+        if method == "tandem":
+            effort = fixed_effort or wanted
+            if effort is not None:
+                if effort not in tandem.rule.efforts:
+                    raise RequestError(f"effort {effort!r} is not configured: {sorted(tandem.rule.efforts)}",
+                                       param=effort_param, code="invalid_value")
+                overrides["effort"] = effort
+            if req.handover is not None:
+                overrides["handover"] = req.handover
+            handover = req.handover or tandem.config.handover
+            li, si = tandem.llm.info, tandem.slm.info
+            if handover == "continue" and (li.tokenizer_id != si.tokenizer_id
+                                           or li.chat_template_id != si.chat_template_id):
+                raise RequestError(f"continue hand-over needs one tokenizer and chat template; {li.name} and "
+                                   f"{si.name} differ: use handover 'hint'", param="handover",
+                                   code="invalid_value")
+            if req.stage_budgets is not None:
+                if max(req.stage_budgets) > self.srv.max_tokens_cap:
+                    raise RequestError(f"stage budgets may not exceed {self.srv.max_tokens_cap}",
+                                       param="stage_budgets", code="invalid_value")
+                overrides["stage_budgets"] = tuple(sorted(set(req.stage_budgets)))
+        max_new = req.max_new_tokens
+        if max_new is not None:
+            if max_new > self.srv.max_tokens_cap:
+                param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
+                raise RequestError(f"{param} may be at most {self.srv.max_tokens_cap} on this server",
+                                   param=param, code="invalid_value")
+            overrides["llm_max_tokens"] = overrides["slm_max_tokens"] = max_new
+        else:  # the configured defaults obey the cap as well
+            dec = tandem.config.decoding
+            for key, value in (("llm_max_tokens", dec.llm_max_tokens), ("slm_max_tokens", dec.slm_max_tokens)):
+                if value > self.srv.max_tokens_cap:
+                    overrides[key] = self.srv.max_tokens_cap
+        if req.temperature is not None:
+            overrides["temperature"] = float(req.temperature)
+        if req.seed is not None:
+            overrides["seed"] = req.seed
+        return RunSpec(build_question(req.messages), method, overrides, req.stream, self.srv.fallback, request_id,
+                       handover=req.handover or tandem.config.handover)
+
+
+def _run_error(exc: BaseException, handle: RunHandle, request_id: str) -> RequestError:
+    """What a failed run becomes for the client."""
+    if isinstance(exc, Cancelled):
+        return _cancel_error(handle.cancel_reason or "cancelled")
+    if isinstance(exc, BackendTimeout):
+        log.error("request_id=%s backend timeout: %s", request_id, exc)
+        return RequestError(f"a model backend timed out: {exc}"[:500], status=504, type="server_error",
+                            code="backend_timeout")
+    if isinstance(exc, BackendError):
+        log.error("request_id=%s backend error: %s: %s", request_id, type(exc).__name__, exc)
+        return RequestError(f"a model backend failed ({type(exc).__name__}): {exc}"[:500], status=502,
+                            type="server_error", code="backend_error")
+    if isinstance(exc, (InputError, ConfigError, UnsupportedError)):
+        return RequestError(str(exc), code="invalid_request")
+    log.error("request_id=%s pipeline failed", request_id, exc_info=exc)
+    return RequestError(f"internal server error (request {request_id})", status=500, type="server_error",
+                        code="internal_error")
+
+
+def _cancel_error(reason: str) -> RequestError:
+    if reason == "timeout":
+        return RequestError("the request timed out", status=504, type="server_error", code="timeout")
+    if reason == "shutdown":
+        return RequestError("the server is shutting down", status=503, type="server_error", code="shutting_down")
+    return RequestError("the client disconnected", status=499, type="invalid_request_error",
+                        code="client_disconnected")
+
+
+def _usage(outcome: Outcome) -> CompletionUsage:
+    models = outcome.result.cost.models.values()
+    prompt = sum(m.input_tokens for m in models)
+    completion = sum(m.generated_tokens for m in models)
+    return CompletionUsage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
+                           prompt_tokens_details={"cached_tokens": sum(m.prompt_tokens_cached for m in models)})
+
+
+def _parts(outcome: Outcome, tandem: Tandem, content_len: int) -> list[dict[str, Any]]:
+    """Which model wrote which characters of the returned content ([start, end) code points)."""
+    r = outcome.result
+    pieces = outcome.deltas
+    if "".join(t for _, t in pieces) != r.text:  # not expected: derive from the result instead
+        pieces = [("llm", r.llm_text), ("slm", r.slm_text)] if r.handover_mode == "continue" or r.method == "llm" \
+            else [("slm", r.slm_text or r.llm_text)]
+    names = {"llm": tandem.llm.info.name, "slm": tandem.slm.info.name}
+    parts: list[dict[str, Any]] = []
+    pos = 0
+    for role, text in pieces:
+        start, end = pos, min(pos + len(text), content_len)
+        pos += len(text)
+        if end <= start:
+            continue
+        if parts and parts[-1]["role"] == role:
+            parts[-1]["end"] = end
+        else:
+            parts.append({"role": role, "model": names.get(role, role), "start": start, "end": end})
+    return parts
+
+
+def _tandem_object(outcome: Outcome, tandem: Tandem, state: _State, *, request_id: str, content_len: int,
+                   stop_hit: str | None, return_trace: bool) -> dict[str, Any]:
+    r = outcome.result
+    cost = r.cost.to_dict()
+    obj: dict[str, Any] = {
+        "request_id": request_id,
+        "method": r.method,
+        "effort": r.settings.get("effort"),
+        "handover_mode": r.handover_mode,
+        "models": {"llm": tandem.llm.info.name, "slm": tandem.slm.info.name},
+        "stop_reason": r.stop_reason,
+        "handover_tokens": r.handover_tokens,
+        "model_finish_reason": r.finish_reason,
+        "stop_sequence": stop_hit,
+        "parts": _parts(outcome, tandem, content_len),
+        "insights": [asdict(u) for u in r.insights],
+        "checkpoints": [{k: v for k, v in asdict(c).items() if k != "features"} for c in r.checkpoints],
+        "answer": {"answer": r.answer.answer, "rule": r.answer.rule},
+        "cost": cost,
+        "flops_total": cost["flops_total"],
+        "flops_generated": cost["flops_generated"],
+        "cancel_latency_s": r.cancel_latency_s,
+        "fallback": outcome.fallback or {"used": False},
+    }
+    est, n_llm = state.srv.compare_estimate, tandem.llm.info.n_params
+    if est and n_llm:
+        obj["flops_relative_to_llm_alone"] = cost["flops_total"] / (2.0 * n_llm * est)
+    if return_trace:
+        obj["trace"] = r.to_dict()
+    return obj
+
+
+def _finish_reason(outcome: Outcome, stop_hit: str | None) -> str:
+    if stop_hit is not None:
+        return "stop"
+    return "length" if outcome.result.finish_reason == "length" else "stop"
+
+
+def _chunk(cid: str, created: int, model: str, *, delta: dict[str, Any] | None = None,
+           finish: str | None = None, usage: CompletionUsage | None = None, include_usage: bool = False,
+           tandem: dict[str, Any] | None = None, no_choices: bool = False) -> bytes:
+    choices = [] if no_choices else [ChunkChoice(delta=Delta(**(delta or {})), finish_reason=finish)]  # type: ignore[arg-type]
+    d = ChatCompletionChunk(id=cid, created=created, model=model, choices=choices, usage=usage,
+                            tandem=tandem).model_dump()
+    for c in d["choices"]:
+        c["delta"] = {k: v for k, v in c["delta"].items() if v is not None}
+    if not include_usage:
+        d.pop("usage")
+    if tandem is None:
+        d.pop("tandem")
+    return _sse(d)
+
+
+def create_app(settings: TandemSettings | None = None, *, tandem: Tandem | None = None) -> FastAPI:
+    """The server app. With `tandem` the app serves that pipeline (and closes its backends at shutdown);
+    without, it builds one from `settings` in the background at startup (`/health` says 503 until then).
+    Reads the API keys now: a configured key variable that is unset is a ConfigError."""
+    from .. import __version__
+
+    settings = settings or TandemSettings()
+    state = _State(settings, tandem)
+    app = FastAPI(title="tandem", version=__version__, lifespan=state.lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)
+    app.state.tandem_state = state
+    app.add_middleware(_RequestContext)
+
+    @app.exception_handler(RequestError)
+    async def _on_request_error(_request: Request, exc: RequestError) -> JSONResponse:
+        return _error_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            msg, code = f"unknown request URL: {request.method} {request.url.path}", "unknown_url"
+        elif exc.status_code == 405:
+            msg, code = f"method {request.method} not allowed for {request.url.path}", "method_not_allowed"
+        else:
+            msg, code = str(exc.detail), None
+        return _error(exc.status_code, msg, type="invalid_request_error", code=code,
+                      headers=dict(exc.headers or {}))
+
+    @app.exception_handler(RequestValidationError)
+    async def _on_validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        param = ".".join(str(x) for x in first.get("loc", ())[1:]) or None
+        return _error(400, f"invalid request: {first.get('msg', 'validation failed')}",
+                      type="invalid_request_error", code="invalid_value", param=param)
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        t = state.tandem
+        if state.draining:
+            status = "shutting_down"
+        elif t is not None:
+            status = "ok"
+        else:
+            status = "failed" if state.load_error else "loading"
+        body = {"status": status, "backends": {"llm": t is not None, "slm": t is not None},
+                "queue": {"active": state.runner.active, "max": state.srv.max_queue}}
+        return JSONResponse(body, status_code=200 if status == "ok" else 503)
+
+    @app.get("/metrics")
+    async def metrics(request: Request) -> Response:
+        state.authorize(request)
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE)
+
+    def _card(model_id: str, created: int) -> ModelCard:
+        method, effort = SERVED_MODELS[model_id]
+        t = state.tandem
+        info: dict[str, Any] = {"method": method}
+        if method == "tandem":
+            info["effort"] = effort or (t.config.effort if t else settings.pipeline.effort)
+            info["llm"], info["slm"] = (t.llm.info.name, t.slm.info.name) if t else (None, None)
+        else:
+            backend = (t.llm if method == "llm" else t.slm) if t else None
+            info["model"] = backend.info.name if backend else None
+        return ModelCard(id=model_id, created=created, tandem=info)
+
+    @app.get("/v1/models")
+    async def list_models(request: Request) -> JSONResponse:
+        state.authorize(request)
+        return JSONResponse(ModelList(data=[_card(m, state.created) for m in SERVED_MODELS]).model_dump())
+
+    @app.get("/v1/models/{model_id}")
+    async def get_model(model_id: str, request: Request) -> JSONResponse:
+        state.authorize(request)
+        if model_id not in SERVED_MODELS:
+            raise RequestError(f"the model {model_id!r} does not exist; see GET /v1/models", status=404,
+                               param="model", code="model_not_found")
+        return JSONResponse(_card(model_id, state.created).model_dump())
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        t0 = time.monotonic()
+        rid = _request_id(request.scope)
+        label, stream = "-", False
+
+        def record(status: int) -> None:
+            state.metrics.requests.labels(label, str(status)).inc()
+            state.metrics.latency.labels(label, str(stream).lower()).observe(time.monotonic() - t0)
+
+        try:
+            state.authorize(request)
+            tandem_ = state.ready()
+            req = parse_request(await state.read_body(request))
+            if req.model not in SERVED_MODELS:
+                label = "unknown"
+                raise RequestError(f"the model {req.model!r} does not exist; choose one of "
+                                   f"{', '.join(SERVED_MODELS)}", status=404, param="model", code="model_not_found")
+            label, stream = req.model, req.stream
+            spec = state.spec_for(req, tandem_, rid)
+            loop = asyncio.get_running_loop()
+            handle = state.runner.admit(loop, lambda why: state.metrics.cancellations.labels(why).inc())
+            if handle is None:
+                raise RequestError(f"the server is busy ({state.srv.max_queue} requests waiting or running); "
+                                   "retry later", status=429, type="rate_limit_error", code="queue_full",
+                                   headers={"Retry-After": "1"})
+        except RequestError as exc:
+            record(exc.status)
+            return _error_response(exc)
+
+        deadline = handle.admitted + state.srv.request_timeout_s
+        watcher = asyncio.create_task(_watch_disconnect(request.receive, handle))
+        state.runner.start(handle, lambda h: run_spec(tandem_, spec, h),
+                           on_start=lambda h: state.metrics.queue_wait.observe((h.started or 0) - h.admitted))
+        if not req.stream:
+            try:
+                outcome = await _wait(handle, deadline, rid)
+            except RequestError as exc:
+                record(exc.status)
+                return _error_response(exc)
+            finally:
+                watcher.cancel()
+                if not handle.done:
+                    handle.cancel("disconnect")  # this task was cancelled (the server is stopping)
+            record(200)
+            return JSONResponse(_completion(outcome, req, tandem_, rid).model_dump())
+
+        # streaming: the status line waits for the first answer text, so that a run that fails or times
+        # out before writing anything still gets its proper status
+        try:
+            first = await handle.next(deadline)
+            if first[0] == "end":
+                await _outcome(handle, rid)
+            elif first[0] == "cancelled":
+                raise _cancel_error(first[1])
+        except RequestError as exc:
+            watcher.cancel()
+            record(exc.status)
+            return _error_response(exc)
+        except BaseException:
+            watcher.cancel()
+            handle.cancel("disconnect")
+            raise
+        events = _stream(first, handle, watcher, req, tandem_, rid, t0, record)
+        return _EventStream(await events.__anext__(), events)
+
+    async def _wait(handle: RunHandle, deadline: float, rid: str) -> Outcome:
+        while True:
+            kind, text, _ = await handle.next(deadline)
+            if kind == "end":
+                return await _outcome(handle, rid)
+            if kind == "cancelled":
+                raise _cancel_error(text)
+
+    async def _outcome(handle: RunHandle, rid: str) -> Outcome:
+        assert handle.future is not None
+        try:
+            return await asyncio.shield(handle.future)
+        except Exception as exc:
+            raise _run_error(exc, handle, rid) from exc
+
+    def _completion(outcome: Outcome, req: ChatCompletionRequest, tandem_: Tandem, rid: str) -> ChatCompletion:
+        text = outcome.result.text
+        cut = find_stop(text, req.stop_sequences)
+        stop_hit = None
+        if cut is not None:
+            stop_hit = next(s for s in req.stop_sequences if text.find(s) == cut)
+            text = text[:cut]
+        state.metrics.observe_result(req.model, outcome.result)
+        if outcome.fallback:
+            state.metrics.fallbacks.labels(req.model, outcome.fallback["model"]).inc()
+        return ChatCompletion(
+            id=f"chatcmpl-{uuid.uuid4().hex[:24]}", created=int(time.time()), model=req.model,
+            choices=[Choice(message=AssistantMessage(content=text),
+                            finish_reason=_finish_reason(outcome, stop_hit))],  # type: ignore[arg-type]
+            usage=_usage(outcome),
+            tandem=_tandem_object(outcome, tandem_, state, request_id=rid, content_len=len(text),
+                                  stop_hit=stop_hit, return_trace=req.return_trace),
+        )
+
+    async def _stream(first: tuple[str, str, str], handle: RunHandle, watcher: asyncio.Task[None],
+                      req: ChatCompletionRequest, tandem_: Tandem, rid: str, t0: float,
+                      record: Callable[[int], None]) -> AsyncGenerator[bytes, None]:
+        cid, created, model = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time()), req.model
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        scanner = StopScanner(req.stop_sequences)
+        raw: list[str] = []
+        sent_len, status, first_sent = 0, 499, False
+        deadline = handle.admitted + state.srv.request_timeout_s
+        item = first
+        try:
+            yield _chunk(cid, created, model, delta={"role": "assistant", "content": ""}, include_usage=include_usage)
+            while True:
+                kind, text, _ = item
+                if kind == "delta":
+                    raw.append(text)
+                    out = scanner.feed(text)
+                    if out:
+                        if not first_sent:
+                            first_sent = True
+                            state.metrics.first_token.labels(model).observe(time.monotonic() - t0)
+                        sent_len += len(out)
+                        yield _chunk(cid, created, model, delta={"content": out}, include_usage=include_usage)
+                elif kind == "cancelled":
+                    err = _cancel_error(text)
+                    status = err.status
+                    if text != "disconnect":
+                        yield _sse(err.body())
+                    return
+                else:  # end
+                    try:
+                        outcome = await _outcome(handle, rid)
+                    except RequestError as err:
+                        status = err.status
+                        if err.status != 499:
+                            yield _sse(err.body())
+                        return
+                    full, streamed = outcome.result.text, "".join(raw)
+                    if full != streamed:  # never finish a stream whose text is not the answer
+                        if not full.startswith(streamed):
+                            log.error("request_id=%s the streamed text is not the final text", rid)
+                            diverged = RequestError(f"internal server error: the streamed text diverged from "
+                                                    f"the answer (request {rid})", status=500,
+                                                    type="server_error", code="internal_error")
+                            status = diverged.status
+                            yield _sse(diverged.body())
+                            return
+                        out = scanner.feed(full[len(streamed):])
+                        sent_len += len(out)
+                        if out:
+                            yield _chunk(cid, created, model, delta={"content": out}, include_usage=include_usage)
+                    out = scanner.flush()
+                    if out:
+                        sent_len += len(out)
+                        yield _chunk(cid, created, model, delta={"content": out}, include_usage=include_usage)
+                    state.metrics.observe_result(model, outcome.result)
+                    if outcome.fallback:
+                        state.metrics.fallbacks.labels(model, outcome.fallback["model"]).inc()
+                    obj = _tandem_object(outcome, tandem_, state, request_id=rid, content_len=sent_len,
+                                         stop_hit=scanner.hit, return_trace=req.return_trace)
+                    finish = _finish_reason(outcome, scanner.hit)
+                    if include_usage:
+                        yield _chunk(cid, created, model, delta={}, finish=finish, include_usage=True)
+                        yield _chunk(cid, created, model, usage=_usage(outcome), include_usage=True, tandem=obj,
+                                     no_choices=True)
+                    else:
+                        yield _chunk(cid, created, model, delta={}, finish=finish, tandem=obj)
+                    yield _sse("[DONE]")
+                    status = 200
+                    return
+                item = await handle.next(deadline)
+        finally:
+            watcher.cancel()
+            if not handle.done:
+                handle.cancel("disconnect")
+            record(status)
+
+    return app
+
+
+async def _watch_disconnect(receive: Callable[[], Awaitable[Message]], handle: RunHandle) -> None:
+    """The request's one reader of `receive` once its body is read: cancels the run when the client
+    goes away."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            if handle.cancel("disconnect"):
+                log.info("client disconnected: run cancelled")
+            return
+
+
+# ---- tandem serve -------------------------------------------------------------------------------
+def serve(config: str | Path | None = None, *, host: str | None = None, port: int | None = None,
+          api_key_env: str | None = None) -> None:
+    """Load settings (with the flags on top), check the API key variable, load the models, serve."""
+    import uvicorn
+
+    from ..config import load_settings
+    from ..factory import build_tandem
+
+    server_overrides = {k: v for k, v in dict(host=host, port=port, api_key_env=api_key_env).items()
+                        if v is not None}
+    settings = load_settings(config, {"server": server_overrides} if server_overrides else None)
+    srv = settings.server
+    logging.basicConfig(level=srv.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    api_keys(srv.api_key_env)  # fail before loading the models
+    log.info("loading models: llm=%s slm=%s", settings.llm.model, settings.slm.model)
+    tandem = build_tandem(settings)
+    try:
+        app = create_app(settings, tandem=tandem)
+    except BaseException:
+        tandem.llm.close()
+        tandem.slm.close()
+        raise
+    log.info("serving on http://%s:%d (API keys: %s)", srv.host, srv.port, "required" if srv.api_key_env else "off")
+    uvicorn.Server(uvicorn.Config(
+        app, host=srv.host, port=srv.port, log_level=srv.log_level, access_log=False, lifespan="on",
+        timeout_graceful_shutdown=max(1, math.ceil(srv.shutdown_grace_s)),
+    )).run()

@@ -1,0 +1,264 @@
+"""Running the synchronous pipeline for the event loop.
+
+One worker thread per pipeline (embedded llama.cpp models are not re-entrant, so requests are
+serialised), a bounded admission count in front of it (requests waiting + running), and a handle per
+run: the worker pushes the run's answer deltas to the loop with `loop.call_soon_threadsafe`, and the
+loop cancels a run by setting an event that the pipeline's hook checks at every event (it then raises
+`Cancelled`, which closes every model stream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from ..errors import BackendError, Cancelled
+from ..pipeline import Tandem
+from ..result import TandemResult
+
+log = logging.getLogger("tandem.server")
+
+T = TypeVar("T")
+# ("delta", text, role) | ("end", "", "") | ("cancelled", reason, "")
+Item = tuple[str, str, str]
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    question: str
+    method: str  # "tandem", "slm" or "llm"
+    overrides: dict[str, Any]
+    stream: bool
+    fallback: str | None = None  # "slm" | "llm": retry once with that model alone after a backend failure
+    request_id: str = ""
+    handover: str = "continue"  # the run's hand-over mode (tandem runs)
+
+
+@dataclass
+class Outcome:
+    result: TandemResult
+    deltas: list[tuple[str, str]]  # (role, text) of the answer deltas of the run that gave `result`
+    fallback: dict[str, Any] | None = None
+
+
+class RunHandle:
+    """One admitted request's run. `cancel` and the queue belong to the loop; `hook` to the worker."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_cancel: Callable[[str], None] | None = None) -> None:
+        self.loop = loop
+        self.queue: asyncio.Queue[Item] = asyncio.Queue()
+        self.admitted = time.monotonic()
+        self.started: float | None = None
+        self.cancel_reason: str | None = None
+        self.done = False  # the worker finished with this run
+        self.emitted = False  # some answer text was pushed to the loop
+        self.deltas: list[tuple[str, str]] = []
+        self.future: asyncio.Future[Outcome] | None = None
+        self.continue_mode = False  # a tandem run whose SLM continues the LLM's text
+        self._llm_full = ""  # every LLM token so far
+        self._llm_sent = ""  # the LLM's answer deltas so far
+        self._units_now = False  # the latest LLM token closed an insight unit
+        self._cancel = threading.Event()
+        self._on_cancel = on_cancel
+
+    # ---- loop side ------------------------------------------------------------------------------
+    def cancel(self, reason: str) -> bool:
+        """Ask the run to stop ("disconnect", "timeout", "shutdown"). False when it already ended."""
+        if self.done or self.cancel_reason is not None:
+            return False
+        self.cancel_reason = reason
+        self._cancel.set()
+        self.queue.put_nowait(("cancelled", reason, ""))
+        if self._on_cancel is not None:
+            self._on_cancel(reason)
+        return True
+
+    async def next(self, deadline: float) -> Item:
+        """The next item, or ("cancelled", "timeout", "") once `deadline` (monotonic) has passed."""
+        try:
+            return await asyncio.wait_for(self.queue.get(), timeout=max(0.0, deadline - time.monotonic()))
+        except asyncio.TimeoutError:
+            if self.cancel("timeout"):
+                return ("cancelled", "timeout", "")
+            return await self.queue.get()  # it ended meanwhile: its "end" (or cancel) is on the way
+
+    # ---- worker side ----------------------------------------------------------------------------
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def check(self) -> None:
+        if self._cancel.is_set():
+            raise Cancelled(f"run cancelled ({self.cancel_reason})")
+
+    def hook(self, event: str, payload: dict[str, Any]) -> None:
+        """The pipeline's event hook: raises Cancelled once the run is cancelled."""
+        self.check()
+        if event == "answer_delta":
+            self._delta(str(payload.get("role", "")), str(payload.get("text", "")))
+        elif event == "llm_token":
+            self._llm_full += str(payload.get("text", ""))
+            self._units_now = False
+        elif event == "insight":
+            self._units_now = True
+        elif event == "handover" and self.continue_mode:
+            self._complete_llm_prefix(int(payload.get("llm_tokens", 0)))
+
+    def _delta(self, role: str, text: str) -> None:
+        if not text:
+            return
+        if role == "llm":
+            self._llm_sent += text
+        self.deltas.append((role, text))
+        self.emitted = True
+        self.push(("delta", text, role))
+
+    def _complete_llm_prefix(self, llm_tokens: int) -> None:
+        """In continue mode the pipeline emits the LLM's text as answer deltas at insight boundaries
+        only. A hand-over at a checkpoint that no boundary closed (forced by `max_unit_tokens`) keeps
+        every LLM token in the final text without emitting those after the last boundary: send them
+        here, before the SLM's continuation. A no-op whenever the pipeline emitted them itself."""
+        if self._units_now or llm_tokens == 0:
+            return  # handed over at a boundary (text emitted up to it), or before the LLM began
+        full, sent = self._llm_full, self._llm_sent
+        if full.startswith(sent) and len(full) > len(sent):
+            self._delta("llm", full[len(sent):])
+
+    def push(self, item: Item) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            pass
+
+
+def run_spec(tandem: Tandem, spec: RunSpec, handle: RunHandle) -> Outcome:
+    """Solve in the worker thread; after a backend failure retry once with `spec.fallback` when
+    allowed (not cancelled, and for a stream only if no answer text was sent yet)."""
+    handle.check()
+    handle.continue_mode = spec.method == "tandem" and spec.handover == "continue"
+    try:
+        result = tandem.solve(spec.question, method=spec.method, on_event=handle.hook, **spec.overrides)
+        return Outcome(result, list(handle.deltas))
+    except BackendError as exc:
+        fb = spec.fallback
+        if fb is None or fb == spec.method or handle.cancelled or (spec.stream and handle.emitted):
+            raise
+        reason = f"{type(exc).__name__}: {exc}"[:300]
+        log.warning("request_id=%s backend failed, retrying with the %s alone: %s", spec.request_id, fb, reason)
+        handle.deltas.clear()
+        handle.continue_mode = False
+        result = tandem.solve(spec.question, method=fb, on_event=handle.hook, **spec.overrides)
+        return Outcome(result, list(handle.deltas), {"used": True, "model": fb, "reason": reason})
+
+
+class PipelineRunner:
+    """Admission control and the one worker thread."""
+
+    def __init__(self, max_queue: int, *, on_depth: Callable[[int], None] | None = None) -> None:
+        self.max_queue = max_queue
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tandem-pipeline")
+        self.handles: set[RunHandle] = set()
+        self._on_depth = on_depth or (lambda _n: None)
+
+    @property
+    def active(self) -> int:
+        return len(self.handles)
+
+    def admit(self, loop: asyncio.AbstractEventLoop, on_cancel: Callable[[str], None] | None = None
+              ) -> RunHandle | None:
+        """A handle for a new run, or None when `max_queue` runs are waiting or running."""
+        if len(self.handles) >= self.max_queue:
+            return None
+        handle = RunHandle(loop, on_cancel)
+        self.handles.add(handle)
+        self._on_depth(len(self.handles))
+        return handle
+
+    def start(self, handle: RunHandle, fn: Callable[[RunHandle], Outcome],
+              on_start: Callable[[RunHandle], None] | None = None) -> None:
+        def work() -> Outcome:
+            handle.started = time.monotonic()
+            if on_start is not None:
+                on_start(handle)
+            try:
+                return fn(handle)
+            finally:
+                handle.done = True
+                handle.push(("end", "", ""))
+
+        fut = asyncio.wrap_future(self.executor.submit(work), loop=handle.loop)
+        handle.future = fut
+
+        def release(f: asyncio.Future[Outcome]) -> None:
+            self.handles.discard(handle)
+            self._on_depth(len(self.handles))
+            if not f.cancelled():
+                f.exception()  # retrieved here: the request may have stopped listening
+
+        fut.add_done_callback(release)
+
+    async def call(self, fn: Callable[[], T]) -> T:
+        """Run `fn` on the worker thread (e.g. loading the models), in turn with the runs."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn)
+
+    def cancel_all(self, reason: str) -> int:
+        return sum(1 for h in list(self.handles) if h.cancel(reason))
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while self.handles and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        return not self.handles
+
+    def shutdown(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+# ---- stop sequences -----------------------------------------------------------------------------
+def find_stop(text: str, stops: list[str]) -> int | None:
+    """Where to cut `text`: the start of the stop sequence whose first occurrence ends first (the one
+    a generator would meet first), or None."""
+    best: tuple[int, int] | None = None
+    for s in stops:
+        i = text.find(s)
+        if i >= 0 and (best is None or (i + len(s), i) < best):
+            best = (i + len(s), i)
+    return None if best is None else best[1]
+
+
+class StopScanner:
+    """Applies stop sequences to streamed text: holds back what could still start a stop sequence, so
+    the streamed text always equals `text[:find_stop(text, stops)]` of the whole."""
+
+    def __init__(self, stops: list[str]) -> None:
+        self.stops = stops
+        self.hold = max((len(s) for s in stops), default=1) - 1
+        self.buf = ""
+        self.hit: str | None = None
+
+    def feed(self, text: str) -> str:
+        if self.hit is not None:
+            return ""
+        if not self.stops:
+            return text
+        self.buf += text
+        cut = find_stop(self.buf, self.stops)
+        if cut is not None:
+            self.hit = next(s for s in self.stops if self.buf.find(s) == cut)
+            out, self.buf = self.buf[:cut], ""
+            return out
+        n = len(self.buf) - self.hold
+        if n <= 0:
+            return ""
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def flush(self) -> str:
+        out, self.buf = ("" if self.hit is not None else self.buf), ""
+        return out

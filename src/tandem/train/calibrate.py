@@ -1,0 +1,337 @@
+"""Choose operating points on a held-out probe table against an explicit accuracy-versus-cost objective.
+
+Every candidate is scored by replaying the probe table exactly as a live run would go
+(`tandem.bench.replay`), priced with total FLOPs (prompt + generated, shadow passes included).
+Cost is relative: the candidate's mean total FLOPs over the LLM alone's on the same problems.
+
+Objectives (one per effort; route and cascade use the medium effort's, or the one given):
+- `lambda` L: maximise accuracy - L x relative cost;
+- `target` A: the least relative cost at which accuracy >= A (if no candidate reaches A: the most
+  accurate, marked unsatisfied);
+- `budget` F: the best accuracy at relative cost <= F (if none fits: the cheapest, unsatisfied).
+Ties go to the cheaper candidate. By default the efforts are three points of the same curve:
+lambda 0.5 (low), 0.2 (medium) and 0.05 (high) - accuracy points worth 2%, 5% and 20% of the LLM
+alone's cost each.
+
+Candidates: for `tandem:EFFORT`, every stage budget of the table (as the effort's largest budget)
+times a grid of thresholds (quantiles of the classifier's probabilities on the table, plus 0: the
+SLM alone, and 1.01: never early, i.e. the fixed budget); for `route`, quantiles of the
+checkpoint-0 probabilities; for `cascade`, quantiles of the SLM alone's mean token log-prob.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from ..bench.records import Outcome
+from ..bench.replay import PairParams, replay, replay_cascade, replay_policy, replay_route
+from ..classifier import SufficiencyClassifier
+from ..errors import ConfigError
+from ..policy import EFFORTS, EffortSetting, StopRule
+from .data import ProbeTable
+
+ObjectiveKind = Literal["lambda", "target", "budget"]
+OBJECTIVES: tuple[ObjectiveKind, ...] = ("lambda", "target", "budget")
+DEFAULT_LAMBDAS: dict[str, float] = {"low": 0.5, "medium": 0.2, "high": 0.05}
+DEFAULT_GRID = 50
+NEVER = 1.01  # a threshold no probability reaches: hand over at the budget only
+_EPS = 1e-9
+
+
+@dataclass(frozen=True)
+class Point:
+    """One candidate operating point and what it scores on the calibration table."""
+
+    threshold: float
+    budget: int | None
+    accuracy: float
+    relative_cost: float
+
+
+@dataclass(frozen=True)
+class Objective:
+    kind: ObjectiveKind
+    value: float
+
+    def __post_init__(self) -> None:
+        if self.kind not in OBJECTIVES:
+            raise ConfigError(f"unknown objective {self.kind!r}; choose {', '.join(OBJECTIVES)}")
+        if not math.isfinite(self.value):
+            raise ConfigError(f"objective {self.kind}: the value must be finite")
+        if self.kind == "lambda" and self.value < 0:
+            raise ConfigError("objective lambda: lambda must be >= 0")
+        if self.kind == "target" and not 0 < self.value <= 1:
+            raise ConfigError("objective target: the target accuracy is a fraction in (0, 1]")
+        if self.kind == "budget" and self.value <= 0:
+            raise ConfigError("objective budget: the FLOPs budget is a fraction of the LLM alone's, > 0")
+
+    def value_of(self, p: Point) -> float | None:
+        """The quantity maximised (lambda: accuracy - L x cost); None for constrained objectives."""
+        return p.accuracy - self.value * p.relative_cost if self.kind == "lambda" else None
+
+    def feasible(self, p: Point) -> bool:
+        if self.kind == "target":
+            return p.accuracy >= self.value - _EPS
+        if self.kind == "budget":
+            return p.relative_cost <= self.value + _EPS
+        return True
+
+    def choose(self, points: Sequence[Point]) -> tuple[Point, bool]:
+        """The best point and whether it satisfies the objective's constraint."""
+        if not points:
+            raise ConfigError("no candidate operating points")
+        if self.kind == "lambda":
+            return min(points, key=lambda p: (-(p.accuracy - self.value * p.relative_cost), p.relative_cost,
+                                              -p.threshold)), True
+        ok = [p for p in points if self.feasible(p)]
+        if self.kind == "target":
+            if ok:
+                return min(ok, key=lambda p: (p.relative_cost, -p.accuracy, -p.threshold)), True
+            return min(points, key=lambda p: (-p.accuracy, p.relative_cost, -p.threshold)), False
+        if ok:
+            return min(ok, key=lambda p: (-p.accuracy, p.relative_cost, -p.threshold)), True
+        return min(points, key=lambda p: (p.relative_cost, -p.accuracy, -p.threshold)), False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "value": self.value, "cost": "flops_total"}
+
+    def describe(self) -> str:
+        return {"lambda": f"max accuracy - {self.value:g} x relative cost",
+                "target": f"accuracy >= {self.value:g} at least cost",
+                "budget": f"best accuracy at relative cost <= {self.value:g}"}[self.kind]
+
+
+class _Cached:
+    """The classifier's probabilities, computed once per checkpoint of the table."""
+
+    def __init__(self, clf: SufficiencyClassifier) -> None:
+        self.name = clf.name
+        self.uses_shadow = clf.uses_shadow
+        self._clf = clf
+        self._memo: dict[int, tuple[dict[str, float], float]] = {}
+
+    def sufficiency(self, features: dict[str, float]) -> float:
+        hit = self._memo.get(id(features))
+        if hit is not None and hit[0] is features:
+            return hit[1]
+        p = self._clf.sufficiency(features)
+        self._memo[id(features)] = (features, p)
+        return p
+
+
+class CalibrationTable:
+    """Pooled probe records with their pricing, able to score any operating point by replay."""
+
+    def __init__(self, tables: Sequence[ProbeTable], clf: SufficiencyClassifier) -> None:
+        if not tables:
+            raise ConfigError("no calibration tables given")
+        self.tables = list(tables)
+        self.items = [(t, rec, PairParams(int(t.manifest["llm"]["n_params"]), int(t.manifest["slm"]["n_params"])))
+                      for t in tables for rec in t.records]
+        if not self.items:
+            raise ConfigError("the calibration tables hold no usable records")
+        self.budgets = sorted(set.intersection(*(set(t.budgets) for t in tables)))
+        if not self.budgets:
+            raise ConfigError("the calibration tables share no stage budget")
+        self.policy = _Cached(clf)
+        llm = [replay(rec, "llm", p) for _, rec, p in self.items]
+        slm = [replay(rec, "slm", p) for _, rec, p in self.items]
+        self.llm_cost = float(np.mean([o.flops_total for o in llm]))
+        if self.llm_cost <= 0:
+            raise ConfigError("the LLM alone costs nothing on these tables: cannot price relative cost")
+        self.llm_accuracy = float(np.mean([o.correct for o in llm]))
+        self.slm_accuracy = float(np.mean([o.correct for o in slm]))
+
+    @property
+    def n(self) -> int:
+        return len(self.items)
+
+    @property
+    def problem_ids(self) -> list[str]:
+        return [rec["problem_id"] for _, rec, _ in self.items]
+
+    def _point(self, outs: Sequence[Outcome], threshold: float, budget: int | None) -> Point:
+        acc = sum(o.correct for o in outs) / len(outs)
+        rel = float(np.mean([o.flops_total for o in outs])) / self.llm_cost
+        return Point(threshold, budget, acc, rel)
+
+    def tandem(self, budget: int, threshold: float) -> Point:
+        rule = StopRule({"calibrate": EffortSetting(budget, threshold)})
+        outs = [replay_policy(rec, p, self.policy, rule, effort="calibrate", handover=t.handover,
+                              budgets=t.budgets) for t, rec, p in self.items]
+        return self._point(outs, threshold, budget)
+
+    def route(self, threshold: float) -> Point:
+        return self._point([replay_route(rec, p, self.policy, threshold) for _, rec, p in self.items],
+                           threshold, None)
+
+    def cascade(self, threshold: float) -> Point:
+        return self._point([replay_cascade(rec, p, threshold) for _, rec, p in self.items], threshold, None)
+
+    def probabilities(self, *, stage0_only: bool = False) -> np.ndarray:
+        feats = [rec["ck0"]["features"] for _, rec, _ in self.items]
+        if not stage0_only:
+            feats += [ck["features"] for _, rec, _ in self.items for ck in rec["checkpoints"]]
+        return np.asarray([self.policy.sufficiency(f) for f in feats], dtype=np.float64)
+
+    def slm_logprobs(self) -> np.ndarray:
+        return np.asarray([float(rec["slm_alone"]["lp_mean"]) for _, rec, _ in self.items], dtype=np.float64)
+
+
+def threshold_grid(values: np.ndarray, n: int, *, low: float, high: float, digits: int = 4) -> list[float]:
+    """Rounded quantiles of `values` plus the two ends (evaluated as stored, so rounding is harmless)."""
+    if n < 2:
+        raise ConfigError("the threshold grid needs at least 2 points")
+    qs = np.quantile(values, np.linspace(0.0, 1.0, n)) if len(values) else np.asarray([])
+    return sorted({round(float(q), digits) for q in qs} | {low, high})
+
+
+@dataclass
+class Chosen:
+    objective: Objective
+    point: Point
+    satisfied: bool
+
+
+@dataclass
+class CalibrationResult:
+    table: CalibrationTable
+    tandem_points: list[Point] = field(default_factory=list)
+    route_points: list[Point] = field(default_factory=list)
+    cascade_points: list[Point] = field(default_factory=list)
+    chosen: dict[str, Chosen] = field(default_factory=dict)
+
+    def curves(self) -> dict[str, list[tuple[float, float, float]]]:
+        """(threshold, accuracy, relative cost) per chosen effort budget, and the route's."""
+        out: dict[str, list[tuple[float, float, float]]] = {}
+        for b in sorted({c.point.budget for e, c in self.chosen.items() if e in EFFORTS and c.point.budget}):
+            out[f"tandem, budget {b}"] = [(p.threshold, p.accuracy, p.relative_cost)
+                                          for p in self.tandem_points if p.budget == b and p.threshold <= 1.0]
+        if self.route_points:
+            out["route"] = [(p.threshold, p.accuracy, p.relative_cost) for p in self.route_points
+                            if p.threshold <= 1.0]
+        return out
+
+
+def calibrate(clf: SufficiencyClassifier, tables: Sequence[ProbeTable], objectives: Mapping[str, Objective], *,
+              route: Objective | None = None, cascade: Objective | None = None, grid: int = DEFAULT_GRID,
+              split: str | None = None) -> tuple[SufficiencyClassifier, CalibrationResult]:
+    """Choose each effort's (budget, threshold), and the route / cascade thresholds, on `tables`;
+    return the classifier with those operating points and the calibration recorded."""
+    unknown = set(objectives) - set(EFFORTS)
+    if unknown:
+        raise ConfigError(f"unknown effort(s) {', '.join(sorted(unknown))}; choose from {', '.join(EFFORTS)}")
+    table = CalibrationTable(tables, clf)
+    res = CalibrationResult(table)
+    if objectives:
+        thresholds = threshold_grid(table.probabilities(), grid, low=0.0, high=NEVER)
+        res.tandem_points = [table.tandem(b, t) for b in table.budgets for t in thresholds]
+        for effort, obj in objectives.items():
+            res.chosen[effort] = Chosen(obj, *obj.choose(res.tandem_points))
+    if route is not None:
+        thresholds = threshold_grid(table.probabilities(stage0_only=True), grid, low=0.0, high=NEVER)
+        res.route_points = [table.route(t) for t in thresholds]
+        res.chosen["route"] = Chosen(route, *route.choose(res.route_points))
+    if cascade is not None:
+        lps = table.slm_logprobs()
+        lo = math.floor(float(lps.min())) - 1.0 if len(lps) else -1.0
+        thresholds = threshold_grid(lps, grid, low=lo, high=0.01)  # lo: never escalate; 0.01: always
+        res.cascade_points = [table.cascade(t) for t in thresholds]
+        res.chosen["cascade"] = Chosen(cascade, *cascade.choose(res.cascade_points))
+    return _apply(clf, res, split, grid), res
+
+
+def _apply(clf: SufficiencyClassifier, res: CalibrationResult, split: str | None, grid: int) -> SufficiencyClassifier:
+    spec = clf.spec
+    t = res.table
+    runs = [x.describe() for x in t.tables]
+    split_label = split or "; ".join(dict.fromkeys(x.split for x in t.tables))
+    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    efforts = {e: p.model_dump() for e, p in spec.efforts.items()}
+    calibration = spec.calibration.model_dump() if spec.calibration else {}
+    changes: dict[str, Any] = {}
+    n_points = {"route": len(res.route_points), "cascade": len(res.cascade_points)}
+    for key, c in res.chosen.items():
+        p = c.point
+        if key in EFFORTS:
+            efforts[key] = {"max_budget": p.budget, "threshold": p.threshold, "stage_thresholds": {}}
+        else:
+            changes[key] = {"threshold": p.threshold}
+        calibration[key] = {
+            "objective": c.objective.as_dict(), "probe_runs": runs, "split": split_label, "problems": t.n,
+            "threshold": p.threshold, "max_budget": p.budget, "accuracy": p.accuracy,
+            "relative_cost": p.relative_cost, "objective_value": c.objective.value_of(p),
+            "satisfied": c.satisfied, "grid_points": n_points.get(key, len(res.tandem_points)),
+            "llm_accuracy": t.llm_accuracy, "slm_accuracy": t.slm_accuracy, "created": created,
+        }
+    return clf.replace(efforts=efforts, calibration=calibration, **changes)
+
+
+def check_held_out(clf: SufficiencyClassifier, tables: Sequence[ProbeTable]) -> list[str]:
+    """Problems of the calibration tables the classifier was trained on."""
+    trained = set(clf.spec.training.problem_ids)
+    return sorted({rec["problem_id"] for t in tables for rec in t.records} & trained)
+
+
+def parse_values(text: str | None, option: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        vals = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"{option} takes numbers (comma-separated for low,medium,high), got {text!r}") from None
+    if not vals:
+        raise ConfigError(f"{option}: no value given")
+    return vals
+
+
+def objectives_from_options(effort: str, objective: str, *, lam: str | None = None, target: str | None = None,
+                            budget: str | None = None) -> tuple[dict[str, Objective], Objective]:
+    """Per-effort objectives from command-line options, and the one route and cascade use.
+
+    `effort` 'all' calibrates low, medium and high (three values, or the default lambdas);
+    a single effort takes one value. Options for another objective than the chosen one are refused.
+    """
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"unknown objective {objective!r}; choose {', '.join(OBJECTIVES)}")
+    if effort != "all" and effort not in EFFORTS:
+        raise ConfigError(f"unknown effort {effort!r}; choose all or one of {', '.join(EFFORTS)}")
+    given = {"lambda": ("--lambda", lam), "target": ("--target-accuracy", target),
+             "budget": ("--flops-budget", budget)}
+    stray = [opt for kind, (opt, v) in given.items() if v is not None and kind != objective]
+    if stray:
+        raise ConfigError(f"{', '.join(stray)} does not apply to --objective {objective}")
+    efforts: tuple[str, ...] = tuple(EFFORTS) if effort == "all" else (effort,)
+    opt, raw = given[objective]
+    vals = parse_values(raw, opt)
+    if vals is None:
+        if objective != "lambda":
+            raise ConfigError(f"--objective {objective} needs {opt}")
+        vals = [DEFAULT_LAMBDAS[e] for e in efforts]
+    if len(vals) != len(efforts):
+        raise ConfigError(f"{opt}: give {len(efforts)} value(s) for {', '.join(efforts)}, got {len(vals)}")
+    objs = {e: Objective(objective, v) for e, v in zip(efforts, vals, strict=True)}
+    shared = objs.get("medium") or next(iter(objs.values()))
+    return objs, shared
+
+
+def plot_calibration(res: CalibrationResult, path: str | Path, *, title: str = "") -> list[Path]:
+    """The trade-off curves (tandem per chosen budget, route) and, beside them, the cascade's."""
+    from ..bench.report import plot_tradeoff
+
+    out = Path(path)
+    label = "mean FLOPs total / LLM alone"
+    made = [plot_tradeoff(res.curves(), out, cost_label=label,
+                          title=title or "Calibration: accuracy and relative cost against the threshold")]
+    if res.cascade_points:
+        pts = [(p.threshold, p.accuracy, p.relative_cost) for p in res.cascade_points]
+        made.append(plot_tradeoff({"cascade": pts}, out.with_name(out.stem + ".cascade.png"), cost_label=label,
+                                  title="Cascade: threshold on the SLM alone's mean token log-prob"))
+    return made

@@ -1,0 +1,169 @@
+"""`tandem train fit`, `tandem train calibrate`, `tandem train show`: the classifier from the command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..errors import ConfigError
+
+err = Console(stderr=True)
+out = Console()
+
+train_app = typer.Typer(no_args_is_help=True,
+                        help="Train and calibrate the sufficiency classifier from probe tables.")
+
+ProbeDirs = Annotated[list[Path], typer.Argument(help="probe run directories")]
+SplitOpt = Annotated[str | None, typer.Option(help="how to describe the split in the model file "
+                                                   "(default: the tables' dataset labels)")]
+AllowTest = Annotated[bool, typer.Option(help="accept test-split tables (smoke checks only)")]
+
+
+def _f(x: float | None, fmt: str = ".3f") -> str:
+    return "–" if x is None else format(x, fmt)
+
+
+@train_app.command("fit")
+def fit_cmd(
+    probe_dirs: ProbeDirs,
+    out_path: Annotated[Path, typer.Option("--out", help="classifier JSON to write")],
+    kind: Annotated[str, typer.Option(help="logistic | gbdt")] = "gbdt",
+    feature_groups: Annotated[str | None, typer.Option(
+        help="comma-separated: slm_question, slm_insights, llm_stream, progress (default: all)")] = None,
+    folds: Annotated[int, typer.Option(help="cross-validation folds, grouped by problem")] = 5,
+    c: Annotated[float | None, typer.Option("--c", help="logistic: inverse regularisation strength")] = None,
+    n_estimators: Annotated[int | None, typer.Option(help="gbdt: number of trees")] = None,
+    max_depth: Annotated[int | None, typer.Option(help="gbdt: tree depth")] = None,
+    learning_rate: Annotated[float | None, typer.Option(help="gbdt: learning rate")] = None,
+    split: SplitOpt = None,
+    plot: Annotated[Path | None, typer.Option(help="reliability plot PNG (default: next to --out)")] = None,
+    allow_test_split: AllowTest = False,
+) -> None:
+    """Cross-validate by problem, fit on every row, and write the classifier (uncalibrated)."""
+    from .fit import fit
+
+    given: dict[str, Any] = {"C": c, "n_estimators": n_estimators, "max_depth": max_depth,
+                             "learning_rate": learning_rate}
+    for_kind = {"logistic": {"C"}, "gbdt": {"n_estimators", "max_depth", "learning_rate"}}.get(kind, set())
+    stray = [k for k, v in given.items() if v is not None and k not in for_kind]
+    if stray:
+        raise ConfigError(f"option(s) for {', '.join(stray)} do not apply to --kind {kind}")
+    res = fit(probe_dirs, out_path, kind=kind, feature_groups=feature_groups, folds=folds,
+              hyper={k: v for k, v in given.items() if v is not None}, split=split, plot=plot,
+              allow_test_split=allow_test_split)
+    cv, rows = res.cv, res.rows
+    t = Table("", "value", title=f"{kind} classifier, {cv['folds']}-fold CV grouped by problem")
+    t.add_row("rows (checkpoints incl. 0)", str(len(rows)))
+    t.add_row("problems", str(len(rows.problems)))
+    t.add_row("positive rate", f"{rows.y.mean():.3f}")
+    t.add_row("features", f"{len(rows.features)} ({', '.join(res.classifier.feature_groups)})")
+    t.add_row("CV ROC-AUC", _f(cv["roc_auc"]))
+    t.add_row("CV log-loss", _f(cv["log_loss"]))
+    t.add_row("CV Brier", _f(cv["brier"]))
+    t.add_row("ROC-AUC of LLM tokens alone", _f(cv["baseline_roc_auc_llm_tokens"]))
+    for s in cv["by_stage"]:
+        t.add_row(f"stage {s['stage']}: rows / positive rate / AUC",
+                  f"{s['rows']} / {s['positive_rate']:.2f} / {_f(s['roc_auc'])}")
+    out.print(t)
+    out.print(f"wrote {res.path} and {res.plot}")
+    err.print("[yellow]operating points are placeholders (threshold 0.5): run `tandem train calibrate` on a "
+              "held-out probe table[/]")
+
+
+@train_app.command("calibrate")
+def calibrate_cmd(
+    model: Annotated[Path, typer.Argument(help="classifier JSON (from tandem train fit)")],
+    probe_dirs: Annotated[list[Path], typer.Argument(help="calibration probe run directories (held out)")],
+    out_path: Annotated[Path, typer.Option("--out", help="classifier JSON to write (may be MODEL itself)")],
+    effort: Annotated[str, typer.Option(help="all | low | medium | high")] = "all",
+    objective: Annotated[str, typer.Option(help="lambda | target | budget")] = "lambda",
+    lam: Annotated[str | None, typer.Option(
+        "--lambda", help="lambda per effort (low,medium,high; default 0.5,0.2,0.05): maximise accuracy - "
+                         "lambda x relative FLOPs")] = None,
+    target: Annotated[str | None, typer.Option(
+        "--target-accuracy", help="target accuracy (fraction) per effort: reached at least cost")] = None,
+    budget: Annotated[str | None, typer.Option(
+        "--flops-budget", help="mean total FLOPs per effort as a fraction of the LLM alone's: best "
+                               "accuracy within it")] = None,
+    grid: Annotated[int, typer.Option(help="threshold grid points (quantiles of the probabilities)")] = 50,
+    route: Annotated[bool, typer.Option(help="calibrate the route threshold (checkpoint 0)")] = True,
+    cascade: Annotated[bool, typer.Option(help="calibrate the cascade threshold (SLM mean log-prob)")] = True,
+    split: SplitOpt = None,
+    plot: Annotated[Path | None, typer.Option(help="trade-off plot PNG (default: next to --out)")] = None,
+    allow_overlap: Annotated[bool, typer.Option(help="accept calibration problems the model was trained on")]
+    = False,
+    allow_test_split: AllowTest = False,
+) -> None:
+    """Choose each effort's budget and threshold (and the route / cascade thresholds) on a held-out table."""
+    from ..classifier import load_classifier
+    from .calibrate import calibrate, check_held_out, objectives_from_options, plot_calibration
+    from .data import load_tables
+
+    objs, shared = objectives_from_options(effort, objective, lam=lam, target=target, budget=budget)
+    clf = load_classifier(model)
+    tables = load_tables(probe_dirs, allow_test_split=allow_test_split)
+    for table in tables:
+        clf.check_models(table.manifest["llm"], table.manifest["slm"])
+    overlap = check_held_out(clf, tables)
+    if overlap and not allow_overlap:
+        raise ConfigError(f"{len(overlap)} calibration problem(s) were used to train {model} (e.g. {overlap[0]}); "
+                          "calibrate on a held-out table")
+    new, res = calibrate(clf, tables, objs, route=shared if route else None, cascade=shared if cascade else None,
+                         grid=grid, split=split)
+    path = new.save(out_path)
+    plots = plot_calibration(res, plot or path.with_name(path.stem + ".tradeoff.png"))
+    tab = res.table
+    t = Table("operating point", "objective", "budget", "threshold", "accuracy", "FLOPs / LLM alone", "satisfied",
+              title=f"calibrated on {tab.n} problems (LLM alone {tab.llm_accuracy:.3f}, "
+                    f"SLM alone {tab.slm_accuracy:.3f})")
+    for key, ch in res.chosen.items():
+        p = ch.point
+        t.add_row(key, f"{ch.objective.kind} {ch.objective.value:g}", str(p.budget or "–"), f"{p.threshold:g}", f"{p.accuracy:.3f}",
+                  f"{p.relative_cost:.3f}", "yes" if ch.satisfied else "[red]no[/]")
+    out.print(t)
+    costs = [res.chosen[e].point.relative_cost for e in ("low", "medium", "high") if e in res.chosen]
+    if len(costs) == 3 and not costs[0] <= costs[1] <= costs[2]:
+        err.print("[yellow]warning: the efforts' costs are not ordered low <= medium <= high[/]")
+    for key, ch in res.chosen.items():
+        if not ch.satisfied:
+            err.print(f"[yellow]warning: {key}: no candidate meets '{ch.objective.describe()}'; chose the "
+                      "closest (recorded as unsatisfied)[/]")
+    if overlap:
+        err.print(f"[yellow]warning: {len(overlap)} calibration problem(s) were seen in training[/]")
+    out.print(f"wrote {path} and {', '.join(str(p) for p in plots)}")
+
+
+@train_app.command("show")
+def show_cmd(model: Annotated[Path, typer.Argument(help="classifier JSON")]) -> None:
+    """Summarise a classifier file: models, training data, CV metrics and operating points."""
+    from ..classifier import load_classifier
+
+    clf = load_classifier(model)
+    s = clf.spec
+    out.print(f"[bold]{model}[/]: {s.kind}, {len(s.features)} features ({', '.join(clf.feature_groups)})")
+    out.print(f"models: LLM {s.models.llm.name}, SLM {s.models.slm.name}")
+    tr = s.training
+    out.print(f"trained on {tr.problems} problems / {tr.rows} rows ({tr.split}); label: {tr.label}")
+    if s.cv:
+        out.print(f"CV ({s.cv.folds} folds by problem): ROC-AUC {_f(s.cv.roc_auc)}, log-loss {_f(s.cv.log_loss)}, "
+                  f"Brier {_f(s.cv.brier)}")
+    t = Table("effort", "max budget", "threshold", "calibrated on", "objective")
+    cal = s.calibration
+    for e, p in s.efforts.items():
+        entry = getattr(cal, e) if cal else None
+        t.add_row(e, str(p.max_budget), f"{p.threshold:g}", entry.split if entry else "[yellow]uncalibrated[/]",
+                  f"{entry.objective.kind} {entry.objective.value:g}" if entry else "–")
+    for key in ("route", "cascade"):
+        thr = getattr(s, key)
+        entry = getattr(cal, key) if cal else None
+        t.add_row(key, "–", f"{thr.threshold:g}" if thr else "–", entry.split if entry else "–",
+                  f"{entry.objective.kind} {entry.objective.value:g}" if entry else "–")
+    out.print(t)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(train_app, name="train")

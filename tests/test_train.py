@@ -1,0 +1,218 @@
+"""Training rows, fitting, calibration and the `tandem train` commands, on synthetic probe tables."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from synthetic import LLM_PARAMS, SLM_PARAMS, make_table
+from tandem.bench.replay import PairParams, replay
+from tandem.bench.replay_run import default_methods, replay_dirs
+from tandem.bench.store import read_records
+from tandem.classifier import load_classifier
+from tandem.errors import ConfigError
+from tandem.features import FEATURE_GROUPS
+from tandem.train.calibrate import (
+    DEFAULT_LAMBDAS,
+    Objective,
+    calibrate,
+    objectives_from_options,
+)
+from tandem.train.data import build_rows, load_tables, parse_groups
+from tandem.train.fit import fit
+
+pytest.importorskip("sklearn")
+
+P = PairParams(LLM_PARAMS, SLM_PARAMS)
+
+
+@pytest.fixture(scope="module")
+def tables(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("probes")
+    return {"train": make_table(root / "train", 0, 42), "calib": make_table(root / "calib", 100, 142)}
+
+
+@pytest.fixture(scope="module")
+def model(tables: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return fit([tables["train"]], tmp_path_factory.mktemp("m") / "m.json", kind="gbdt",
+               hyper={"n_estimators": 40}).path
+
+
+def test_rows_one_per_checkpoint_including_zero(tables: dict[str, Path]) -> None:
+    recs = list(read_records(tables["train"]))
+    rows = build_rows(load_tables([tables["train"]]))
+    assert len(rows) == sum(1 + len(r["checkpoints"]) for r in recs)
+    first = recs[0]
+    n0 = 1 + len(first["checkpoints"])
+    assert rows.y[0] == first["slm_alone"]["grade"]["correct"]
+    assert rows.y[1:n0].tolist() == [int(c["slm"]["grade"]["correct"]) for c in first["checkpoints"]]
+    assert rows.stage[:n0].tolist() == [0] + [c["stage"] for c in first["checkpoints"]]
+    assert rows.llm_tokens[:n0].tolist() == [0] + [c["llm_tokens"] for c in first["checkpoints"]]
+    assert set(rows.groups[:n0]) == {first["problem_id"]}
+    assert len(rows.features) == sum(len(v) for v in FEATURE_GROUPS.values())
+
+
+def test_feature_groups_select_columns() -> None:
+    assert parse_groups("llm_stream, progress") == ["llm_stream", "progress"]
+    assert parse_groups(None) == list(FEATURE_GROUPS) == parse_groups("all")
+    with pytest.raises(ConfigError, match="unknown feature group"):
+        parse_groups("llm_stream,vibes")
+
+
+def test_error_records_are_skipped_and_counted(tmp_path: Path) -> None:
+    d = make_table(tmp_path / "err", 0, 3, llm_fail_after=3)
+    (t,) = load_tables([d])
+    assert t.errors == 3 and t.records == [] and t.describe()["errors"] == 3
+
+
+def test_test_split_tables_are_refused(tmp_path: Path) -> None:
+    d = make_table(tmp_path / "t", 0, 2, split="test")
+    with pytest.raises(ConfigError, match="test split"):
+        load_tables([d])
+    assert load_tables([d], allow_test_split=True)
+
+
+@pytest.mark.parametrize("kind", ["logistic", "gbdt"])
+def test_fit_finds_the_signal(tables: dict[str, Path], tmp_path: Path, kind: str) -> None:
+    res = fit([tables["train"]], tmp_path / "m.json", kind=kind)
+    assert res.cv["folds"] == 5
+    assert res.cv["roc_auc"] > 0.8
+    assert res.plot is not None and res.plot.stat().st_size > 1000
+    doc = json.loads(res.path.read_text())
+    assert doc["training"]["problems"] == 42 and doc["training"]["rows"] == len(res.rows)
+    assert doc["models"]["llm"]["name"] == "big" and doc["calibration"] is None
+    # held out: the classifier ranks the calibration table's rows too
+    from sklearn.metrics import roc_auc_score
+
+    rows = build_rows(load_tables([tables["calib"]]))
+    assert roc_auc_score(rows.y, load_classifier(res.path).predict_proba(rows.X)) > 0.8
+
+
+def test_fit_on_a_feature_subset(tables: dict[str, Path], tmp_path: Path) -> None:
+    res = fit([tables["train"]], tmp_path / "m.json", kind="logistic", feature_groups="llm_stream,progress")
+    clf = load_classifier(res.path)
+    assert clf.feature_groups == ["llm_stream", "progress"] and not clf.uses_shadow
+
+
+def test_fewer_problems_than_folds(tmp_path: Path) -> None:
+    d = make_table(tmp_path / "small", 0, 3)
+    res = fit([d], tmp_path / "m.json", kind="logistic")
+    assert res.cv["folds"] == 3
+
+
+def replayed(clf, tables_dir: Path, method: str) -> tuple[float, float]:
+    """Accuracy and relative total FLOPs of a method, replayed independently of the calibration code."""
+    recs = [r for r in read_records(tables_dir) if "error" not in r]
+    rule = clf.stop_rule()
+    outs = []
+    for r in recs:
+        if method == "route":
+            from tandem.bench.replay import replay_route
+
+            outs.append(replay_route(r, P, clf, clf.route_threshold))
+        elif method == "cascade":
+            outs.append(replay(r, f"cascade:{clf.cascade_threshold}", P))
+        else:
+            outs.append(replay(r, method, P, policy=clf, rule=rule))
+    llm = np.mean([replay(r, "llm", P).flops_total for r in recs])
+    return float(np.mean([o.correct for o in outs])), float(np.mean([o.flops_total for o in outs]) / llm)
+
+
+def test_calibrate_lambda_maximises_the_objective(model: Path, tables: dict[str, Path]) -> None:
+    objs, shared = objectives_from_options("all", "lambda")
+    assert {e: o.value for e, o in objs.items()} == DEFAULT_LAMBDAS
+    new, res = calibrate(load_classifier(model), load_tables([tables["calib"]]), objs, route=shared,
+                         cascade=shared)
+    for effort, obj in objs.items():
+        acc, rel = replayed(new, tables["calib"], f"tandem:{effort}")
+        chosen = res.chosen[effort].point
+        assert (acc, rel) == pytest.approx((chosen.accuracy, chosen.relative_cost))
+        best = max(p.accuracy - obj.value * p.relative_cost for p in res.tandem_points)
+        assert acc - obj.value * rel == pytest.approx(best)
+        entry = getattr(new.spec.calibration, effort)
+        assert entry.objective.kind == "lambda" and entry.split == "synthetic/train[100:142]"
+    # route and cascade: replayed at the stored thresholds, each the best of its own grid
+    for key, points in (("route", res.route_points), ("cascade", res.cascade_points)):
+        acc, rel = replayed(new, tables["calib"], key)
+        assert acc - shared.value * rel == pytest.approx(max(p.accuracy - shared.value * p.relative_cost
+                                                             for p in points))
+    costs = [res.chosen[e].point.relative_cost for e in ("low", "medium", "high")]
+    assert costs == sorted(costs)
+
+
+def test_calibrate_target_and_budget(model: Path, tables: dict[str, Path]) -> None:
+    clf, calib = load_classifier(model), load_tables([tables["calib"]])
+    new, res = calibrate(clf, calib, {"medium": Objective("target", 0.5)})
+    acc, rel = replayed(new, tables["calib"], "tandem:medium")
+    assert acc >= 0.5 and res.chosen["medium"].satisfied
+    assert rel == pytest.approx(min(p.relative_cost for p in res.tandem_points if p.accuracy >= 0.5))
+    assert new.spec.efforts["low"] == clf.spec.efforts["low"]  # the other efforts are left alone
+    new, res = calibrate(clf, calib, {"low": Objective("budget", 0.4)})
+    acc, rel = replayed(new, tables["calib"], "tandem:low")
+    assert rel <= 0.4 and acc == pytest.approx(max(p.accuracy for p in res.tandem_points if p.relative_cost <= 0.4))
+    # an unreachable target is recorded as unsatisfied, never passed off as met
+    new, res = calibrate(clf, calib, {"high": Objective("target", 1.0)})
+    assert not res.chosen["high"].satisfied and new.spec.calibration.high.satisfied is False
+
+
+def test_objective_options_are_checked() -> None:
+    with pytest.raises(ConfigError, match="needs --target-accuracy"):
+        objectives_from_options("all", "target")
+    with pytest.raises(ConfigError, match="give 3 value"):
+        objectives_from_options("all", "budget", budget="0.5")
+    with pytest.raises(ConfigError, match="does not apply"):
+        objectives_from_options("medium", "lambda", target="0.5")
+    with pytest.raises(ConfigError, match="fraction"):
+        objectives_from_options("medium", "target", target="70")
+    objs, shared = objectives_from_options("high", "budget", budget="0.8")
+    assert list(objs) == ["high"] and shared == Objective("budget", 0.8)
+
+
+def test_replay_default_methods_use_the_calibrated_route_and_cascade(model: Path, tables: dict[str, Path],
+                                                                      tmp_path: Path) -> None:
+    objs, shared = objectives_from_options("all", "lambda")
+    new, _ = calibrate(load_classifier(model), load_tables([tables["calib"]]), objs, route=shared, cascade=shared)
+    path = new.save(tmp_path / "cal.json")
+    assert default_methods([32], True, cascade=True)[-1] == "cascade"
+    outcomes, _, notes = replay_dirs([tables["calib"]], None, path)
+    methods = {o.method for o in outcomes}
+    assert {"route", "cascade", "tandem:low", "tandem:medium", "tandem:high"} <= methods
+    acc = np.mean([o.correct for o in outcomes if o.method == "route"])
+    assert acc == pytest.approx(replayed(new, tables["calib"], "route")[0])
+    assert any("calibrated route threshold" in n for n in notes)
+
+
+def test_train_commands_end_to_end(tables: dict[str, Path], tmp_path: Path) -> None:
+    from tandem.cli import app
+
+    runner = CliRunner()
+    m = tmp_path / "m.json"
+    res = runner.invoke(app, ["train", "fit", str(tables["train"]), "--out", str(m), "--kind", "logistic",
+                              "--feature-groups", "llm_stream,progress", "--folds", "4"])
+    assert res.exit_code == 0, res.output
+    assert "CV ROC-AUC" in res.output and (tmp_path / "m.reliability.png").exists()
+    res = runner.invoke(app, ["train", "calibrate", str(m), str(tables["calib"]), "--out", str(m),
+                              "--objective", "budget", "--flops-budget", "0.3,0.5,0.8"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "m.tradeoff.png").stat().st_size > 1000
+    assert (tmp_path / "m.tradeoff.cascade.png").exists()
+    doc = json.loads(m.read_text())
+    assert doc["calibration"]["medium"]["objective"] == {"kind": "budget", "value": 0.5, "cost": "flops_total"}
+    assert doc["route"] is not None and doc["cascade"] is not None
+    res = runner.invoke(app, ["train", "show", str(m)])
+    assert res.exit_code == 0 and "budget 0.5" in res.output
+    res = runner.invoke(app, ["replay", str(tables["calib"]), "--classifier", str(m), "--out",
+                              str(tmp_path / "rep")])
+    assert res.exit_code == 0, res.output
+    md = (tmp_path / "rep" / "report.md").read_text()
+    for method in ("`route`", "`cascade`", "`tandem:low`", "`tandem:medium`", "`tandem:high`", "`oracle`"):
+        assert method in md
+    # the training table is no calibration table
+    res = runner.invoke(app, ["train", "calibrate", str(m), str(tables["train"]), "--out", str(tmp_path / "x.json")])
+    assert isinstance(res.exception, ConfigError) and "held-out" in str(res.exception)
+    res = runner.invoke(app, ["train", "fit", str(tables["train"]), "--out", str(m), "--kind", "gbdt", "--c", "2"])
+    assert isinstance(res.exception, ConfigError)
