@@ -171,6 +171,8 @@ def replay_policy(rec: dict[str, Any], p: PairParams, policy: StopPolicy, rule: 
     # the LLM finished its own solution first: its answer stands (plus the shadow passes paid)
     out = _llm(rec, p, method)
     out.stop_reason = "llm_finished"
+    if not shadow:
+        return out
     out.slm_prompt_tokens = rec["ck0"]["score_tokens"] + sum(x["score_tokens_live"] for x in visited)
     extra_s = rec["ck0"]["score_seconds"] + sum(x["score_seconds"] for x in visited)
     out.wall_seconds += extra_s
