@@ -720,8 +720,24 @@ def test_a_client_that_closes_its_socket_mid_stream_cancels_the_run_on_a_real_se
             assert time.monotonic() < deadline, "the run was not cancelled"
             time.sleep(0.01)
         assert big.stats.tokens_yielded < len(tokenize(LLM_REPLY))
+        # a non-streaming client that gives up (its read timeout) cancels the run too
+        with pytest.raises(httpx.ReadTimeout):
+            c.post(URL, json=body("tandem-high"), timeout=0.3)
+        deadline = time.monotonic() + 5
+        while big.stats.streams_cancelled < 2:
+            assert time.monotonic() < deadline, "the run was not cancelled"
+            time.sleep(0.01)
         assert c.post(URL, json=body("slm")).json()["choices"][0]["message"]["content"] == SLM_REPLY
     assert big.closed == 1  # the lifespan shutdown closed the backends
+
+
+def test_importing_the_server_creates_and_loads_nothing_heavy():
+    import tandem.server
+
+    assert tandem.server.__all__ == ["create_app", "serve"]
+    code = "import sys, tandem.server; print(sorted(m for m in ('llama_cpp', 'openai', 'uvicorn') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 # ---- health, lifespan, metrics -------------------------------------------------------------------

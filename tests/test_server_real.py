@@ -6,7 +6,6 @@ Kept short on purpose (one thread per model, at most 32 new tokens per model and
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -194,4 +193,3 @@ def test_real_llm_over_http_and_killed_mid_stream(smol_path, fresh_llama_server)
         assert extra(resp, "tandem")["fallback"]["used"] is True and extra(resp, "tandem")["method"] == "slm"
         resp = client.chat.completions.create(model="slm", messages=messages, max_tokens=4)  # type: ignore[arg-type]
         assert extra(resp, "tandem")["fallback"] == {"used": False}
-    assert os.environ.get(KEY_ENV) is None

@@ -263,6 +263,8 @@ class _Run:
                         t_dec = time.perf_counter()
                         stream.close()
                         cancel_latency, handed_over = time.perf_counter() - t_dec, True
+                        if cfg.handover == "continue" and len(llm_text) > committed:  # forced mid-unit
+                            self.emit("answer_delta", {"text": llm_text[committed:], "role": "llm"})
                         break
                     schedule.passed(len(llm_steps))
             finally:
