@@ -193,7 +193,8 @@ def test_result_serialises():
     assert d["cost"]["flops_total"] > 0 and d["checkpoints"][0]["stage"] == 0
 
 
-@pytest.mark.parametrize("reply", [LLM_REPLY, "3 + 4 = 7. The answer is \\boxed{7}."])
+@pytest.mark.parametrize("reply", [LLM_REPLY, "3 + 4 = 7. The answer is \\boxed{7}.",
+                                   " ".join(f"w{i}" for i in range(300)) + " done."])
 def test_answer_deltas_concatenate_to_the_final_text(reply):
     _, _, t = make(llm_reply=reply)
     for method in ("tandem", "slm", "llm"):
