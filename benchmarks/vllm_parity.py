@@ -33,6 +33,7 @@ import argparse
 import datetime as dt
 import json
 import math
+import os
 import platform
 import sys
 import tempfile
@@ -206,9 +207,12 @@ def compare_generation(backend: OpenAIBackend, embedded: Any, question: str, n: 
         agree += 1
     out: dict[str, Any] = {"generated": [len(vs), len(ls)], "agreeing_prefix_tokens": agree}
     if agree:
-        out["logprob"] = absdiff([s.logprob for s in vs[:agree]], [s.logprob for s in ls[:agree]])
+        def arr(values: list[float | None]) -> np.ndarray:
+            return np.asarray([math.nan if x is None else x for x in values], dtype=np.float64)
+
+        out["logprob"] = absdiff(arr([s.logprob for s in vs[:agree]]), arr([s.logprob for s in ls[:agree]]))
         out["entropy_top_k_minus_exact_mean"] = signed_mean(
-            np.asarray([s.entropy for s in vs[:agree]]), np.asarray([s.entropy for s in ls[:agree]]))
+            arr([s.entropy for s in vs[:agree]]), arr([s.entropy for s in ls[:agree]]))
     return out
 
 
@@ -241,8 +245,9 @@ def run(server_base_url: str, model: str, gguf: Path, gen_tokens: int) -> dict[s
 
     backends = {k: OpenAIBackend(OpenAIBackendConfig(base_url=server_base_url, model=model, n_params=1,
                                                      n_ctx=2048, top_logprobs=k, timeout_s=120.0)) for k in KS}
-    llama = llama_cpp.Llama(str(gguf), n_ctx=1024, n_threads=1, logits_all=True, verbose=False)
+    llama = llama_cpp.Llama(str(gguf), n_ctx=1024, n_threads=1, n_threads_batch=1, logits_all=True, verbose=False)
     embedded = LlamaCppBackend(LlamaCppConfig(str(gguf), n_ctx=2048, n_threads=1))
+    embedded.adapter.llama._ctx.set_n_threads(1, 1)  # Llama(n_threads=1) leaves the batch threads at all cores
     try:
         texts = [compare_text(backends, llama, q, i) for q, i in zip(QUESTIONS, INSIGHTS, strict=True)]
         gens = [compare_generation(backends[KS[0]], embedded, q, gen_tokens) for q in QUESTIONS[:2]]
@@ -272,7 +277,8 @@ def main() -> None:
     meta: dict[str, Any] = {
         "benchmark": "vllm_parity", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "python": platform.python_version()},
+                    "cores": os.cpu_count(), "python": platform.python_version(),
+                    "load_avg_at_start": [round(x, 2) for x in os.getloadavg()]},
         "model": gguf.name, "texts": len(QUESTIONS), "generations": 2, "gen_tokens": args.gen_tokens,
         "vllm_dtype": "bfloat16", "threads": {"vllm": 1, "llamacpp": 1},
     }

@@ -29,12 +29,13 @@ from tandem.errors import BackendError
 from tandem.features import available_groups
 from tandem.pipeline import DecodingSettings, PipelineConfig, Tandem
 from tandem.policy import EffortSetting, StopRule
-from tandem.types import GenerationRequest, Message, Prompt
+from tandem.types import Backend, GenerationRequest, Message, Prompt
 from vllm_server import (
     SMOL_PARAMS,
     VllmServer,
     hf_folder,
     metric,
+    need_vllm,
     start_vllm,
     vllm_python,
     warm_up,
@@ -49,16 +50,17 @@ ABORT_LOG = r"Aborted request|Request \S+ aborted"
 BLOCK = 128  # vLLM's CPU KV-cache block: prefix caching reuses whole blocks only
 
 
-def _strict() -> bool:
-    return os.environ.get("TANDEM_VLLM") == "1" and os.environ.get("TANDEM_REQUIRE_REAL") == "1"
-
-
-def need_vllm(condition: bool, why: str) -> None:
-    if condition:
-        return
-    if _strict():
-        pytest.fail(f"required for the vLLM tests (TANDEM_VLLM=1, TANDEM_REQUIRE_REAL=1): {why}")
-    pytest.skip(why)
+@pytest.mark.parametrize(("vllm", "real", "outcome"), [
+    ("1", "1", pytest.fail.Exception), ("1", "", pytest.skip.Exception), ("", "1", pytest.skip.Exception),
+])
+def test_missing_vllm_fails_only_when_asked_for_and_required(
+    monkeypatch: pytest.MonkeyPatch, vllm: str, real: str, outcome: type[BaseException]
+) -> None:
+    monkeypatch.setenv("TANDEM_VLLM", vllm)
+    monkeypatch.setenv("TANDEM_REQUIRE_REAL", real)
+    with pytest.raises(outcome):
+        need_vllm(False, "missing")
+    need_vllm(True, "present")  # no effect
 
 
 @pytest.fixture(scope="session")
@@ -159,7 +161,7 @@ def test_render_uses_the_servers_chat_template(server: VllmServer) -> None:
         assert b.render(prompt(prefix="Tom starts with")).endswith("<|im_start|>assistant\nTom starts with")
 
 
-def test_render_matches_the_embedded_template(server: VllmServer, smol) -> None:  # noqa: ANN001
+def test_render_matches_the_embedded_template(server: VllmServer, smol: Backend) -> None:
     """The converted folder carries the GGUF's chat template: one rendering on both engines."""
     with backend(server) as b:
         assert b.render(prompt(prefix="So")) == smol.render(prompt(prefix="So"))
@@ -400,7 +402,8 @@ def test_logprobs_and_features_agree_with_llamacpp(server: VllmServer, smol_gguf
     sys.path.insert(0, str(REPO / "benchmarks"))
     import vllm_parity as vp
 
-    llama = llama_cpp.Llama(str(smol_gguf), n_ctx=1024, n_threads=1, logits_all=True, verbose=False)
+    llama = llama_cpp.Llama(str(smol_gguf), n_ctx=1024, n_threads=1, n_threads_batch=1, logits_all=True,
+                            verbose=False)
     backends = {k: backend(server, SLM, top_logprobs=k) for k in vp.KS}
     try:
         res = vp.compare_text(backends, llama, vp.QUESTIONS[0], vp.INSIGHTS[0])

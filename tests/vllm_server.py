@@ -1,6 +1,7 @@
 """A real vLLM server (CPU build, separate environment) on loopback, for tests and benchmarks.
 
-- `vllm_python(build=...)`: the python of `.venv-vllm` (built by `scripts/vllm_env.sh`), or None;
+- `vllm_python(build=...)`: the python of `.venv-vllm` (or `$TANDEM_VLLM_VENV`; built by
+  `scripts/vllm_env.sh`), or None;
 - `hf_folder(python, gguf)`: the GGUF converted into an HF folder by `scripts/gguf_to_hf.py`,
   cached by the GGUF's sha256 under `$TANDEM_VLLM_CACHE` (default `~/.cache/tandem/vllm`);
 - `start_vllm(...)` / `vllm_server(...)`: `python -m vllm.entrypoints.openai.api_server` as a
@@ -32,7 +33,7 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
-VENV = REPO / ".venv-vllm"
+VENV = Path(os.environ.get("TANDEM_VLLM_VENV", REPO / ".venv-vllm"))  # as scripts/vllm_env.sh
 STAMP = VENV / ".tandem-vllm-installed"
 SMOL_PARAMS = 134_515_008  # tandem.models' registry value for SmolLM2-135M
 
@@ -43,6 +44,18 @@ BASE_ARGS = ("--max-model-len", "2048", "--dtype", "bfloat16", "--enforce-eager"
 # counts in `usage`, and top-20 log-probs
 FEATURE_ARGS = ("--enable-log-requests", "--enable-prefix-caching", "--enable-prompt-tokens-details",
                 "--max-logprobs", "20")
+
+
+def need_vllm(condition: bool, why: str) -> None:
+    """Skip a test when `condition` is false, or fail it when TANDEM_VLLM=1 and TANDEM_REQUIRE_REAL=1
+    (the vLLM tests were asked for and must not pass by skipping)."""
+    if condition:
+        return
+    import pytest
+
+    if os.environ.get("TANDEM_VLLM") == "1" and os.environ.get("TANDEM_REQUIRE_REAL") == "1":
+        pytest.fail(f"required for the vLLM tests (TANDEM_VLLM=1, TANDEM_REQUIRE_REAL=1): {why}")
+    pytest.skip(why)
 
 
 def cache_root() -> Path:
@@ -58,7 +71,7 @@ def vllm_python(*, build: bool) -> Path | None:
     if not build:
         return None
     out = subprocess.run(["bash", str(REPO / "scripts" / "vllm_env.sh")], cwd=REPO, check=True,
-                         stdout=subprocess.PIPE, text=True, timeout=1800)
+                         stdout=subprocess.PIPE, text=True, timeout=1800, env={**os.environ, "TANDEM_VLLM_VENV": str(VENV)})
     return Path(out.stdout.strip().splitlines()[-1])
 
 

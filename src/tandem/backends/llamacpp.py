@@ -66,6 +66,7 @@ class LlamaCppBackend:
         try:
             llama = llama_cpp.Llama(
                 model_path=str(path), n_ctx=config.n_ctx, n_threads=config.n_threads or os.cpu_count(),
+                n_threads_batch=config.n_threads or os.cpu_count(),
                 n_batch=config.n_batch, seed=config.seed, logits_all=False, verbose=False,
             )
         except (ValueError, RuntimeError) as exc:

@@ -1,0 +1,111 @@
+"""Latency the server adds over calling the pipeline directly, with instant scripted backends.
+
+A uvicorn server runs in a subprocess on a loopback port; one client sends N sequential
+non-streaming requests. The same N questions are solved by calling `Tandem.solve` directly.
+Prints p50/p99 latency and requests/s for both, and the difference.
+
+    python benchmarks/server_overhead.py --requests 500
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+CONFIG = """
+[llm]
+kind = "scripted"
+model = "big"
+n_params = 1500000000
+reply = "Step one adds three. Step two adds four. So three plus four is seven. The answer is \\\\boxed{7}."
+[slm]
+kind = "scripted"
+model = "small"
+n_params = 500000000
+reply = " The answer is \\\\boxed{7}."
+[pipeline]
+stage_budgets = [4, 8]
+effort = "low"
+[server]
+max_queue = 64
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def stats(lat: list[float], wall: float) -> dict[str, float]:
+    a = np.array(lat) * 1000
+    return {"p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)),
+            "mean_ms": float(a.mean()), "req_per_s": len(lat) / wall}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--requests", type=int, default=500)
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp())
+    cfg = tmp / "scripted.toml"
+    cfg.write_text(CONFIG)
+    # direct
+    from tandem.config import load_settings
+    from tandem.factory import build_tandem
+
+    tandem = build_tandem(load_settings(cfg))
+    lat = []
+    t0 = time.perf_counter()
+    for i in range(args.requests):
+        s = time.perf_counter()
+        tandem.solve(f"Question {i}: what is 3 + 4?")
+        lat.append(time.perf_counter() - s)
+    direct = stats(lat, time.perf_counter() - t0)
+    # through the server
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "tandem.cli", "serve", "--config", str(cfg), "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
+    try:
+        base = f"http://127.0.0.1:{port}"
+        with httpx.Client(timeout=30) as c:
+            for _ in range(300):
+                try:
+                    if c.get(base + "/health").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.1)
+            body = lambda i: {"model": "tandem", "messages": [{"role": "user", "content": f"Question {i}: what is 3 + 4?"}]}  # noqa: E731
+            for i in range(20):  # warm-up
+                c.post(base + "/v1/chat/completions", json=body(i)).raise_for_status()
+            lat = []
+            t0 = time.perf_counter()
+            for i in range(args.requests):
+                s = time.perf_counter()
+                c.post(base + "/v1/chat/completions", json=body(i)).raise_for_status()
+                lat.append(time.perf_counter() - s)
+            served = stats(lat, time.perf_counter() - t0)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    print(json.dumps({
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "date": time.strftime("%Y-%m-%d"), "requests": args.requests, "direct": direct, "server": served,
+        "added_p50_ms": served["p50_ms"] - direct["p50_ms"], "added_p99_ms": served["p99_ms"] - direct["p99_ms"],
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
