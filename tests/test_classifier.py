@@ -209,6 +209,22 @@ def test_another_model_pair_warns(tmp_path: Path) -> None:
                         slm=ModelInfo("small", **same))
 
 
+def test_entropy_kind_mismatch_is_refused(tmp_path: Path) -> None:
+    from tandem.types import Capabilities
+
+    doc = good_doc()
+    path = write(tmp_path, doc)
+    clf = load_classifier(path)
+    if not any("_ent_" in f for f in clf.features):
+        pytest.skip("this classifier reads no entropy feature")
+    same = dict(n_params=1, n_ctx=1)
+    topk = Capabilities(entropy="topk")
+    with pytest.raises(ConfigError, match="entropies"):
+        load_classifier(path, llm=ModelInfo("big", capabilities=topk, **same),
+                        slm=ModelInfo("small", capabilities=topk, **same))
+    load_classifier(path, llm=ModelInfo("big", **same), slm=ModelInfo("small", **same))  # exact: fine
+
+
 def test_shipped_classifier_lookup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import tandem.classifier as mod
 

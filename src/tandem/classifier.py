@@ -78,6 +78,7 @@ class ModelRef(_Strict):
     n_params: int = Field(ge=0)
     tokenizer_id: str = ""
     chat_template_id: str = ""
+    entropy: Literal["exact", "topk", "none"] = "exact"  # how the training backend measured entropies
 
 
 class ModelPair(_Strict):
@@ -436,6 +437,13 @@ class SufficiencyClassifier:
         """Warn (`ModelPairWarning`) when used with another model pair (by checksum, else name)."""
         ok = True
         for role, expected, actual in (("LLM", self.spec.models.llm, llm), ("SLM", self.spec.models.slm, slm)):
+            prefix = "llm_ent_" if role == "LLM" else "slm_"
+            uses_entropy = any(f.startswith(prefix) and "_ent_" in f for f in self.features)
+            if isinstance(actual, ModelInfo) and uses_entropy and actual.capabilities.entropy != expected.entropy:
+                raise ConfigError(
+                    f"classifier {self.name!r} was trained on {expected.entropy} entropies of the {role}, but "
+                    f"{actual.name!r} gives {actual.capabilities.entropy} ones: retrain it on this backend "
+                    "or without entropy features")
             if actual is None or _same_model(expected, actual):
                 continue
             got = actual.name if isinstance(actual, ModelInfo) else actual.get("name")
