@@ -2,7 +2,8 @@
 
 A uvicorn server runs in a subprocess on a loopback port; one client sends N sequential
 non-streaming requests. The same N questions are solved by calling `Tandem.solve` directly.
-Prints p50/p99 latency and requests/s for both, and the difference.
+Prints p50/p99 latency and requests/s for both, and the difference; and, as the floor of any HTTP
+service here, the same client's round trip to `/health` (no pipeline).
 
     python benchmarks/server_overhead.py --requests 500
 """
@@ -54,6 +55,14 @@ def stats(lat: list[float], wall: float) -> dict[str, float]:
             "mean_ms": float(a.mean()), "req_per_s": len(lat) / wall}
 
 
+def _http_stack() -> str:
+    """Which event loop and HTTP parser uvicorn picks here (`auto`: uvloop and httptools when installed)."""
+    import importlib.util
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    parser = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    return f"{loop} + {parser}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=500)
@@ -97,12 +106,21 @@ def main() -> None:
                 c.post(base + "/v1/chat/completions", json=body(i)).raise_for_status()
                 lat.append(time.perf_counter() - s)
             served = stats(lat, time.perf_counter() - t0)
+            # the floor: an HTTP round trip through the same client and server that does no work
+            lat = []
+            t0 = time.perf_counter()
+            for _ in range(args.requests):
+                s = time.perf_counter()
+                c.get(base + "/health").raise_for_status()
+                lat.append(time.perf_counter() - s)
+            floor = stats(lat, time.perf_counter() - t0)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
     print(json.dumps({
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "date": time.strftime("%Y-%m-%d"), "requests": args.requests, "direct": direct, "server": served,
+        "http_floor": floor, "http_stack": _http_stack(),
         "added_p50_ms": served["p50_ms"] - direct["p50_ms"], "added_p99_ms": served["p99_ms"] - direct["p99_ms"],
     }, indent=2))
 

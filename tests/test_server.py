@@ -26,7 +26,7 @@ from tandem.backends.scripted import ScriptedBackend, tokenize
 from tandem.config import TandemSettings, load_settings
 from tandem.errors import ConfigError
 from tandem.server import create_app
-from tandem.server.runner import StopScanner, find_stop
+from tandem.server.runner import PipelineRunner, StopScanner, find_stop
 from tandem.server.schemas import ChatMessage, RequestError, build_question
 from tandem.types import GenerationRequest, TokenStream
 from uvicorn_thread import uvicorn_thread
@@ -380,6 +380,29 @@ def test_stop_scanner_streams_exactly_the_truncated_text():
         out += scanner.flush()
         assert out == want, (text, stops)
         assert (scanner.hit is not None) == (cut is not None)
+
+
+@pytest.mark.anyio
+async def test_a_run_that_is_not_streamed_wakes_the_loop_once_and_keeps_its_deltas():
+    loop = asyncio.get_running_loop()
+    runner = PipelineRunner(4)
+    for stream in (True, False):
+        handle = runner.admit(loop, stream=stream)
+        assert handle is not None
+
+        def work(h: Any) -> Any:
+            for word in ("Three", " plus", " four"):
+                h.hook("answer_delta", {"role": "slm", "text": word})
+            return "done"
+
+        runner.start(handle, work)
+        items = [await handle.next(time.monotonic() + 5)]
+        while items[-1][0] != "end":
+            items.append(await handle.next(time.monotonic() + 5))
+        assert handle.deltas == [("slm", "Three"), ("slm", " plus"), ("slm", " four")]
+        assert len(items) == (4 if stream else 1)
+        assert await handle.future == "done"
+    runner.shutdown()
 
 
 # ---- conversations -------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from .cost import CostReport
@@ -22,6 +22,10 @@ class CheckpointRecord:
     reason: str  # "sufficient" | "budget" | "continue"
     score_seconds: float = 0.0  # shadow pass
     decide_seconds: float = 0.0  # features + policy
+
+    def summary(self) -> dict[str, Any]:
+        """The record without its feature vector, as API responses carry it (shallow: no deep copy)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "features"}
 
 
 @dataclass

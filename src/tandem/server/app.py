@@ -19,7 +19,6 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -382,8 +381,8 @@ def _tandem_object(outcome: Outcome, tandem: Tandem, state: _State, *, request_i
         "model_finish_reason": r.finish_reason,
         "stop_sequence": stop_hit,
         "parts": _parts(outcome, tandem, content_len),
-        "insights": [asdict(u) for u in r.insights],
-        "checkpoints": [{k: v for k, v in asdict(c).items() if k != "features"} for c in r.checkpoints],
+        "insights": [{"text": u.text, "kind": u.kind, "end_token": u.end_token} for u in r.insights],
+        "checkpoints": [c.summary() for c in r.checkpoints],
         "answer": {"answer": r.answer.answer, "rule": r.answer.rule},
         "cost": cost,
         "flops_total": cost["flops_total"],
@@ -519,7 +518,8 @@ def create_app(settings: TandemSettings | None = None, *, tandem: Tandem | None 
             label, stream = req.model, req.stream
             spec = state.spec_for(req, tandem_, rid)
             loop = asyncio.get_running_loop()
-            handle = state.runner.admit(loop, lambda why: state.metrics.cancellations.labels(why).inc())
+            handle = state.runner.admit(loop, lambda why: state.metrics.cancellations.labels(why).inc(),
+                                        stream=req.stream)
             if handle is None:
                 raise RequestError(f"the server is busy ({state.srv.max_queue} requests waiting or running); "
                                    "retry later", status=429, type="rate_limit_error", code="queue_full",
@@ -543,7 +543,7 @@ def create_app(settings: TandemSettings | None = None, *, tandem: Tandem | None 
                 if not handle.done:
                     handle.cancel("disconnect")  # this task was cancelled (the server is stopping)
             record(200)
-            return JSONResponse(_completion(outcome, req, tandem_, rid).model_dump())
+            return Response(_completion(outcome, req, tandem_, rid).model_dump_json(), media_type="application/json")
 
         # streaming: the status line waits for the first answer text, so that a run that fails or times
         # out before writing anything still gets its proper status

@@ -2,9 +2,9 @@
 
 One worker thread per pipeline (embedded llama.cpp models are not re-entrant, so requests are
 serialised), a bounded admission count in front of it (requests waiting + running), and a handle per
-run: the worker pushes the run's answer deltas to the loop with `loop.call_soon_threadsafe`, and the
-loop cancels a run by setting an event that the pipeline's hook checks at every event (it then raises
-`Cancelled`, which closes every model stream).
+run: the worker pushes the run's answer deltas (streamed runs only) and its end to the loop with
+`loop.call_soon_threadsafe`, and the loop cancels a run by setting an event that the pipeline's hook
+checks at every event (it then raises `Cancelled`, which closes every model stream).
 """
 
 from __future__ import annotations
@@ -50,8 +50,10 @@ class Outcome:
 class RunHandle:
     """One admitted request's run. `cancel` and the queue belong to the loop; `hook` to the worker."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, on_cancel: Callable[[str], None] | None = None) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_cancel: Callable[[str], None] | None = None,
+                 *, stream: bool = True) -> None:
         self.loop = loop
+        self.stream = stream  # push each answer delta to the loop; else only the end (one wake-up per run)
         self.queue: asyncio.Queue[Item] = asyncio.Queue()
         self.admitted = time.monotonic()
         self.started: float | None = None
@@ -116,8 +118,9 @@ class RunHandle:
         if role == "llm":
             self._llm_sent += text
         self.deltas.append((role, text))
-        self.emitted = True
-        self.push(("delta", text, role))
+        if self.stream:
+            self.emitted = True
+            self.push(("delta", text, role))
 
     def _complete_llm_prefix(self, llm_tokens: int) -> None:
         """In continue mode the pipeline emits the LLM's text as answer deltas at insight boundaries
@@ -170,12 +173,13 @@ class PipelineRunner:
     def active(self) -> int:
         return len(self.handles)
 
-    def admit(self, loop: asyncio.AbstractEventLoop, on_cancel: Callable[[str], None] | None = None
-              ) -> RunHandle | None:
-        """A handle for a new run, or None when `max_queue` runs are waiting or running."""
+    def admit(self, loop: asyncio.AbstractEventLoop, on_cancel: Callable[[str], None] | None = None,
+              *, stream: bool = True) -> RunHandle | None:
+        """A handle for a new run, or None when `max_queue` runs are waiting or running. A run that is not
+        streamed wakes the loop once, at its end: every wake-up costs the worker the GIL."""
         if len(self.handles) >= self.max_queue:
             return None
-        handle = RunHandle(loop, on_cancel)
+        handle = RunHandle(loop, on_cancel, stream=stream)
         self.handles.add(handle)
         self._on_depth(len(self.handles))
         return handle
