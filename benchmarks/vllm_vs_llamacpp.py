@@ -18,11 +18,11 @@ SLM <= 64 new tokens) from 1, 4 and 8 threads, each thread with its own two `Ope
 separate `tandem serve` replicas would be; the embedded llama.cpp pair at concurrency 1 for
 reference (it runs one request at a time).
 
-One vLLM server at a time. On this project's machines only one vLLM server may run, so both roles
-are two served model names of one server (in a deployment: one server per role). vLLM and llama.cpp
-each compute with one thread.
+Both roles are two served model names of one vLLM server; with `--per-role` the throughput is measured
+again against two servers, one per role, as a deployment places them. vLLM and llama.cpp each compute
+with one thread.
 
-    .venv/bin/python benchmarks/vllm_vs_llamacpp.py [--quick] [--models ...] [--json-out FILE]
+    .venv/bin/python benchmarks/vllm_vs_llamacpp.py [--quick] [--per-role] [--models ...] [--json-out FILE]
 """
 
 from __future__ import annotations
@@ -195,27 +195,32 @@ def throughput(make_pair: Callable[[], tuple[Backend, Backend]], concurrency: in
     }
 
 
+def per_role_throughput(py: Path, folder: Path, n_params: int, args: argparse.Namespace, log_dir: Path
+                        ) -> list[dict[str, Any]]:
+    """The same runs against two vLLM servers, one per role (each with one OpenMP thread), as a
+    deployment would place them: the LLM's and the SLM's requests batch in separate engines."""
+    from vllm_server import start_vllm, warm_up
+
+    servers = []
+    try:
+        for role in ("llm", "slm"):
+            servers.append(start_vllm(py, folder, [role], log_dir=log_dir / role, startup_timeout_s=300.0))
+            warm_up(servers[-1], role)
+        llm_url, slm_url = servers[0].base_url, servers[1].base_url
+
+        def pair() -> tuple[Backend, Backend]:
+            return (http_backend(llm_url, "llm", n_params), http_backend(slm_url, "slm", n_params, 20))
+
+        return [throughput(pair, c, n) for c, n in zip(args.concurrency, args.requests, strict=True)]
+    finally:
+        for srv in servers:
+            srv.stop()
+
+
 # ---- driver -------------------------------------------------------------------------------------------
 def one_batch_thread(b: Any) -> None:
-    """llama-cpp-python's `Llama(n_threads=1)` still processes prompts (and tandem's scoring) with
-    `n_threads_batch` = all cores; on a busy machine two spinning threads make a 25-token prompt take
-    ~8 s instead of ~0.15 s. Pin the batch threads to one, as vLLM runs with one OpenMP thread."""
+    """Pin llama.cpp's prompt (and scoring) threads to one, as vLLM runs with one OpenMP thread."""
     b.adapter.llama._ctx.set_n_threads(1, 1)
-
-
-def default_batch_threads_ttft(gguf: Path, n_params: int) -> float:
-    """Time to first token of tandem's embedded backend as it configures llama.cpp today (n_threads=1,
-    batch threads left at llama-cpp-python's default: all cores)."""
-    from tandem.backends.llamacpp import LlamaCppBackend, LlamaCppConfig
-
-    b = LlamaCppBackend(LlamaCppConfig(str(gguf), n_ctx=2048, n_threads=1, n_params=n_params))
-    try:
-        t0 = time.perf_counter()
-        with b.stream(GenerationRequest(STORY, max_tokens=1)) as s:
-            next(s)
-        return round(time.perf_counter() - t0, 3)
-    finally:
-        b.close()
 
 
 def http_backend(url: str, name: str, n_params: int, top_logprobs: int = 5) -> OpenAIBackend:
@@ -240,7 +245,6 @@ def measure_model(name: str, args: argparse.Namespace, py: Path, with_throughput
     emb = LlamaCppBackend(LlamaCppConfig(str(gguf), n_ctx=2048, n_threads=1, n_params=n_params))
     cpp: dict[str, Any] = {"threads": 1, "batch_threads": 1, "startup_s": round(time.perf_counter() - t0, 2)}
     one_batch_thread(emb)
-    cpp["ttft_s_with_default_batch_threads"] = default_batch_threads_ttft(gguf, n_params)
     cpp["generate"] = generate(emb, args.gen_tokens, args.reps, emb.reset_cache)
     cpp["abort"] = abort(emb, args.reps, None)
     if with_throughput:
@@ -282,6 +286,8 @@ def measure_model(name: str, args: argparse.Namespace, py: Path, with_throughput
             out["vllm"] = v
         finally:
             srv.stop()
+        if with_throughput and args.per_role:
+            out["vllm"]["throughput_per_role"] = per_role_throughput(py, folder, n_params, args, Path(tmp))
     if with_throughput:
         emb.close()
     return out
@@ -296,6 +302,8 @@ def main() -> None:
     ap.add_argument("--requests", default=None, help="requests per concurrency level (default 2 x concurrency, >= 4)")
     ap.add_argument("--quick", action="store_true", help="2 repetitions, 4/8/8 requests")
     ap.add_argument("--build", action="store_true", help="build the vLLM environment if it is missing")
+    ap.add_argument("--per-role", action="store_true",
+                    help="also measure throughput against two vLLM servers, one per role")
     ap.add_argument("--json-out", type=Path, default=None)
     args = ap.parse_args()
     if not 1 <= args.gen_tokens <= 64:

@@ -69,6 +69,24 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_until_ready(url: str, *, alive: Callable[[], bool], log: Callable[[], str], name: str,
+                     timeout_s: float, interval_s: float = 0.2) -> None:
+    """Poll `url` until it answers 200; raise with the server's log if it exits or `timeout_s` passes."""
+    deadline = time.monotonic() + timeout_s
+    with httpx.Client(timeout=2.0, trust_env=False) as client:
+        while True:
+            if not alive():
+                raise RuntimeError(f"{name} exited at start:\n{log()}")
+            try:
+                if client.get(url).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} not ready in {timeout_s:g} s:\n{log()}")
+            time.sleep(interval_s)
+
+
 @dataclass
 class Server:
     base_url: str  # the OpenAI API base, ending in /v1
@@ -114,19 +132,8 @@ def llama_cpp_server(
     os.close(log_fd)
     server = Server(f"http://127.0.0.1:{port}/v1", proc.pid, proc, Path(log_name))
     try:
-        deadline = time.monotonic() + startup_timeout_s
-        with httpx.Client(timeout=2.0, trust_env=False) as client:
-            while True:
-                if not server.alive:
-                    raise RuntimeError(f"llama-cpp-python's server exited at start:\n{server.log()}")
-                try:
-                    if client.get(f"{server.base_url}/models").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"llama-cpp-python's server not ready in {startup_timeout_s} s:\n{server.log()}")
-                time.sleep(0.2)
+        wait_until_ready(f"{server.base_url}/models", alive=lambda: server.alive, log=server.log,
+                         name="llama-cpp-python's server", timeout_s=startup_timeout_s)
         yield server
     finally:
         server.kill()

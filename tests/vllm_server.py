@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
+from servers import free_port, wait_until_ready
 
 REPO = Path(__file__).resolve().parents[1]
 VENV = Path(os.environ.get("TANDEM_VLLM_VENV", REPO / ".venv-vllm"))  # as scripts/vllm_env.sh
@@ -85,12 +86,6 @@ def hf_folder(python: Path, gguf: Path, *, dtype: str = "bfloat16") -> Path:
     if out.returncode != 0 or not out.stdout.strip():
         raise RuntimeError(f"converting {gguf.name} failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
     return Path(out.stdout.strip().splitlines()[-1])
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def server_env() -> dict[str, str]:
@@ -208,18 +203,8 @@ def start_vllm(
     server = VllmServer(f"http://127.0.0.1:{port}", tuple(names), proc, log_path, args=args)
     t0 = time.monotonic()
     try:
-        with httpx.Client(timeout=2.0, trust_env=False) as client:
-            while True:
-                if not server.alive:
-                    raise RuntimeError(f"vLLM exited at start (code {proc.returncode}):\n{server.log()}")
-                try:
-                    if client.get(f"{server.root}/health").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() - t0 > startup_timeout_s:
-                    raise RuntimeError(f"vLLM not ready in {startup_timeout_s:g} s:\n{server.log()}")
-                time.sleep(0.25)
+        wait_until_ready(f"{server.root}/health", alive=lambda: server.alive, log=server.log, name="vLLM",
+                         timeout_s=startup_timeout_s, interval_s=0.25)
     except BaseException:
         server.kill()
         raise

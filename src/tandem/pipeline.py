@@ -23,7 +23,7 @@ from .policy import DEFAULT_STAGE_BUDGETS, BudgetPolicy, StopRule
 from .prompts import HandoverMode, PromptSet, Task, hint_prefix_length
 from .result import CheckpointRecord, TandemResult
 from .segment import InsightSegmenter
-from .types import Backend, GenerationRequest, Prompt, StopPolicy, TokenStep, TokenStream
+from .types import Backend, GenerationRequest, Prompt, ScoreResult, StopPolicy, TokenStep, TokenStream
 
 EventHook = Callable[[str, dict[str, Any]], None]
 
@@ -111,6 +111,25 @@ def _with_overrides(cfg: PipelineConfig, overrides: dict[str, Any]) -> PipelineC
     return replace(cfg, **rest)
 
 
+def shadow_span(rendered: str, base_text: str, llm_text: str, handover: str) -> tuple[str, int]:
+    """What a shadow pass scores of the SLM's rendered hand-over prompt, and where the insights start in
+    it. Continue mode scores the whole prompt (the LLM's text follows `base_text`, the rendered solve
+    prompt); hint mode scores up to the end of the insights; without insights, the whole prompt."""
+    if handover == "continue" or not llm_text:
+        return rendered, len(base_text) if llm_text else len(rendered)
+    end = hint_prefix_length(rendered, llm_text)
+    return rendered[:end], end - len(llm_text)
+
+
+def question_steps(scored: ScoreResult, text: str, question: str) -> list[TokenStep]:
+    """The scored steps of the question's own tokens within `text` (empty if it is not found)."""
+    q = question.strip()
+    qpos = text.find(q)
+    if qpos < 0:
+        return []
+    return [s for s, o in zip(scored.steps, scored.offsets, strict=True) if qpos <= o < qpos + len(q)]
+
+
 class CheckpointSchedule:
     """Where checkpoints fall: at the first insight boundary after each stage budget, or
     `max_unit_tokens` after the budget when no boundary comes. Shared by live runs and probes."""
@@ -184,22 +203,14 @@ class _Run:
         """Score question + insights with the SLM; return (question steps, insight steps, seconds)."""
         if not self.can_shadow:
             return None, None, 0.0
-        slm, prompt = self.t.slm, self._slm_prompt(llm_text)
-        full = slm.render(prompt)
-        if self.cfg.handover == "continue" or not llm_text:
-            text, start = full, len(self.base_text) if llm_text else len(full)
-        else:
-            end = hint_prefix_length(full, llm_text)
-            text, start = full[:end], end - len(llm_text)
+        slm = self.t.slm
+        text, start = shadow_span(slm.render(self._slm_prompt(llm_text)), self.base_text, llm_text, self.cfg.handover)
         t0 = time.perf_counter()
         sr = slm.score(text)
         secs = time.perf_counter() - t0
         self.slm_cost.add(sr.usage, scoring=True)
         self.cost.add_phase("slm_score", secs)
-        qpos = text.find(self.q.strip())
-        q_steps = [s for s, o in zip(sr.steps, sr.offsets, strict=True)
-                   if qpos <= o < qpos + len(self.q.strip())] if qpos >= 0 else []
-        return q_steps, sr.after(start), secs
+        return question_steps(sr, text, self.q), sr.after(start), secs
 
     def tandem(self, policy: StopPolicy, rule: StopRule) -> TandemResult:
         cfg, llm, slm = self.cfg, self.t.llm, self.t.slm

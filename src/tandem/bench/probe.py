@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..features import CheckpointInputs, compute_features
-from ..pipeline import CheckpointSchedule, DecodingSettings
+from ..pipeline import CheckpointSchedule, DecodingSettings, question_steps, shadow_span
 from ..prompts import PromptSet
 from ..segment import InsightSegmenter
 from ..types import Backend, GenerationRequest, Grade, Problem, Prompt, TokenStep
@@ -97,8 +97,7 @@ class Prober:
         base = self.slm.render(ps.solve(q))
         # checkpoint 0: the SLM reads the question (its features route), then solves alone, warm
         sr0 = self.slm.score(base)
-        qpos = base.find(q.strip())
-        q_steps = [s for s, o in zip(sr0.steps, sr0.offsets, strict=True) if qpos <= o < qpos + len(q.strip())]
+        q_steps = question_steps(sr0, base, q)
         ck0 = {"features": compute_features(CheckpointInputs(0, 0, [], [], q_steps, [])),
                "score_tokens": sr0.usage.computed_prompt_tokens, "score_seconds": sr0.usage.seconds}
         slm_alone = self._solve(self.slm, problem, ps.solve(q), cfg.decoding.slm_max_tokens)
@@ -137,9 +136,7 @@ class Prober:
         checkpoints, prev_tokens = [], self._tokens(base)
         for stage, k, prefix, n_units in marks:
             prompt = ps.continue_from(q, prefix) if cfg.handover == "continue" else ps.with_hint(q, prefix)
-            full = self.slm.render(prompt)
-            scored = full if cfg.handover == "continue" else full[: full.rfind(prefix) + len(prefix)]
-            start = len(base) if cfg.handover == "continue" else len(scored) - len(prefix)
+            scored, start = shadow_span(self.slm.render(prompt), base, prefix, cfg.handover)
             sr = self.slm.score(scored)
             toks = self._tokens(scored)
             if toks is not None and prev_tokens is not None:
