@@ -19,8 +19,10 @@ from tandem.features import FEATURE_GROUPS
 from tandem.train.calibrate import (
     DEFAULT_LAMBDAS,
     Objective,
+    Point,
     calibrate,
     objectives_from_options,
+    refine_per_stage,
 )
 from tandem.train.data import build_rows, load_tables, parse_groups
 from tandem.train.fit import fit
@@ -132,7 +134,9 @@ def test_calibrate_lambda_maximises_the_objective(model: Path, tables: dict[str,
         chosen = res.chosen[effort].point
         assert (acc, rel) == pytest.approx((chosen.accuracy, chosen.relative_cost))
         best = max(p.accuracy - obj.value * p.relative_cost for p in res.tandem_points)
-        assert acc - obj.value * rel == pytest.approx(best)
+        before = res.global_points[effort]
+        assert before.accuracy - obj.value * before.relative_cost == pytest.approx(best)
+        assert acc - obj.value * rel >= best - 1e-9  # the per-stage search never makes it worse
         entry = getattr(new.spec.calibration, effort)
         assert entry.objective.kind == "lambda" and entry.split == "synthetic/train[100:142]"
     # route and cascade: replayed at the stored thresholds, each the best of its own grid
@@ -149,11 +153,11 @@ def test_calibrate_target_and_budget(model: Path, tables: dict[str, Path]) -> No
     new, res = calibrate(clf, calib, {"medium": Objective("target", 0.5)})
     acc, rel = replayed(new, tables["calib"], "tandem:medium")
     assert acc >= 0.5 and res.chosen["medium"].satisfied
-    assert rel == pytest.approx(min(p.relative_cost for p in res.tandem_points if p.accuracy >= 0.5))
+    assert rel <= min(p.relative_cost for p in res.tandem_points if p.accuracy >= 0.5) + 1e-9
     assert new.spec.efforts["low"] == clf.spec.efforts["low"]  # the other efforts are left alone
     new, res = calibrate(clf, calib, {"low": Objective("budget", 0.4)})
     acc, rel = replayed(new, tables["calib"], "tandem:low")
-    assert rel <= 0.4 and acc == pytest.approx(max(p.accuracy for p in res.tandem_points if p.relative_cost <= 0.4))
+    assert rel <= 0.4 and acc >= max(p.accuracy for p in res.tandem_points if p.relative_cost <= 0.4) - 1e-9
     # an unreachable target is recorded as unsatisfied, never passed off as met
     new, res = calibrate(clf, calib, {"high": Objective("target", 1.0)})
     assert not res.chosen["high"].satisfied and new.spec.calibration.high.satisfied is False
@@ -216,3 +220,35 @@ def test_train_commands_end_to_end(tables: dict[str, Path], tmp_path: Path) -> N
     assert isinstance(res.exception, ConfigError) and "held-out" in str(res.exception)
     res = runner.invoke(app, ["train", "fit", str(tables["train"]), "--out", str(m), "--kind", "gbdt", "--c", "2"])
     assert isinstance(res.exception, ConfigError)
+
+
+class _StageTable:
+    """A stand-in calibration table whose accuracy and cost are known functions of the stage thresholds:
+    best with stage 1 at 0.3 (cheap hand-overs there) and stage 2 never early."""
+
+    budgets = [32, 64]
+
+    def n_stages(self, budget: int) -> int:
+        return 2
+
+    def stage_probabilities(self, stage: int) -> np.ndarray:
+        return np.linspace(0.0, 1.0, 11)
+
+    def tandem(self, budget: int, threshold: float, stage_thresholds=None) -> Point:
+        st = dict(stage_thresholds or {})
+        t1, t2 = st.get(1, threshold), st.get(2, threshold)
+        acc = 0.8 - abs(t1 - 0.3) * 0.2 - (0.1 if t2 < 1.0 else 0.0)
+        cost = 0.5 + 0.3 * t1
+        return Point(threshold, budget, acc, cost, tuple(sorted(st.items())))
+
+
+def test_per_stage_search_finds_better_stage_thresholds_and_never_worse() -> None:
+    table = _StageTable()
+    obj = Objective("lambda", 0.2)
+    start = table.tandem(64, 0.7)
+    best = refine_per_stage(table, start, obj)  # type: ignore[arg-type]
+    assert dict(best.stage_thresholds).get(1) == pytest.approx(0.3, abs=0.05)  # the grid point nearest 0.3
+    assert dict(best.stage_thresholds).get(2, best.threshold) >= 1.0
+    assert obj.value_of(best) > obj.value_of(start)
+    # already optimal: nothing changes
+    assert refine_per_stage(table, best, obj) == best  # type: ignore[arg-type]

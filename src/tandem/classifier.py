@@ -215,6 +215,12 @@ class Objective(_Strict):
     cost: Literal["flops_total"] = "flops_total"
 
 
+class PointSummary(_Strict):
+    accuracy: float
+    relative_cost: float
+    objective_value: float | None = None
+
+
 class CalibrationEntry(_Strict):
     """How one operating point was chosen, and what it achieved on the calibration table."""
 
@@ -232,6 +238,8 @@ class CalibrationEntry(_Strict):
     llm_accuracy: float
     slm_accuracy: float
     created: str = ""
+    stage_thresholds: dict[int, float] = Field(default_factory=dict)  # chosen by the per-stage search
+    before_per_stage: PointSummary | None = None  # the single-threshold point the search started from
 
 
 class Calibration(_Strict):

@@ -17,6 +17,10 @@ Candidates: for `tandem:EFFORT`, every stage budget of the table (as the effort'
 times a grid of thresholds (quantiles of the classifier's probabilities on the table, plus 0: the
 SLM alone, and 1.01: never early, i.e. the fixed budget); for `route`, quantiles of the
 checkpoint-0 probabilities; for `cascade`, quantiles of the SLM alone's mean token log-prob.
+Per stage (on by default): from each effort's chosen point, a coordinate search over a coarser grid
+of thresholds per checkpoint stage (quantiles of that stage's probabilities), keeping a stage's own
+threshold only when it strictly improves the objective on the calibration table; the calibration
+record keeps the point before the search, so the gain (and the risk of fitting noise) is visible.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,6 +45,7 @@ ObjectiveKind = Literal["lambda", "target", "budget"]
 OBJECTIVES: tuple[ObjectiveKind, ...] = ("lambda", "target", "budget")
 DEFAULT_LAMBDAS: dict[str, float] = {"low": 0.5, "medium": 0.2, "high": 0.05}
 DEFAULT_GRID = 50
+DEFAULT_STAGE_GRID = 12  # per-stage search: coarser, it has more knobs to overfit with
 NEVER = 1.01  # a threshold no probability reaches: hand over at the budget only
 _EPS = 1e-9
 
@@ -53,6 +58,7 @@ class Point:
     budget: int | None
     accuracy: float
     relative_cost: float
+    stage_thresholds: tuple[tuple[int, float], ...] = ()  # (stage, threshold) overriding `threshold`
 
 
 @dataclass(frozen=True)
@@ -83,21 +89,27 @@ class Objective:
             return p.relative_cost <= self.value + _EPS
         return True
 
+    def key(self, p: Point) -> tuple[float, ...]:
+        """Sort key: the smaller, the better (feasible first; ties to the cheaper, then higher threshold)."""
+        if self.kind == "lambda":
+            return (-(p.accuracy - self.value * p.relative_cost), p.relative_cost, -p.threshold)
+        ok = self.feasible(p)
+        if self.kind == "target":
+            return (0.0, p.relative_cost, -p.accuracy, -p.threshold) if ok else \
+                (1.0, -p.accuracy, p.relative_cost, -p.threshold)
+        return (0.0, -p.accuracy, p.relative_cost, -p.threshold) if ok else \
+            (1.0, p.relative_cost, -p.accuracy, -p.threshold)
+
     def choose(self, points: Sequence[Point]) -> tuple[Point, bool]:
         """The best point and whether it satisfies the objective's constraint."""
         if not points:
             raise ConfigError("no candidate operating points")
-        if self.kind == "lambda":
-            return min(points, key=lambda p: (-(p.accuracy - self.value * p.relative_cost), p.relative_cost,
-                                              -p.threshold)), True
-        ok = [p for p in points if self.feasible(p)]
-        if self.kind == "target":
-            if ok:
-                return min(ok, key=lambda p: (p.relative_cost, -p.accuracy, -p.threshold)), True
-            return min(points, key=lambda p: (-p.accuracy, p.relative_cost, -p.threshold)), False
-        if ok:
-            return min(ok, key=lambda p: (-p.accuracy, p.relative_cost, -p.threshold)), True
-        return min(points, key=lambda p: (p.relative_cost, -p.accuracy, -p.threshold)), False
+        best = min(points, key=self.key)
+        return best, self.feasible(best)
+
+    def improves(self, new: Point, old: Point) -> bool:
+        """Strictly better on the objective (the threshold tie-break aside)."""
+        return self.key(new)[:-1] < self.key(old)[:-1]
 
     def as_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "value": self.value, "cost": "flops_total"}
@@ -162,11 +174,22 @@ class CalibrationTable:
         rel = float(np.mean([o.flops_total for o in outs])) / self.llm_cost
         return Point(threshold, budget, acc, rel)
 
-    def tandem(self, budget: int, threshold: float) -> Point:
-        rule = StopRule({"calibrate": EffortSetting(budget, threshold)})
+    def tandem(self, budget: int, threshold: float, stage_thresholds: Mapping[int, float] | None = None) -> Point:
+        stages = dict(stage_thresholds or {})
+        rule = StopRule({"calibrate": EffortSetting(budget, threshold, stages)})
         outs = [replay_policy(rec, p, self.policy, rule, effort="calibrate", handover=t.handover,
                               budgets=t.budgets) for t, rec, p in self.items]
-        return self._point(outs, threshold, budget)
+        return replace(self._point(outs, threshold, budget), stage_thresholds=tuple(sorted(stages.items())))
+
+    def n_stages(self, budget: int) -> int:
+        """Checkpoint stages an effort with this largest budget visits (stage 0 not counted)."""
+        return sum(1 for b in self.budgets if b <= budget)
+
+    def stage_probabilities(self, stage: int) -> np.ndarray:
+        if stage == 0:
+            return self.probabilities(stage0_only=True)
+        return np.asarray([self.policy.sufficiency(ck["features"]) for _, rec, _ in self.items
+                           for ck in rec["checkpoints"] if ck["stage"] == stage], dtype=np.float64)
 
     def route(self, threshold: float) -> Point:
         return self._point([replay_route(rec, p, self.policy, threshold) for _, rec, p in self.items],
@@ -207,6 +230,7 @@ class CalibrationResult:
     route_points: list[Point] = field(default_factory=list)
     cascade_points: list[Point] = field(default_factory=list)
     chosen: dict[str, Chosen] = field(default_factory=dict)
+    global_points: dict[str, Point] = field(default_factory=dict)  # each effort's point before per-stage search
 
     def curves(self) -> dict[str, list[tuple[float, float, float]]]:
         """(threshold, accuracy, relative cost) per chosen effort budget, and the route's."""
@@ -220,11 +244,35 @@ class CalibrationResult:
         return out
 
 
+def refine_per_stage(table: CalibrationTable, start: Point, obj: Objective, *, grid: int = DEFAULT_STAGE_GRID,
+                     passes: int = 2) -> Point:
+    """Coordinate search from `start`: try other thresholds at one stage at a time (the others held)
+    and keep a change only when it strictly improves the objective. Returns `start` when nothing does."""
+    if start.budget is None:
+        return start
+    best = start
+    stages = dict(start.stage_thresholds)
+    for _ in range(passes):
+        changed = False
+        for stage in range(table.n_stages(start.budget) + 1):
+            for thr in threshold_grid(table.stage_probabilities(stage), grid, low=0.0, high=NEVER):
+                if thr == stages.get(stage, start.threshold):
+                    continue
+                cand = table.tandem(start.budget, start.threshold, {**stages, stage: thr})
+                if obj.improves(cand, best):
+                    best, stages, changed = cand, {**stages, stage: thr}, True
+        if not changed:
+            break
+    return best
+
+
 def calibrate(clf: SufficiencyClassifier, tables: Sequence[ProbeTable], objectives: Mapping[str, Objective], *,
               route: Objective | None = None, cascade: Objective | None = None, grid: int = DEFAULT_GRID,
-              split: str | None = None) -> tuple[SufficiencyClassifier, CalibrationResult]:
-    """Choose each effort's (budget, threshold), and the route / cascade thresholds, on `tables`;
-    return the classifier with those operating points and the calibration recorded."""
+              split: str | None = None, per_stage: bool = True,
+              ) -> tuple[SufficiencyClassifier, CalibrationResult]:
+    """Choose each effort's (budget, threshold) - then, with `per_stage`, thresholds per checkpoint
+    stage where they improve the objective - and the route / cascade thresholds, on `tables`; return
+    the classifier with those operating points and the calibration recorded."""
     unknown = set(objectives) - set(EFFORTS)
     if unknown:
         raise ConfigError(f"unknown effort(s) {', '.join(sorted(unknown))}; choose from {', '.join(EFFORTS)}")
@@ -234,7 +282,11 @@ def calibrate(clf: SufficiencyClassifier, tables: Sequence[ProbeTable], objectiv
         thresholds = threshold_grid(table.probabilities(), grid, low=0.0, high=NEVER)
         res.tandem_points = [table.tandem(b, t) for b in table.budgets for t in thresholds]
         for effort, obj in objectives.items():
-            res.chosen[effort] = Chosen(obj, *obj.choose(res.tandem_points))
+            point, _ = obj.choose(res.tandem_points)
+            res.global_points[effort] = point
+            if per_stage:
+                point = refine_per_stage(table, point, obj)
+            res.chosen[effort] = Chosen(obj, point, obj.feasible(point))
     if route is not None:
         thresholds = threshold_grid(table.probabilities(stage0_only=True), grid, low=0.0, high=NEVER)
         res.route_points = [table.route(t) for t in thresholds]
@@ -261,7 +313,8 @@ def _apply(clf: SufficiencyClassifier, res: CalibrationResult, split: str | None
     for key, c in res.chosen.items():
         p = c.point
         if key in EFFORTS:
-            efforts[key] = {"max_budget": p.budget, "threshold": p.threshold, "stage_thresholds": {}}
+            efforts[key] = {"max_budget": p.budget, "threshold": p.threshold,
+                            "stage_thresholds": {str(k): v for k, v in p.stage_thresholds}}
         else:
             changes[key] = {"threshold": p.threshold}
         calibration[key] = {
@@ -271,6 +324,11 @@ def _apply(clf: SufficiencyClassifier, res: CalibrationResult, split: str | None
             "satisfied": c.satisfied, "grid_points": n_points.get(key, len(res.tandem_points)),
             "llm_accuracy": t.llm_accuracy, "slm_accuracy": t.slm_accuracy, "created": created,
         }
+        g = res.global_points.get(key)
+        if g is not None:
+            calibration[key]["stage_thresholds"] = {str(k): v for k, v in p.stage_thresholds}
+            calibration[key]["before_per_stage"] = {"accuracy": g.accuracy, "relative_cost": g.relative_cost,
+                                                    "objective_value": c.objective.value_of(g)}
     return clf.replace(efforts=efforts, calibration=calibration, **changes)
 
 

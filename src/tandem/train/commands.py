@@ -92,6 +92,8 @@ def calibrate_cmd(
     grid: Annotated[int, typer.Option(help="threshold grid points (quantiles of the probabilities)")] = 50,
     route: Annotated[bool, typer.Option(help="calibrate the route threshold (checkpoint 0)")] = True,
     cascade: Annotated[bool, typer.Option(help="calibrate the cascade threshold (SLM mean log-prob)")] = True,
+    per_stage: Annotated[bool, typer.Option(help="then search a threshold per checkpoint stage, kept where it "
+                                                 "improves the objective")] = True,
     split: SplitOpt = None,
     plot: Annotated[Path | None, typer.Option(help="trade-off plot PNG (default: next to --out)")] = None,
     allow_overlap: Annotated[bool, typer.Option(help="accept calibration problems the model was trained on")]
@@ -113,16 +115,19 @@ def calibrate_cmd(
         raise ConfigError(f"{len(overlap)} calibration problem(s) were used to train {model} (e.g. {overlap[0]}); "
                           "calibrate on a held-out table")
     new, res = calibrate(clf, tables, objs, route=shared if route else None, cascade=shared if cascade else None,
-                         grid=grid, split=split)
+                         grid=grid, split=split, per_stage=per_stage)
     path = new.save(out_path)
     plots = plot_calibration(res, plot or path.with_name(path.stem + ".tradeoff.png"))
     tab = res.table
-    t = Table("operating point", "objective", "budget", "threshold", "accuracy", "FLOPs / LLM alone", "satisfied",
+    t = Table("operating point", "objective", "budget", "threshold", "per stage", "accuracy", "FLOPs / LLM alone",
+              "satisfied",
               title=f"calibrated on {tab.n} problems (LLM alone {tab.llm_accuracy:.3f}, "
                     f"SLM alone {tab.slm_accuracy:.3f})")
     for key, ch in res.chosen.items():
         p = ch.point
-        t.add_row(key, f"{ch.objective.kind} {ch.objective.value:g}", str(p.budget or "–"), f"{p.threshold:g}", f"{p.accuracy:.3f}",
+        stages = ", ".join(f"{k}: {v:g}" for k, v in p.stage_thresholds) or "–"
+        t.add_row(key, f"{ch.objective.kind} {ch.objective.value:g}", str(p.budget or "–"), f"{p.threshold:g}", stages,
+                  f"{p.accuracy:.3f}",
                   f"{p.relative_cost:.3f}", "yes" if ch.satisfied else "[red]no[/]")
     out.print(t)
     costs = [res.chosen[e].point.relative_cost for e in ("low", "medium", "high") if e in res.chosen]
