@@ -189,6 +189,7 @@ class FoldMetrics(_Strict):
     roc_auc: float | None
     log_loss: float
     brier: float
+    hyperparameters: dict[str, float | int | str | bool | None] = Field(default_factory=dict)  # chosen inside the fold
 
 
 class StageMetrics(_Strict):
@@ -196,6 +197,16 @@ class StageMetrics(_Strict):
     rows: int
     positive_rate: float
     roc_auc: float | None
+
+
+class Tuning(_Strict):
+    """How the hyperparameters were chosen: by grouped CV log-loss over a grid, nested inside every
+    outer fold (so the CV figures above are of the whole procedure), then once on all rows."""
+
+    metric: Literal["log_loss"] = "log_loss"
+    inner_folds: int
+    grid: list[dict[str, float | int | str | bool | None]]
+    scores: list[float]  # mean inner log-loss per grid point, on all rows
 
 
 class CrossValidation(_Strict):
@@ -207,6 +218,7 @@ class CrossValidation(_Strict):
     per_fold: list[FoldMetrics] = Field(default_factory=list)
     by_stage: list[StageMetrics] = Field(default_factory=list)
     baseline_roc_auc_llm_tokens: float | None = None
+    tuning: Tuning | None = None
 
 
 class Objective(_Strict):

@@ -39,6 +39,8 @@ def fit_cmd(
     n_estimators: Annotated[int | None, typer.Option(help="gbdt: number of trees")] = None,
     max_depth: Annotated[int | None, typer.Option(help="gbdt: tree depth")] = None,
     learning_rate: Annotated[float | None, typer.Option(help="gbdt: learning rate")] = None,
+    tune: Annotated[bool, typer.Option(help="choose hyperparameters by nested grouped CV when none is given")]
+    = True,
     split: SplitOpt = None,
     plot: Annotated[Path | None, typer.Option(help="reliability plot PNG (default: next to --out)")] = None,
     allow_test_split: AllowTest = False,
@@ -54,7 +56,7 @@ def fit_cmd(
         raise ConfigError(f"option(s) for {', '.join(stray)} do not apply to --kind {kind}")
     res = fit(probe_dirs, out_path, kind=kind, feature_groups=feature_groups, folds=folds,
               hyper={k: v for k, v in given.items() if v is not None}, split=split, plot=plot,
-              allow_test_split=allow_test_split)
+              allow_test_split=allow_test_split, tune=tune)
     cv, rows = res.cv, res.rows
     t = Table("", "value", title=f"{kind} classifier, {cv['folds']}-fold CV grouped by problem")
     t.add_row("rows (checkpoints incl. 0)", str(len(rows)))
@@ -65,6 +67,10 @@ def fit_cmd(
     t.add_row("CV log-loss", _f(cv["log_loss"]))
     t.add_row("CV Brier", _f(cv["brier"]))
     t.add_row("ROC-AUC of LLM tokens alone", _f(cv["baseline_roc_auc_llm_tokens"]))
+    if cv.get("tuning"):
+        chosen = {k: v for k, v in res.classifier.spec.training.hyperparameters.items()
+                  if any(k in point for point in cv["tuning"]["grid"])}
+        t.add_row("hyperparameters (nested CV)", ", ".join(f"{k}={v}" for k, v in chosen.items()))
     for s in cv["by_stage"]:
         t.add_row(f"stage {s['stage']}: rows / positive rate / AUC",
                   f"{s['rows']} / {s['positive_rate']:.2f} / {_f(s['roc_auc'])}")

@@ -6,6 +6,11 @@ are computed by the exported classifier itself (the numpy code that runs at infe
 ROC-AUC, log-loss, Brier score, per-stage AUC and a reliability plot. As a yardstick the AUC of
 the LLM tokens written so far (no model at all) is reported beside them.
 
+Hyperparameters, unless given, are chosen by grouped-CV log-loss over a small grid (`TUNING_GRIDS`:
+the regularisation strength; tree count, depth and leaf size), nested inside every outer fold so
+the reported CV figures are those of the whole procedure; the final model uses the choice made on
+all rows.
+
 The operating points written here are placeholders (threshold 0.5, budgets spread over the
 probe's stage budgets); `tandem train calibrate` chooses them on a held-out table.
 """
@@ -31,7 +36,14 @@ DEFAULT_HYPERPARAMETERS: dict[str, dict[str, Any]] = {
              "subsample": 1.0, "random_state": 0},
 }
 DEFAULT_FOLDS = 5
+INNER_FOLDS = 4
 UNCALIBRATED_THRESHOLD = 0.5
+# searched when no hyperparameter is given: regularisation is what a few hundred problems need most
+TUNING_GRIDS: dict[str, list[dict[str, Any]]] = {
+    "logistic": [{"C": c} for c in (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)],
+    "gbdt": [{"n_estimators": n, "max_depth": d, "min_samples_leaf": leaf, "learning_rate": 0.05}
+             for n in (50, 150) for d in (2, 3) for leaf in (5, 30)],
+}
 
 
 def _need_sklearn() -> None:
@@ -134,15 +146,54 @@ def _metrics(y: np.ndarray, p: np.ndarray) -> dict[str, Any]:
             "brier": float(brier_score_loss(y, p))}
 
 
-def _fold_predict(kind: str, rows: Rows, train: np.ndarray, test: np.ndarray, hyper: dict[str, Any]) -> np.ndarray:
+def _subset(rows: Rows, idx: np.ndarray) -> Rows:
+    return Rows(rows.features, rows.X[idx], rows.y[idx], [rows.groups[i] for i in idx], rows.stage[idx],
+                rows.llm_tokens[idx], rows.tables)
+
+
+def grid_scores(kind: str, rows: Rows, base: dict[str, Any], grid: Sequence[dict[str, Any]],
+                folds: int = INNER_FOLDS) -> list[float]:
+    """Mean grouped-CV log-loss of each grid point (scikit-learn's own probabilities: selection only)."""
+    from sklearn.metrics import log_loss
+    from sklearn.model_selection import GroupKFold
+
+    k = min(folds, len(rows.problems))
+    if k < 2:
+        return [0.0] * len(grid)
+    splits = list(GroupKFold(n_splits=k).split(rows.X, rows.y, rows.groups))
+    scores = []
+    for point in grid:
+        losses = []
+        for train, test in splits:
+            ytr = rows.y[train]
+            if len(np.unique(ytr)) < 2:
+                p = np.full(len(test), float(ytr.mean()))
+            else:
+                p = fit_estimator(kind, rows.X[train], ytr, {**base, **point}).predict_proba(rows.X[test])[:, 1]
+            losses.append(log_loss(rows.y[test], np.clip(p, 1e-7, 1 - 1e-7), labels=[0, 1]))
+        scores.append(float(np.mean(losses)))
+    return scores
+
+
+def select_hyperparameters(kind: str, rows: Rows, base: dict[str, Any], grid: Sequence[dict[str, Any]] | None,
+                           ) -> tuple[dict[str, Any], list[float]]:
+    """`base` itself without a grid; else the grid point with the least inner-CV log-loss on `rows`."""
+    if not grid:
+        return dict(base), []
+    scores = grid_scores(kind, rows, base, grid)
+    return {**base, **grid[int(np.argmin(scores))]}, scores
+
+
+def _fold_predict(kind: str, rows: Rows, train: np.ndarray, test: np.ndarray, hyper: dict[str, Any],
+                  grid: Sequence[dict[str, Any]] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     ytr = rows.y[train]
     if len(np.unique(ytr)) < 2:  # a fold with one class only: its base rate is all there is to learn
-        return np.full(len(test), float(ytr.mean()))
-    sub = Rows(rows.features, rows.X[train], ytr, [rows.groups[i] for i in train], rows.stage[train],
-               rows.llm_tokens[train], rows.tables)
+        return np.full(len(test), float(ytr.mean())), dict(hyper)
+    sub = _subset(rows, train)
+    hyper, _ = select_hyperparameters(kind, sub, hyper, grid)
     est = fit_estimator(kind, sub.X, sub.y, hyper)
     clf = make_classifier(kind, est, sub, training=_placeholder_training(sub))
-    return clf.predict_proba(rows.X[test])
+    return clf.predict_proba(rows.X[test]), hyper
 
 
 def _placeholder_training(rows: Rows) -> dict[str, Any]:
@@ -151,8 +202,9 @@ def _placeholder_training(rows: Rows) -> dict[str, Any]:
 
 
 def cross_validate(kind: str, rows: Rows, hyper: dict[str, Any], folds: int = DEFAULT_FOLDS,
-                   ) -> tuple[dict[str, Any], np.ndarray]:
-    """Grouped k-fold by problem; returns the `cv` section of the file and out-of-fold probabilities."""
+                   grid: Sequence[dict[str, Any]] | None = None) -> tuple[dict[str, Any], np.ndarray]:
+    """Grouped k-fold by problem; returns the `cv` section of the file and out-of-fold probabilities.
+    With a `grid`, each outer fold chooses its hyperparameters on its own training rows (nested)."""
     _need_sklearn()
     from sklearn.model_selection import GroupKFold
 
@@ -163,10 +215,10 @@ def cross_validate(kind: str, rows: Rows, hyper: dict[str, Any], folds: int = DE
     oof = np.zeros(len(rows), dtype=np.float64)
     per_fold = []
     for train, test in GroupKFold(n_splits=k).split(rows.X, rows.y, rows.groups):
-        p = _fold_predict(kind, rows, train, test, hyper)
+        p, chosen = _fold_predict(kind, rows, train, test, hyper, grid)
         oof[test] = p
         per_fold.append({"rows": len(test), "problems": len({rows.groups[i] for i in test}),
-                         **_metrics(rows.y[test], p)})
+                         **_metrics(rows.y[test], p), "hyperparameters": chosen if grid else {}})
     by_stage = []
     for s in sorted(set(rows.stage.tolist())):
         m = rows.stage == s
@@ -228,15 +280,20 @@ class FitResult:
 def fit(dirs: Sequence[str | Path], out: str | Path, *, kind: str = "gbdt",
         feature_groups: str | Sequence[str] | None = None, folds: int = DEFAULT_FOLDS,
         hyper: dict[str, Any] | None = None, split: str | None = None, plot: str | Path | None = None,
-        allow_test_split: bool = False) -> FitResult:
-    """Cross-validate, fit on all rows and save the classifier to `out` (+ a reliability plot)."""
+        allow_test_split: bool = False, tune: bool = True) -> FitResult:
+    """Cross-validate, fit on all rows and save the classifier to `out` (+ a reliability plot).
+    With `tune` and no `hyper` given, the hyperparameters are searched (`TUNING_GRIDS`), nested in CV."""
     groups = parse_groups(feature_groups)
     h = hyperparameters(kind, hyper)
     tables = load_tables(dirs, allow_test_split=allow_test_split)
     rows = build_rows(tables, groups)
     if len(np.unique(rows.y)) < 2:
         raise ConfigError("every row has the same label: there is nothing to learn from these tables")
-    cv, oof = cross_validate(kind, rows, h, folds)
+    grid = TUNING_GRIDS[kind] if tune and not hyper else None
+    cv, oof = cross_validate(kind, rows, h, folds, grid)
+    h, scores = select_hyperparameters(kind, rows, h, grid)
+    if grid:
+        cv["tuning"] = {"metric": "log_loss", "inner_folds": INNER_FOLDS, "grid": list(grid), "scores": scores}
     est = fit_estimator(kind, rows.X, rows.y, h)
     clf = make_classifier(kind, est, rows, training=training_description(rows, groups, h, split), cv=cv)
     path = clf.save(out)
