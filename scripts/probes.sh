@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 export TANDEM_DATA_DIR="${TANDEM_DATA_DIR:-$(cd .. && pwd)/shared/data}"
 MODE="${MODE:-continue}"  # the frozen default: see docs/RESULTS.md before changing it
 BUDGETS="32,64,128,192,256"
-CONFIG="$(mktemp)"
+CONFIG="$(mktemp --suffix=.toml)"
 trap 'rm -f "$CONFIG"' EXIT
 printf '[llm]\nmodel = "qwen2.5-coder-1.5b"\nn_threads = 1\n[slm]\nmodel = "qwen2.5-coder-0.5b"\nn_threads = 1\n' > "$CONFIG"
 
