@@ -258,9 +258,17 @@ def test_closing_the_stream_aborts_the_request_on_the_server(server: VllmServer)
             break
         time.sleep(0.01)
     assert seen_at is not None, f"no abort logged within 1 s:\n{server.log(2000)}"
+    # the API server logs the abort first; the engine's gauges follow once it has processed it (poll:
+    # on a loaded machine that takes a moment)
+    deadline = time.monotonic() + 5.0
     after = server.metrics()
+    while metric(after, "vllm:num_requests_running") != 0.0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+        after = server.metrics()
     assert metric(after, "vllm:num_requests_running") == 0.0
-    # the engine stopped: far fewer than the 64 tokens asked for were generated
+    # the engine stopped: far fewer than the 64 tokens asked for were generated, and no more come
+    time.sleep(1.0)
+    after = server.metrics()
     assert metric(after, "vllm:generation_tokens_total") - gen_before < 32
 
 
