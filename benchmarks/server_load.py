@@ -16,7 +16,6 @@ import json
 import os
 import platform
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,11 +25,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from servers import free_port, wait_until_ready  # noqa: E402
 
 
 def rss_mb(pid: int) -> float:
@@ -69,14 +65,8 @@ def main() -> None:
                               "date": time.strftime("%Y-%m-%d"), "requests": args.requests,
                               "concurrency": args.concurrency, "max_tokens": args.max_tokens}
     try:
-        with httpx.Client(timeout=3600) as c:
-            for _ in range(600):
-                try:
-                    if c.get(base + "/health").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.2)
+        wait_until_ready(base + "/health", alive=lambda: proc.poll() is None, log=lambda: "(output discarded)",
+                         name="tandem serve", timeout_s=120.0)
         out["rss_mb_loaded"] = rss_mb(proc.pid)
 
         def one(q: str) -> tuple[float, int]:

@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,9 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from servers import free_port, wait_until_ready  # noqa: E402
 
 CONFIG = """
 [llm]
@@ -41,12 +43,6 @@ effort = "low"
 [server]
 max_queue = 64
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def stats(lat: list[float], wall: float) -> dict[str, float]:
@@ -88,14 +84,9 @@ def main() -> None:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
     try:
         base = f"http://127.0.0.1:{port}"
+        wait_until_ready(base + "/health", alive=lambda: proc.poll() is None, log=lambda: "(output discarded)",
+                         name="tandem serve", timeout_s=30.0, interval_s=0.1)
         with httpx.Client(timeout=30) as c:
-            for _ in range(300):
-                try:
-                    if c.get(base + "/health").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.1)
             body = lambda i: {"model": "tandem", "messages": [{"role": "user", "content": f"Question {i}: what is 3 + 4?"}]}  # noqa: E731
             for i in range(20):  # warm-up
                 c.post(base + "/v1/chat/completions", json=body(i)).raise_for_status()
