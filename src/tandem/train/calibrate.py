@@ -252,10 +252,12 @@ def refine_per_stage(table: CalibrationTable, start: Point, obj: Objective, *, g
         return start
     best = start
     stages = dict(start.stage_thresholds)
+    grids = {stage: threshold_grid(table.stage_probabilities(stage), grid, low=0.0, high=NEVER)
+             for stage in range(table.n_stages(start.budget) + 1)}
     for _ in range(passes):
         changed = False
-        for stage in range(table.n_stages(start.budget) + 1):
-            for thr in threshold_grid(table.stage_probabilities(stage), grid, low=0.0, high=NEVER):
+        for stage, thresholds in grids.items():
+            for thr in thresholds:
                 if thr == stages.get(stage, start.threshold):
                     continue
                 cand = table.tandem(start.budget, start.threshold, {**stages, stage: thr})
@@ -312,9 +314,9 @@ def _apply(clf: SufficiencyClassifier, res: CalibrationResult, split: str | None
     n_points = {"route": len(res.route_points), "cascade": len(res.cascade_points)}
     for key, c in res.chosen.items():
         p = c.point
+        stage_thresholds = {str(k): v for k, v in p.stage_thresholds}
         if key in EFFORTS:
-            efforts[key] = {"max_budget": p.budget, "threshold": p.threshold,
-                            "stage_thresholds": {str(k): v for k, v in p.stage_thresholds}}
+            efforts[key] = {"max_budget": p.budget, "threshold": p.threshold, "stage_thresholds": stage_thresholds}
         else:
             changes[key] = {"threshold": p.threshold}
         calibration[key] = {
@@ -326,7 +328,7 @@ def _apply(clf: SufficiencyClassifier, res: CalibrationResult, split: str | None
         }
         g = res.global_points.get(key)
         if g is not None:
-            calibration[key]["stage_thresholds"] = {str(k): v for k, v in p.stage_thresholds}
+            calibration[key]["stage_thresholds"] = stage_thresholds
             calibration[key]["before_per_stage"] = {"accuracy": g.accuracy, "relative_cost": g.relative_cost,
                                                     "objective_value": c.objective.value_of(g)}
     return clf.replace(efforts=efforts, calibration=calibration, **changes)

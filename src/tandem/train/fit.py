@@ -140,10 +140,15 @@ def _auc(y: np.ndarray, score: np.ndarray) -> float | None:
 
 
 def _metrics(y: np.ndarray, p: np.ndarray) -> dict[str, Any]:
-    from sklearn.metrics import brier_score_loss, log_loss
+    from sklearn.metrics import brier_score_loss
 
-    return {"roc_auc": _auc(y, p), "log_loss": float(log_loss(y, np.clip(p, 1e-7, 1 - 1e-7), labels=[0, 1])),
-            "brier": float(brier_score_loss(y, p))}
+    return {"roc_auc": _auc(y, p), "log_loss": _log_loss(y, p), "brier": float(brier_score_loss(y, p))}
+
+
+def _log_loss(y: np.ndarray, p: np.ndarray) -> float:
+    from sklearn.metrics import log_loss
+
+    return float(log_loss(y, np.clip(p, 1e-7, 1 - 1e-7), labels=[0, 1]))
 
 
 def _subset(rows: Rows, idx: np.ndarray) -> Rows:
@@ -154,7 +159,6 @@ def _subset(rows: Rows, idx: np.ndarray) -> Rows:
 def grid_scores(kind: str, rows: Rows, base: dict[str, Any], grid: Sequence[dict[str, Any]],
                 folds: int = INNER_FOLDS) -> list[float]:
     """Mean grouped-CV log-loss of each grid point (scikit-learn's own probabilities: selection only)."""
-    from sklearn.metrics import log_loss
     from sklearn.model_selection import GroupKFold
 
     k = min(folds, len(rows.problems))
@@ -170,7 +174,7 @@ def grid_scores(kind: str, rows: Rows, base: dict[str, Any], grid: Sequence[dict
                 p = np.full(len(test), float(ytr.mean()))
             else:
                 p = fit_estimator(kind, rows.X[train], ytr, {**base, **point}).predict_proba(rows.X[test])[:, 1]
-            losses.append(log_loss(rows.y[test], np.clip(p, 1e-7, 1 - 1e-7), labels=[0, 1]))
+            losses.append(_log_loss(rows.y[test], p))
         scores.append(float(np.mean(losses)))
     return scores
 
