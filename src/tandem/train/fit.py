@@ -156,6 +156,13 @@ def _subset(rows: Rows, idx: np.ndarray) -> Rows:
                 rows.llm_tokens[idx], rows.tables)
 
 
+def _one_class_rate(y_train: np.ndarray, n: int) -> np.ndarray | None:
+    """A fold whose training rows hold one class: its base rate is all there is to learn (else None)."""
+    if len(np.unique(y_train)) < 2:
+        return np.full(n, float(y_train.mean()))
+    return None
+
+
 def grid_scores(kind: str, rows: Rows, base: dict[str, Any], grid: Sequence[dict[str, Any]],
                 folds: int = INNER_FOLDS) -> list[float]:
     """Mean grouped-CV log-loss of each grid point (scikit-learn's own probabilities: selection only)."""
@@ -170,9 +177,8 @@ def grid_scores(kind: str, rows: Rows, base: dict[str, Any], grid: Sequence[dict
         losses = []
         for train, test in splits:
             ytr = rows.y[train]
-            if len(np.unique(ytr)) < 2:
-                p = np.full(len(test), float(ytr.mean()))
-            else:
+            p = _one_class_rate(ytr, len(test))
+            if p is None:
                 p = fit_estimator(kind, rows.X[train], ytr, {**base, **point}).predict_proba(rows.X[test])[:, 1]
             losses.append(_log_loss(rows.y[test], p))
         scores.append(float(np.mean(losses)))
@@ -190,9 +196,9 @@ def select_hyperparameters(kind: str, rows: Rows, base: dict[str, Any], grid: Se
 
 def _fold_predict(kind: str, rows: Rows, train: np.ndarray, test: np.ndarray, hyper: dict[str, Any],
                   grid: Sequence[dict[str, Any]] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-    ytr = rows.y[train]
-    if len(np.unique(ytr)) < 2:  # a fold with one class only: its base rate is all there is to learn
-        return np.full(len(test), float(ytr.mean())), dict(hyper)
+    rate = _one_class_rate(rows.y[train], len(test))
+    if rate is not None:
+        return rate, dict(hyper)
     sub = _subset(rows, train)
     hyper, _ = select_hyperparameters(kind, sub, hyper, grid)
     est = fit_estimator(kind, sub.X, sub.y, hyper)
