@@ -19,6 +19,7 @@ from tandem.bench.probe import ProbeConfig, Prober
 from tandem.bench.replay import PairParams, replay
 from tandem.bench.runner import run_live, run_probe
 from tandem.bench.store import RunStore, pack, read_records
+from tandem.errors import InputError
 from tandem.policy import EffortSetting, StopRule
 from tandem.types import Problem
 
@@ -214,3 +215,55 @@ def test_pipeline_config_used_by_probe_and_live_agree():
                   rule=StopRule({"medium": EffortSetting(64, 0.5)})).solve(PROBLEMS[0].question)
     assert [c["llm_tokens"] for c in rec["checkpoints"]] == [c.llm_tokens for c in live.checkpoints[1:]]
     assert Path  # noqa: B018
+
+
+def test_agree_command_pairs_a_live_run_with_its_replay(tmp_path, data_dir):
+    from typer.testing import CliRunner
+
+    from tandem.cli import app
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(SCRIPTED_CONFIG.format())
+    runner = CliRunner()
+    common = ["gsm8k", "--split", "train", "--limit", "3", "--config", str(cfg), "--data-dir", str(data_dir)]
+    res = runner.invoke(app, ["probe", *common, "--budgets", "4,8", "--out", str(tmp_path / "p")])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["eval", *common, "--methods", "slm,llm,fixed:4", "--out", str(tmp_path / "live")])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["agree", str(tmp_path / "live"), str(tmp_path / "p"), "--out", str(tmp_path / "a")])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "a" / "agreement.json").read_text())
+    rows = {r["method"]: r for r in summary["methods"]}
+    assert set(rows) == {"slm", "llm", "fixed:4"}
+    for r in rows.values():  # scripted backends are deterministic: replay is live
+        assert r["n"] == 3 and r["same_answer"] == r["same_tokens"] == r["same_handover"] == 3
+        assert r["flops_ratio_median"] == pytest.approx(1.0)
+    assert rows["fixed:4"]["method"] == "fixed:4"
+    # a probe run is not a live run
+    res = runner.invoke(app, ["agree", str(tmp_path / "p"), str(tmp_path / "p"), "--out", str(tmp_path / "b")])
+    assert isinstance(res.exception, InputError) and "not a live run" in str(res.exception)
+
+
+def test_agreement_counts_and_lists_disagreements():
+    from tandem.bench.agreement import agreement_by_method, pair_outcomes, render_agreement
+    from tandem.bench.records import Outcome
+
+    def o(pid, method, answer, correct, slm_gen=10, wall=1.0, replayed=False, error=None):
+        return Outcome(pid, method, correct=correct, answer=answer, slm_generated_tokens=slm_gen,
+                       handover_tokens=None if method == "slm" else 128, flops_total=2.0, wall_seconds=wall,
+                       replayed=replayed, error=error)
+
+    live = [o("a", "slm", "1", True), o("b", "slm", "2", False, slm_gen=12, wall=3.0), o("a", "tandem", "1", True),
+            o("c", "slm", None, False, error="boom"), o("d", "slm", "4", True)]
+    replayed = {("a", "slm"): o("a", "slm", "1", True, replayed=True),
+                ("b", "slm"): o("b", "slm", "3", True, slm_gen=15, wall=5.0, replayed=True),
+                ("a", "tandem:high"): o("a", "tandem:high", "1", True, replayed=True)}
+    checks, skipped = pair_outcomes(live, replayed, effort="high")
+    assert skipped == {"live_error": 1, "replay_error": 0, "not_in_probe": 1}
+    rows = {r.method: r for r in agreement_by_method(checks)}
+    assert (rows["slm"].n, rows["slm"].same_answer, rows["slm"].same_correct, rows["slm"].same_tokens) == (2, 1, 1, 1)
+    assert (rows["slm"].live_correct, rows["slm"].replayed_correct) == (1, 2)
+    assert rows["slm"].live_wall_s == pytest.approx(2.0) and rows["slm"].replayed_wall_s == pytest.approx(3.0)
+    assert rows["tandem"].same_answer == 1  # live `tandem` is replayed as `tandem:<the run's effort>`
+    md = render_agreement(list(rows.values()), checks, skipped, "t")
+    assert "| b | `slm` | 2 (no) | 3 (yes) |" in md and "| a | `slm`" not in md

@@ -1,4 +1,4 @@
-"""`tandem probe`, `tandem eval`, `tandem replay`, `tandem report`: evaluation from the command line."""
+"""`tandem probe`, `tandem eval`, `tandem replay`, `tandem report`, `tandem agree`: evaluation from the command line."""
 
 from __future__ import annotations
 
@@ -187,8 +187,51 @@ def report(
     err.print(f"report written to {path}")
 
 
+def agree(
+    live_run: Annotated[Path, typer.Argument(help="a live run directory (tandem eval)")],
+    probe_dirs: Annotated[list[Path], typer.Argument(help="probe run directories holding the same problems")],
+    out_dir: Annotated[Path, typer.Option("--out", help="where to write agreement.md and agreement.json")],
+    classifier: Annotated[Path | None, typer.Option(help="the classifier JSON the live run's tandem used "
+                                                         "(default: the budget policy)")] = None,
+    title: Annotated[str, typer.Option(help="report title")] = "replay against live",
+) -> None:
+    """Replay a live run's methods from probe tables and say where they agree (answers, hand-over, tokens)."""
+    import json
+
+    from .agreement import agreement_by_method, pair_outcomes, render_agreement, replay_for, summary_json
+    from .records import Outcome
+    from .store import read_manifest, read_records
+
+    man = read_manifest(live_run)
+    if man.get("kind") != "live":
+        raise InputError(f"{live_run} is not a live run (tandem eval)")
+    live = [Outcome.from_dict(d) for d in read_records(live_run)]
+    policy = rule = None
+    if classifier is not None:
+        from ..classifier import load_classifier
+
+        clf = load_classifier(classifier)
+        policy, rule = clf, clf.stop_rule()
+    elif man.get("policy", "budget") != "budget":
+        raise ConfigError(f"the live run's tandem used the policy {man.get('policy')!r}: pass its --classifier")
+    effort = man.get("effort") or "medium"
+    checks, skipped = pair_outcomes(live, replay_for(live, probe_dirs, effort, policy, rule), effort)
+    rows = agreement_by_method(checks)
+    notes = [f"live run {live_run} ({man.get('dataset')}, effort {effort}, policy {man.get('policy')}); "
+             f"probe tables: {', '.join(str(d) for d in probe_dirs)}",
+             "live wall time is measured end to end; replayed wall time is summed from the probe's measured "
+             "parts, under the probe's own threads and load"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    text = render_agreement(rows, checks, skipped, title, notes)
+    (out_dir / "agreement.md").write_text(text)
+    (out_dir / "agreement.json").write_text(json.dumps(summary_json(rows, skipped), indent=2) + "\n")
+    out.print(text)
+    err.print(f"written to {out_dir / 'agreement.md'}")
+
+
 def register(app: typer.Typer) -> None:
     app.command("probe")(probe)
     app.command("eval")(evaluate)
     app.command("replay")(replay_cmd)
     app.command("report")(report)
+    app.command("agree")(agree)
