@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The measurements in docs/RESULTS.md that come from the fixed splits, one step at a time.
+# Probe tables first (scripts/probes.sh); each step below reads only committed tables or runs.
+#   scripts/results.sh baselines   replay slm, llm, fixed:N, oracle on the test tables
+#   scripts/results.sh live         live slm, llm, fixed:128 on GSM8K test 0-49 + agreement (machine idle!)
+#   scripts/results.sh classifier   fit on train, calibrate on calib, ship, replay every method on the tests
+#   scripts/results.sh live-tandem  live tandem (medium) on GSM8K test 0-49 + agreement (machine idle!)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export TANDEM_DATA_DIR="${TANDEM_DATA_DIR:-$(cd .. && pwd)/shared/data}"
+T=.venv/bin/tandem
+GSM8K_TEST=(results/test/gsm8k-test-0-149-continue results/test/gsm8k-test-150-299-continue)
+HUMANEVAL=(results/test/humaneval-test-0-81-continue results/test/humaneval-test-82-163-continue)
+MATH500=(results/test/math500-test-0-49-continue results/test/math500-test-50-99-continue)
+TRAIN=(results/train/gsm8k-train-100-249-continue results/train/gsm8k-train-250-399-continue)
+CALIB=(results/calib/gsm8k-train-400-474-continue results/calib/gsm8k-train-475-549-continue)
+CLF=src/tandem/data/classifiers/qwen2.5-coder-1.5b+0.5b.json
+present() { for d in "$@"; do [[ -f "$d/manifest.json" ]] || return 1; done; }
+
+for step in "$@"; do
+  case "$step" in
+    baselines)
+      $T replay "${GSM8K_TEST[@]}" --out results/test/report-gsm8k --title "GSM8K test 0-299: baselines"
+      if present "${HUMANEVAL[@]}"; then
+        $T replay "${HUMANEVAL[@]}" --out results/test/report-humaneval --title "HumanEval 164: baselines"
+      fi
+      if present "${MATH500[@]}"; then
+        $T replay "${MATH500[@]}" --out results/test/report-math500 --title "MATH-500 0-99: baselines"
+      fi
+      ;;
+    live)
+      $T eval gsm8k --split test --limit 50 --methods slm,llm,fixed:128 --classifier budget \
+        --out results/test/gsm8k-test-0-49-live
+      $T agree results/test/gsm8k-test-0-49-live "${GSM8K_TEST[0]}" --out results/test/agree-baselines
+      ;;
+    classifier)
+      mkdir -p results/classifier
+      $T train fit "${TRAIN[@]}" --kind logistic --out results/classifier/logistic.json
+      $T train fit "${TRAIN[@]}" --kind gbdt --out results/classifier/gbdt.json
+      for kind in logistic gbdt; do
+        $T train calibrate "results/classifier/$kind.json" "${CALIB[@]}" --out "results/classifier/$kind.json"
+      done
+      # the shipped file is the kind chosen in docs/RESULTS.md ("Classifier"): copy it by hand, then
+      for kind in logistic gbdt; do
+        $T replay "${GSM8K_TEST[@]}" --classifier "results/classifier/$kind.json" \
+          --out "results/test/report-gsm8k-$kind" --title "GSM8K test 0-299: every method ($kind)"
+        if present "${HUMANEVAL[@]}"; then
+          $T replay "${HUMANEVAL[@]}" --classifier "results/classifier/$kind.json" \
+            --out "results/test/report-humaneval-$kind" --title "HumanEval 164, math-trained ($kind)"
+        fi
+      done
+      ;;
+    live-tandem)
+      $T eval gsm8k --split test --limit 50 --methods tandem --effort medium --classifier "$CLF" \
+        --out results/test/gsm8k-test-0-49-live-tandem
+      $T agree results/test/gsm8k-test-0-49-live-tandem "${GSM8K_TEST[0]}" --classifier "$CLF" \
+        --out results/test/agree-tandem
+      ;;
+    *) echo "unknown step: $step (baselines | live | classifier | live-tandem)" >&2; exit 2 ;;
+  esac
+done
