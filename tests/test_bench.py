@@ -267,3 +267,22 @@ def test_agreement_counts_and_lists_disagreements():
     assert rows["tandem"].same_answer == 1  # live `tandem` is replayed as `tandem:<the run's effort>`
     md = render_agreement(list(rows.values()), checks, skipped, "t")
     assert "| b | `slm` | 2 (no) | 3 (yes) |" in md and "| a | `slm`" not in md
+
+
+def test_replay_equals_live_when_the_llm_is_let_finish():
+    llm, slm = pair()
+    rec = Prober(llm, slm, get_grader("gsm8k"), ProbeConfig()).probe(PROBLEMS[0])
+    p = PairParams(llm.info.n_params, slm.info.n_params)
+    for policy, budget in ((AfterInsights(99), 64), (AfterInsights(16), 128), (AfterInsights(99), 256)):
+        rule = StopRule({"medium": EffortSetting(budget, 0.5, finish=True)})
+        llm.reset_cache(), slm.reset_cache()
+        live = Tandem(llm, slm, policy=policy, rule=rule).solve(PROBLEMS[0].question)
+        rep = replay(rec, "tandem:medium", p, policy=policy, rule=rule)
+        assert rep.stop_reason == live.stop_reason
+        assert rep.answer == live.answer.answer and rep.handover_tokens == live.handover_tokens
+        assert rep.llm_generated_tokens == live.cost.models["llm"].generated_tokens
+        assert rep.slm_prompt_tokens == live.cost.models["slm"].input_tokens  # the shadow passes paid
+        assert rep.flops_total == pytest.approx(live.cost.flops_total)
+    assert live.stop_reason == "llm_finished" and live.checkpoints[-1].reason == "finish"
+    with pytest.raises(ConfigError, match="continue hand-over"):
+        replay(rec, "tandem:medium", p, policy=policy, rule=rule, handover="hint")

@@ -220,3 +220,29 @@ def test_an_event_hook_can_cancel_the_run_and_every_stream_closes():
     with pytest.raises(Cancelled):
         t.solve(QUESTION, on_event=hook)
     assert llm.stats.streams_cancelled == 1 and llm.stats.tokens_yielded == 10
+
+
+def test_an_effort_that_lets_the_llm_finish_keeps_its_answer_when_never_sufficient():
+    llm_reply = " ".join(f"Step {i} adds one thing." for i in range(20)) + " The answer is \\boxed{7}."
+    rule = StopRule({"medium": EffortSetting(32, threshold=0.5, finish=True)})
+    llm, slm, t = make(llm_reply=llm_reply, slm_reply=" The answer is \\boxed{5}.", policy=ConstantPolicy(0.1),
+                       rule=rule)
+    deltas: list[str] = []
+    r = t.solve(QUESTION, on_event=lambda e, p: deltas.append(p["text"]) if e == "answer_delta" else None)
+    assert r.stop_reason == "llm_finished" and r.handover_tokens is None
+    assert r.answer.answer == "7" and slm.stats.streams_started == 0
+    # once the LLM is let finish, its tokens stream as answer text one by one
+    assert "".join(deltas) == r.text and len(deltas) > len(tokenize(llm_reply)) - 40
+    # checkpoint 0, then 32 only: no checkpoint after the budget, where the LLM was let finish
+    assert [(c.llm_tokens >= 32, c.reason) for c in r.checkpoints[1:]] == [(True, "finish")]
+    assert r.cost.models["llm"].generated_tokens == len(tokenize(llm_reply))
+    # sufficient before the budget: the SLM still takes over there
+    t2 = Tandem(llm, slm, policy=ConstantPolicy(0.9), rule=rule)
+    assert t2.solve(QUESTION).stop_reason == "slm_alone"
+
+
+def test_fixed_budget_never_lets_the_llm_finish():
+    rule = StopRule({"medium": EffortSetting(32, threshold=0.5, finish=True)})
+    _, _, t = make(policy=ConstantPolicy(0.1), rule=rule)
+    r = t.solve(QUESTION, method="fixed:16")
+    assert r.stop_reason == "budget" and 16 <= r.handover_tokens < 32

@@ -44,7 +44,8 @@ class AfterInsights:
 
 def test_replay_agrees_with_live_runs_on_a_real_pair(fresh_smol):
     llm, slm = fresh_smol(), fresh_smol()
-    rule = StopRule({"low": EffortSetting(16, 0.5), "medium": EffortSetting(32, 0.5), "high": EffortSetting(32, 0.5)})
+    rule = StopRule({"low": EffortSetting(16, 0.5), "medium": EffortSetting(32, 0.5), "high": EffortSetting(32, 0.5),
+                     "finish": EffortSetting(16, 0.5, finish=True)})  # never sufficient: the LLM finishes
     policy = AfterInsights(2)
     cfg = PipelineConfig(stage_budgets=BUDGETS, decoding=DECODING)
     p = PairParams(llm.info.n_params, slm.info.n_params)
@@ -53,14 +54,15 @@ def test_replay_agrees_with_live_runs_on_a_real_pair(fresh_smol):
     for problem in PROBLEMS:
         rec = prober.probe(problem)
         assert rec["checkpoints"], "the LLM wrote past the first budget"
-        for method in ("llm", "tandem:low", "tandem:medium", "slm", "fixed:16", "fixed:32"):
+        for method in ("llm", "tandem:low", "tandem:medium", "tandem:finish", "slm", "fixed:16", "fixed:32"):
             llm.reset_cache(), slm.reset_cache()
+            pol = AfterInsights(99) if method == "tandem:finish" else policy
             if method.startswith("tandem"):
-                live = Tandem(llm, slm, policy=policy, rule=rule, config=cfg).solve(
+                live = Tandem(llm, slm, policy=pol, rule=rule, config=cfg).solve(
                     problem.question, effort=method.split(":")[1])
             else:
                 live = Tandem(llm, slm, config=cfg).solve(problem.question, method=method)
-            rep = replay(rec, method, p, policy=policy, rule=rule, budgets=BUDGETS)
+            rep = replay(rec, method, p, policy=pol, rule=rule, budgets=BUDGETS)
             assert rep.handover_tokens == live.handover_tokens, method
             assert rep.llm_generated_tokens == live.cost.models["llm"].generated_tokens, method
             if method in ("slm", "fixed:16", "fixed:32"):
@@ -70,4 +72,4 @@ def test_replay_agrees_with_live_runs_on_a_real_pair(fresh_smol):
             assert rep.slm_prompt_tokens == live.cost.models["slm"].input_tokens, method
             assert rep.flops_total == pytest.approx(live.cost.flops_total), method
             checked += 1
-    assert checked == 3 * len(PROBLEMS)
+    assert checked == 4 * len(PROBLEMS)

@@ -169,8 +169,9 @@ def test_calibrate_target_and_budget(model: Path, tables: dict[str, Path]) -> No
     new, res = calibrate(clf, calib, {"low": Objective("budget", 0.4)})
     acc, rel = replayed(new, tables["calib"], "tandem:low")
     assert rel <= 0.4 and acc >= max(p.accuracy for p in res.tandem_points if p.relative_cost <= 0.4) - 1e-9
-    # an unreachable target is recorded as unsatisfied, never passed off as met
-    new, res = calibrate(clf, calib, {"high": Objective("target", 1.0)})
+    # an unreachable target is recorded as unsatisfied, never passed off as met (only the LLM finishing
+    # its own answers reaches 100% here)
+    new, res = calibrate(clf, calib, {"high": Objective("target", 1.0)}, finish=False)
     assert not res.chosen["high"].satisfied and new.spec.calibration.high.satisfied is False
 
 
@@ -245,7 +246,7 @@ class _StageTable:
     def stage_probabilities(self, stage: int) -> np.ndarray:
         return np.linspace(0.0, 1.0, 11)
 
-    def tandem(self, budget: int, threshold: float, stage_thresholds=None) -> Point:
+    def tandem(self, budget: int, threshold: float, stage_thresholds=None, finish: bool = False) -> Point:
         st = dict(stage_thresholds or {})
         t1, t2 = st.get(1, threshold), st.get(2, threshold)
         acc = 0.8 - abs(t1 - 0.3) * 0.2 - (0.1 if t2 < 1.0 else 0.0)
@@ -263,3 +264,20 @@ def test_per_stage_search_finds_better_stage_thresholds_and_never_worse() -> Non
     assert obj.value_of(best) > obj.value_of(start)
     # already optimal: nothing changes
     assert refine_per_stage(table, best, obj) == best  # type: ignore[arg-type]
+
+
+def test_calibrate_can_let_the_llm_finish(model: Path, tables: dict[str, Path], tmp_path: Path) -> None:
+    clf, calib = load_classifier(model), load_tables([tables["calib"]])
+    obj = {"high": Objective("lambda", 0.01)}  # accuracy first: the LLM alone is always right here
+    without, res0 = calibrate(clf, calib, obj, finish=False, per_stage=False)
+    new, res = calibrate(clf, calib, obj, per_stage=False)
+    assert not any(p.finish for p in res0.tandem_points) and any(p.finish for p in res.tandem_points)
+    chosen, before = res.chosen["high"].point, res0.chosen["high"].point
+    assert obj["high"].value_of(chosen) > obj["high"].value_of(before)  # the tricky problems go to the LLM
+    assert chosen.finish and new.spec.efforts["high"].finish and new.spec.calibration.high.finish
+    assert chosen.accuracy > before.accuracy
+    # the file's stop rule replays to the chosen point, and survives a save and load
+    path = new.save(tmp_path / "finish.json")
+    assert load_classifier(path).stop_rule().setting("high").finish
+    assert replayed(load_classifier(path), tables["calib"], "tandem:high") == pytest.approx(
+        (chosen.accuracy, chosen.relative_cost))

@@ -151,6 +151,7 @@ class EffortPoint(_Strict):
     max_budget: int = Field(gt=0)
     threshold: float
     stage_thresholds: dict[int, float] = Field(default_factory=dict)
+    finish: bool = False  # at the budget, the LLM finishes unless the insights were judged sufficient
 
 
 class Threshold(_Strict):
@@ -251,6 +252,7 @@ class CalibrationEntry(_Strict):
     slm_accuracy: float
     created: str = ""
     stage_thresholds: dict[int, float] = Field(default_factory=dict)  # chosen by the per-stage search
+    finish: bool = False  # the LLM finishes where no checkpoint was judged sufficient
     before_per_stage: PointSummary | None = None  # the single-threshold point the search started from
 
 
@@ -439,7 +441,7 @@ class SufficiencyClassifier:
     # -- operating points
     def stop_rule(self) -> StopRule:
         return StopRule({
-            e: EffortSetting(p.max_budget, p.threshold, dict(p.stage_thresholds))
+            e: EffortSetting(p.max_budget, p.threshold, dict(p.stage_thresholds), p.finish)
             for e, p in self.spec.efforts.items()
         })
 

@@ -252,7 +252,7 @@ class _Run:
         if not handed_over:
             llm_prompt = self.prompts.solve(self.q) if cfg.handover == "continue" else self.prompts.coordinator(self.q)
             stream = llm.stream(self._request(llm_prompt, cfg.decoding.llm_max_tokens))
-            t_llm, full_text, committed = time.perf_counter(), "", 0
+            t_llm, full_text, committed, finishing = time.perf_counter(), "", 0, False
             try:
                 for step in stream:
                     llm_text = full_text = full_text + step.text
@@ -261,6 +261,10 @@ class _Run:
                     new_units = seg.feed(step.text, len(llm_steps))
                     for unit in new_units:
                         self.emit("insight", asdict(unit))
+                    if finishing:  # no hand-over will come: the LLM's tokens are the answer as they arrive
+                        self.emit("answer_delta", {"text": full_text[committed:], "role": "llm"})
+                        committed = len(full_text)
+                        continue
                     stage = schedule.due(len(llm_steps), bool(new_units))
                     if stage is None:
                         continue
@@ -278,6 +282,7 @@ class _Run:
                             self.emit("answer_delta", {"text": llm_text[committed:], "role": "llm"})
                         break
                     schedule.passed(len(llm_steps))
+                    finishing = cfg.handover == "continue" and checkpoints[-1].reason == "finish"
             finally:
                 stream.close()
                 self.llm_cost.add(stream.usage)

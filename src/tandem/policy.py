@@ -3,7 +3,7 @@
 A `StopPolicy` (see `tandem.types`) only estimates the probability that the insights so far
 suffice. `StopRule` turns it into a decision per effort level: hand over when the probability
 reaches the effort's threshold (per stage where calibrated), and at the latest at the first
-checkpoint after the effort's largest budget.
+checkpoint after the effort's largest budget - unless the effort lets the LLM finish there.
 """
 
 from __future__ import annotations
@@ -20,11 +20,14 @@ DEFAULT_STAGE_BUDGETS: tuple[int, ...] = (32, 64, 128, 192, 256)
 class EffortSetting:
     """`max_budget`: LLM tokens after which the next checkpoint hands over whatever the policy says.
     `threshold`: hand over earlier when the sufficiency probability reaches it; `stage_thresholds`
-    overrides it per checkpoint stage (index into the stage budgets, 0 = before the LLM starts)."""
+    overrides it per checkpoint stage (index into the stage budgets, 0 = before the LLM starts).
+    `finish`: at the budget, an insufficient prefix is not handed over: the LLM finishes the
+    solution itself (continue hand-over only), so the SLM takes over only where it is judged able."""
 
     max_budget: int
     threshold: float = 1.01  # above 1: never early (pure budget)
     stage_thresholds: dict[int, float] = field(default_factory=dict)
+    finish: bool = False
 
     def threshold_at(self, stage: int) -> float:
         return self.stage_thresholds.get(stage, self.threshold)
@@ -33,7 +36,7 @@ class EffortSetting:
 @dataclass(frozen=True)
 class Decision:
     handover: bool
-    reason: Literal["sufficient", "budget", "continue"]
+    reason: Literal["sufficient", "budget", "finish", "continue"]
     threshold: float
 
 
@@ -60,13 +63,13 @@ class StopRule:
         if probability >= thr:
             return Decision(True, "sufficient", thr)
         if llm_tokens >= s.max_budget:
-            return Decision(True, "budget", thr)
+            return Decision(False, "finish", thr) if s.finish else Decision(True, "budget", thr)
         return Decision(False, "continue", thr)
 
     def with_budget(self, effort: str, max_budget: int) -> StopRule:
         efforts = dict(self.efforts)
         old = self.setting(effort)
-        efforts[effort] = EffortSetting(max_budget, old.threshold, dict(old.stage_thresholds))
+        efforts[effort] = EffortSetting(max_budget, old.threshold, dict(old.stage_thresholds))  # never finishes
         return StopRule(efforts)
 
 

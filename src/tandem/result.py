@@ -19,7 +19,7 @@ class CheckpointRecord:
     probability: float
     threshold: float
     handover: bool
-    reason: str  # "sufficient" | "budget" | "continue"
+    reason: str  # "sufficient" | "budget" | "finish" (the LLM goes on to finish) | "continue"
     score_seconds: float = 0.0  # shadow pass
     decide_seconds: float = 0.0  # features + policy
 

@@ -5,7 +5,8 @@ Pricing (FLOPs = 2 x params x tokens, each token counted where it is computed):
 - `llm`: the LLM reads the prompt and writes its whole answer.
 - hand-over at checkpoint k with a feature-reading policy (`tandem`): LLM prompt + k tokens; the
   SLM's shadow pass over question and insights, incremental at every visited checkpoint; its
-  continuation from the warm cache.
+  continuation from the warm cache. When the effort lets the LLM finish and no checkpoint up to
+  its budget was judged sufficient: the LLM's whole answer plus the shadow passes paid.
 - hand-over without features (`fixed:N`, `oracle`): the SLM reads the hand-over prompt once.
 - `route`: checkpoint 0 only: SLM alone or LLM alone. `cascade:T`: the SLM alone first; the LLM
   alone too when the SLM's mean token log-prob is below T.
@@ -141,7 +142,11 @@ def replay_policy(rec: dict[str, Any], p: PairParams, policy: StopPolicy, rule: 
                   ) -> Outcome:
     """The live pipeline's decisions, replayed: checkpoint 0, then each checkpoint up to the effort's budget."""
     method = method or f"tandem:{effort}"
-    max_budget = rule.setting(effort).max_budget
+    setting = rule.setting(effort)
+    max_budget = setting.max_budget
+    if setting.finish and handover != "continue":
+        raise ConfigError(f"effort {effort!r} lets the LLM finish: the probe records the LLM's own solution only "
+                          "in continue hand-over")
     probe_budgets = tuple(budgets or (32, 64, 128, 192, 256))
     if max_budget not in probe_budgets:
         raise ConfigError(f"effort {effort!r} has budget {max_budget}, not a checkpoint of this probe table "
@@ -161,6 +166,8 @@ def replay_policy(rec: dict[str, Any], p: PairParams, policy: StopPolicy, rule: 
         visited.append(ck)
         d = rule.decide(policy.sufficiency(ck["features"]), effort=effort, stage=ck["stage"],
                         llm_tokens=ck["llm_tokens"])
+        if d.reason == "finish":  # no hand-over, no more checkpoints: the LLM writes its whole answer
+            break
         last_insight = handover == "hint" and ck is rec["checkpoints"][-1] and \
             ck["llm_tokens"] >= rec["llm"]["generated"]
         if d.handover or last_insight:

@@ -15,7 +15,8 @@ alone's cost each.
 
 Candidates: for `tandem:EFFORT`, every stage budget of the table (as the effort's largest budget)
 times a grid of thresholds (quantiles of the classifier's probabilities on the table, plus 0: the
-SLM alone, and 1.01: never early, i.e. the fixed budget); for `route`, quantiles of the
+SLM alone, and 1.01: never early, i.e. the fixed budget), each with and without `finish` (at the
+budget the LLM finishes its own answer instead of handing over; continue hand-over only); for `route`, quantiles of the
 checkpoint-0 probabilities; for `cascade`, quantiles of the SLM alone's mean token log-prob.
 Per stage (on by default): from each effort's chosen point, a coordinate search over a coarser grid
 of thresholds per checkpoint stage (quantiles of that stage's probabilities), keeping a stage's own
@@ -59,6 +60,7 @@ class Point:
     accuracy: float
     relative_cost: float
     stage_thresholds: tuple[tuple[int, float], ...] = ()  # (stage, threshold) overriding `threshold`
+    finish: bool = False  # at the budget the LLM finishes instead of handing over
 
 
 @dataclass(frozen=True)
@@ -174,12 +176,19 @@ class CalibrationTable:
         rel = float(np.mean([o.flops_total for o in outs])) / self.llm_cost
         return Point(threshold, budget, acc, rel)
 
-    def tandem(self, budget: int, threshold: float, stage_thresholds: Mapping[int, float] | None = None) -> Point:
+    @property
+    def can_finish(self) -> bool:
+        """Whether every table can price the LLM finishing its own answer (continue hand-over)."""
+        return all(t.handover == "continue" for t in self.tables)
+
+    def tandem(self, budget: int, threshold: float, stage_thresholds: Mapping[int, float] | None = None,
+               finish: bool = False) -> Point:
         stages = dict(stage_thresholds or {})
-        rule = StopRule({"calibrate": EffortSetting(budget, threshold, stages)})
+        rule = StopRule({"calibrate": EffortSetting(budget, threshold, stages, finish)})
         outs = [replay_policy(rec, p, self.policy, rule, effort="calibrate", handover=t.handover,
                               budgets=t.budgets) for t, rec, p in self.items]
-        return replace(self._point(outs, threshold, budget), stage_thresholds=tuple(sorted(stages.items())))
+        return replace(self._point(outs, threshold, budget), stage_thresholds=tuple(sorted(stages.items())),
+                       finish=finish)
 
     def n_stages(self, budget: int) -> int:
         """Checkpoint stages an effort with this largest budget visits (stage 0 not counted)."""
@@ -235,9 +244,11 @@ class CalibrationResult:
     def curves(self) -> dict[str, list[tuple[float, float, float]]]:
         """(threshold, accuracy, relative cost) per chosen effort budget, and the route's."""
         out: dict[str, list[tuple[float, float, float]]] = {}
-        for b in sorted({c.point.budget for e, c in self.chosen.items() if e in EFFORTS and c.point.budget}):
-            out[f"tandem, budget {b}"] = [(p.threshold, p.accuracy, p.relative_cost)
-                                          for p in self.tandem_points if p.budget == b and p.threshold <= 1.0]
+        chosen = {(c.point.budget, c.point.finish) for e, c in self.chosen.items() if e in EFFORTS and c.point.budget}
+        for b, fin in sorted(chosen):
+            out[f"tandem, budget {b}{', LLM finishes' if fin else ''}"] = [
+                (p.threshold, p.accuracy, p.relative_cost) for p in self.tandem_points
+                if p.budget == b and p.finish == fin and p.threshold <= 1.0]
         if self.route_points:
             out["route"] = [(p.threshold, p.accuracy, p.relative_cost) for p in self.route_points
                             if p.threshold <= 1.0]
@@ -260,7 +271,7 @@ def refine_per_stage(table: CalibrationTable, start: Point, obj: Objective, *, g
             for thr in thresholds:
                 if thr == stages.get(stage, start.threshold):
                     continue
-                cand = table.tandem(start.budget, start.threshold, {**stages, stage: thr})
+                cand = table.tandem(start.budget, start.threshold, {**stages, stage: thr}, start.finish)
                 if obj.improves(cand, best):
                     best, stages, changed = cand, {**stages, stage: thr}, True
         if not changed:
@@ -270,11 +281,12 @@ def refine_per_stage(table: CalibrationTable, start: Point, obj: Objective, *, g
 
 def calibrate(clf: SufficiencyClassifier, tables: Sequence[ProbeTable], objectives: Mapping[str, Objective], *,
               route: Objective | None = None, cascade: Objective | None = None, grid: int = DEFAULT_GRID,
-              split: str | None = None, per_stage: bool = True,
+              split: str | None = None, per_stage: bool = True, finish: bool = True,
               ) -> tuple[SufficiencyClassifier, CalibrationResult]:
     """Choose each effort's (budget, threshold) - then, with `per_stage`, thresholds per checkpoint
     stage where they improve the objective - and the route / cascade thresholds, on `tables`; return
-    the classifier with those operating points and the calibration recorded."""
+    the classifier with those operating points and the calibration recorded. `finish`: also try
+    letting the LLM finish at the budget (where the tables can price it)."""
     unknown = set(objectives) - set(EFFORTS)
     if unknown:
         raise ConfigError(f"unknown effort(s) {', '.join(sorted(unknown))}; choose from {', '.join(EFFORTS)}")
@@ -282,7 +294,9 @@ def calibrate(clf: SufficiencyClassifier, tables: Sequence[ProbeTable], objectiv
     res = CalibrationResult(table)
     if objectives:
         thresholds = threshold_grid(table.probabilities(), grid, low=0.0, high=NEVER)
-        res.tandem_points = [table.tandem(b, t) for b in table.budgets for t in thresholds]
+        finishes = (False, True) if finish and table.can_finish else (False,)
+        res.tandem_points = [table.tandem(b, t, finish=f) for f in finishes for b in table.budgets
+                             for t in thresholds]
         for effort, obj in objectives.items():
             point, _ = obj.choose(res.tandem_points)
             res.global_points[effort] = point
@@ -316,7 +330,8 @@ def _apply(clf: SufficiencyClassifier, res: CalibrationResult, split: str | None
         p = c.point
         stage_thresholds = {str(k): v for k, v in p.stage_thresholds}
         if key in EFFORTS:
-            efforts[key] = {"max_budget": p.budget, "threshold": p.threshold, "stage_thresholds": stage_thresholds}
+            efforts[key] = {"max_budget": p.budget, "threshold": p.threshold, "stage_thresholds": stage_thresholds,
+                            "finish": p.finish}
         else:
             changes[key] = {"threshold": p.threshold}
         calibration[key] = {
@@ -329,6 +344,7 @@ def _apply(clf: SufficiencyClassifier, res: CalibrationResult, split: str | None
         g = res.global_points.get(key)
         if g is not None:
             calibration[key]["stage_thresholds"] = stage_thresholds
+            calibration[key]["finish"] = p.finish
             calibration[key]["before_per_stage"] = {"accuracy": g.accuracy, "relative_cost": g.relative_cost,
                                                     "objective_value": c.objective.value_of(g)}
     return clf.replace(efforts=efforts, calibration=calibration, **changes)

@@ -100,6 +100,8 @@ def calibrate_cmd(
     cascade: Annotated[bool, typer.Option(help="calibrate the cascade threshold (SLM mean log-prob)")] = True,
     per_stage: Annotated[bool, typer.Option(help="then search a threshold per checkpoint stage, kept where it "
                                                  "improves the objective")] = True,
+    finish: Annotated[bool, typer.Option(help="also try letting the LLM finish at the budget instead of "
+                                              "handing over (continue hand-over)")] = True,
     split: SplitOpt = None,
     plot: Annotated[Path | None, typer.Option(help="trade-off plot PNG (default: next to --out)")] = None,
     allow_overlap: Annotated[bool, typer.Option(help="accept calibration problems the model was trained on")]
@@ -121,19 +123,20 @@ def calibrate_cmd(
         raise ConfigError(f"{len(overlap)} calibration problem(s) were used to train {model} (e.g. {overlap[0]}); "
                           "calibrate on a held-out table")
     new, res = calibrate(clf, tables, objs, route=shared if route else None, cascade=shared if cascade else None,
-                         grid=grid, split=split, per_stage=per_stage)
+                         grid=grid, split=split, per_stage=per_stage, finish=finish)
     path = new.save(out_path)
     plots = plot_calibration(res, plot or path.with_name(path.stem + ".tradeoff.png"))
     tab = res.table
-    t = Table("operating point", "objective", "budget", "threshold", "per stage", "accuracy", "FLOPs / LLM alone",
-              "satisfied",
+    t = Table("operating point", "objective", "budget", "threshold", "per stage", "at budget", "accuracy",
+              "FLOPs / LLM alone", "satisfied",
               title=f"calibrated on {tab.n} problems (LLM alone {tab.llm_accuracy:.3f}, "
                     f"SLM alone {tab.slm_accuracy:.3f})")
     for key, ch in res.chosen.items():
         p = ch.point
         stages = ", ".join(f"{k}: {v:g}" for k, v in p.stage_thresholds) or "–"
+        at_budget = "–" if p.budget is None else ("LLM finishes" if p.finish else "hand over")
         t.add_row(key, f"{ch.objective.kind} {ch.objective.value:g}", str(p.budget or "–"), f"{p.threshold:g}", stages,
-                  f"{p.accuracy:.3f}",
+                  at_budget, f"{p.accuracy:.3f}",
                   f"{p.relative_cost:.3f}", "yes" if ch.satisfied else "[red]no[/]")
     out.print(t)
     costs = [res.chosen[e].point.relative_cost for e in ("low", "medium", "high") if e in res.chosen]
@@ -162,16 +165,17 @@ def show_cmd(model: Annotated[Path, typer.Argument(help="classifier JSON")]) -> 
     if s.cv:
         out.print(f"CV ({s.cv.folds} folds by problem): ROC-AUC {_f(s.cv.roc_auc)}, log-loss {_f(s.cv.log_loss)}, "
                   f"Brier {_f(s.cv.brier)}")
-    t = Table("effort", "max budget", "threshold", "calibrated on", "objective")
+    t = Table("effort", "max budget", "threshold", "at budget", "calibrated on", "objective")
     cal = s.calibration
     for e, p in s.efforts.items():
         entry = getattr(cal, e) if cal else None
-        t.add_row(e, str(p.max_budget), f"{p.threshold:g}", entry.split if entry else "[yellow]uncalibrated[/]",
+        t.add_row(e, str(p.max_budget), f"{p.threshold:g}", "LLM finishes" if p.finish else "hand over",
+                  entry.split if entry else "[yellow]uncalibrated[/]",
                   f"{entry.objective.kind} {entry.objective.value:g}" if entry else "–")
     for key in ("route", "cascade"):
         thr = getattr(s, key)
         entry = getattr(cal, key) if cal else None
-        t.add_row(key, "–", f"{thr.threshold:g}" if thr else "–", entry.split if entry else "–",
+        t.add_row(key, "–", f"{thr.threshold:g}" if thr else "–", "–", entry.split if entry else "–",
                   f"{entry.objective.kind} {entry.objective.value:g}" if entry else "–")
     out.print(t)
 
