@@ -3,7 +3,7 @@
 # Probe tables first (scripts/probes.sh); each step below reads only committed tables or runs.
 #   scripts/results.sh baselines   replay slm, llm, fixed:N, oracle on the test tables
 #   scripts/results.sh live         live slm, llm, fixed:128 on GSM8K test 0-49 + agreement (machine idle!)
-#   scripts/results.sh classifier   fit on train, calibrate on calib, ship, replay every method on the tests
+#   scripts/results.sh classifier   fit on train, calibrate on calib, replay every method on GSM8K + HumanEval
 #   scripts/results.sh live-tandem  live tandem (medium) on GSM8K test 0-49 + agreement (machine idle!)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,7 +40,7 @@ for step in "$@"; do
       for kind in logistic gbdt; do
         $T train calibrate "results/classifier/$kind.json" "${CALIB[@]}" --out "results/classifier/$kind.json"
       done
-      # the shipped file is the kind chosen in docs/RESULTS.md ("Classifier"): copy it by hand, then
+      # ship the kind chosen in docs/RESULTS.md by copying it to $CLF before the live-tandem step
       for kind in logistic gbdt; do
         $T replay "${GSM8K_TEST[@]}" --classifier "results/classifier/$kind.json" \
           --out "results/test/report-gsm8k-$kind" --title "GSM8K test 0-299: every method ($kind)"
@@ -51,6 +51,7 @@ for step in "$@"; do
       done
       ;;
     live-tandem)
+      [[ -f "$CLF" ]] || { echo "no shipped classifier at $CLF: run the classifier step and copy one" >&2; exit 2; }
       $T eval gsm8k --split test --limit 50 --methods tandem --effort medium --classifier "$CLF" \
         --out results/test/gsm8k-test-0-49-live-tandem
       $T agree results/test/gsm8k-test-0-49-live-tandem "${GSM8K_TEST[0]}" --classifier "$CLF" \

@@ -241,8 +241,15 @@ def test_an_effort_that_lets_the_llm_finish_keeps_its_answer_when_never_sufficie
     assert t2.solve(QUESTION).stop_reason == "slm_alone"
 
 
-def test_fixed_budget_never_lets_the_llm_finish():
-    rule = StopRule({"medium": EffortSetting(32, threshold=0.5, finish=True)})
+def test_fixed_budget_never_lets_the_llm_finish_nor_reads_thresholds():
+    rule = StopRule({"medium": EffortSetting(32, threshold=0.0, stage_thresholds={1: 0.0}, finish=True)})
     _, _, t = make(policy=ConstantPolicy(0.1), rule=rule)
     r = t.solve(QUESTION, method="fixed:16")
     assert r.stop_reason == "budget" and 16 <= r.handover_tokens < 32
+
+
+def test_hint_mode_hands_over_at_the_budget_even_where_the_effort_would_let_the_llm_finish():
+    rule = StopRule({"medium": EffortSetting(32, threshold=0.5, finish=True)})
+    _, slm, t = make(policy=ConstantPolicy(0.1), rule=rule)
+    r = t.solve(QUESTION, handover="hint")
+    assert r.stop_reason == "budget" and r.handover_tokens >= 32 and slm.stats.streams_started == 1

@@ -221,6 +221,8 @@ class _Run:
                 f"continue hand-over needs one tokenizer and chat template: {llm.info.name} and "
                 f"{slm.info.name} differ; use --handover hint"
             )
+        if cfg.handover != "continue":  # the LLM finishing is a continue-mode choice: hint hands over
+            rule = rule.without_finish()
         caps = slm.info.capabilities
         uses_shadow = getattr(policy, "uses_shadow", True)
         self.can_shadow = cfg.shadow and uses_shadow and caps.score and caps.raw_prompt

@@ -8,7 +8,7 @@ checkpoint after the effort's largest budget - unless the effort lets the LLM fi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 Effort = Literal["low", "medium", "high"]
@@ -22,7 +22,8 @@ class EffortSetting:
     `threshold`: hand over earlier when the sufficiency probability reaches it; `stage_thresholds`
     overrides it per checkpoint stage (index into the stage budgets, 0 = before the LLM starts).
     `finish`: at the budget, an insufficient prefix is not handed over: the LLM finishes the
-    solution itself (continue hand-over only), so the SLM takes over only where it is judged able."""
+    solution itself, so the SLM takes over only where it is judged able. Continue hand-over only:
+    in hint mode the pipeline hands over at the budget as without it."""
 
     max_budget: int
     threshold: float = 1.01  # above 1: never early (pure budget)
@@ -68,9 +69,13 @@ class StopRule:
 
     def with_budget(self, effort: str, max_budget: int) -> StopRule:
         efforts = dict(self.efforts)
-        old = self.setting(effort)
-        efforts[effort] = EffortSetting(max_budget, old.threshold, dict(old.stage_thresholds))  # never finishes
+        self.setting(effort)  # an unknown effort is refused
+        efforts[effort] = EffortSetting(max_budget)  # the budget alone: no thresholds, never finishes
         return StopRule(efforts)
+
+    def without_finish(self) -> StopRule:
+        """The same rule handing over at every budget (where the LLM cannot be let finish: hint mode)."""
+        return StopRule({e: replace(s, finish=False) for e, s in self.efforts.items()})
 
 
 class BudgetPolicy:

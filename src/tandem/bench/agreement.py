@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 from ..policy import BudgetPolicy, StopRule
 from ..types import StopPolicy
 from .records import Outcome
@@ -104,27 +104,52 @@ def agreement_by_method(checks: Sequence[PairCheck]) -> list[MethodAgreement]:
     return rows
 
 
+def comparable(live_manifest: Mapping[str, Any], probe_manifest: Mapping[str, Any], where: str) -> None:
+    """Refuse a probe table recorded with other models, hand-over mode, budgets or decoding."""
+    for role in ("llm", "slm"):
+        a, b = live_manifest.get(role, {}), probe_manifest.get(role, {})
+        if (a.get("name"), a.get("checksum")) != (b.get("name"), b.get("checksum")):
+            raise InputError(f"{where}: the {role} differs from the live run's ({b.get('name')} vs {a.get('name')})")
+    lc, pc = live_manifest.get("config", {}), probe_manifest.get("config", {})
+    for key in ("handover", "stage_budgets", "max_unit_tokens", "decoding"):
+        if lc.get(key) != pc.get(key):
+            raise InputError(f"{where}: {key} differs from the live run's ({pc.get(key)} vs {lc.get(key)})")
+
+
 def replay_for(live: Sequence[Outcome], probe_dirs: Sequence[str | Path], effort: str,
-               policy: StopPolicy | None, rule: StopRule | None) -> dict[tuple[str, str], Outcome]:
+               policy: StopPolicy | None, rule: StopRule | None,
+               live_manifest: Mapping[str, Any] | None = None) -> dict[tuple[str, str], Outcome]:
     """Replay every live (problem, method) found in the probe tables. Without a classifier, `tandem`
-    is replayed with the budget policy (what a live run without one uses)."""
+    is replayed with the budget policy (what a live run without one uses). A method the table cannot
+    replay is stored as a replay error; a problem in two tables is refused."""
     policy = policy or BudgetPolicy()
     rule = rule or StopRule()
     wanted: dict[str, set[str]] = {}
     for o in live:
         wanted.setdefault(o.problem_id, set()).add(replay_name(o.method, effort))
     out: dict[tuple[str, str], Outcome] = {}
+    seen: dict[str, str] = {}
     for d in probe_dirs:
         man, recs = load_probe(d)
+        if live_manifest is not None:
+            comparable(live_manifest, man, str(d))
         p = PairParams(man["llm"]["n_params"], man["slm"]["n_params"])
         cfg = man["config"]
         for rec in recs:
-            for m in wanted.get(rec["problem_id"], ()):
-                if "error" in rec:
-                    out[rec["problem_id"], m] = Outcome(rec["problem_id"], m, error=rec["error"], replayed=True)
-                    continue
-                out[rec["problem_id"], m] = replay_method(rec, m, p, handover=cfg["handover"], policy=policy,
-                                                          rule=rule, budgets=tuple(cfg["stage_budgets"]))
+            pid = rec["problem_id"]
+            if pid in seen and pid in wanted:
+                raise InputError(f"problem {pid} is in two probe tables: {seen[pid]} and {d}")
+            seen[pid] = str(d)
+            for m in wanted.get(pid, ()):
+                error = rec.get("error")
+                if error is None:
+                    try:
+                        out[pid, m] = replay_method(rec, m, p, handover=cfg["handover"], policy=policy, rule=rule,
+                                                    budgets=tuple(cfg["stage_budgets"]))
+                        continue
+                    except ConfigError as exc:
+                        error = f"not replayable: {exc}"
+                out[pid, m] = Outcome(pid, m, error=error, replayed=True)
     if not out:
         raise InputError("no problem of the live run is in the probe tables")
     return out

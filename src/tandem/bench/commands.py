@@ -207,15 +207,18 @@ def agree(
         raise InputError(f"{live_run} is not a live run (tandem eval)")
     live = [Outcome.from_dict(d) for d in read_records(live_run)]
     policy = rule = None
+    ran_tandem = any(o.method == "tandem" or o.method.startswith("tandem:") for o in live)
     if classifier is not None:
         from ..classifier import load_classifier
 
         clf = load_classifier(classifier)
+        clf.check_models(man["llm"], man["slm"])
         policy, rule = clf, clf.stop_rule()
-    elif man.get("policy", "budget") != "budget":
+    elif ran_tandem and man.get("policy", "budget") != "budget":
         raise ConfigError(f"the live run's tandem used the policy {man.get('policy')!r}: pass its --classifier")
     effort = man.get("effort") or "medium"
-    checks, skipped = pair_outcomes(live, replay_for(live, probe_dirs, effort, policy, rule), effort)
+    replayed = replay_for(live, probe_dirs, effort, policy, rule, live_manifest=man)
+    checks, skipped = pair_outcomes(live, replayed, effort)
     rows = agreement_by_method(checks)
     notes = [f"live run {live_run} ({man.get('dataset')}, effort {effort}, policy {man.get('policy')}); "
              f"probe tables: {', '.join(str(d) for d in probe_dirs)}",

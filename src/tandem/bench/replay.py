@@ -142,11 +142,9 @@ def replay_policy(rec: dict[str, Any], p: PairParams, policy: StopPolicy, rule: 
                   ) -> Outcome:
     """The live pipeline's decisions, replayed: checkpoint 0, then each checkpoint up to the effort's budget."""
     method = method or f"tandem:{effort}"
-    setting = rule.setting(effort)
-    max_budget = setting.max_budget
-    if setting.finish and handover != "continue":
-        raise ConfigError(f"effort {effort!r} lets the LLM finish: the probe records the LLM's own solution only "
-                          "in continue hand-over")
+    if handover != "continue":  # as live: in hint mode every budget hands over
+        rule = rule.without_finish()
+    max_budget = rule.setting(effort).max_budget
     probe_budgets = tuple(budgets or (32, 64, 128, 192, 256))
     if max_budget not in probe_budgets:
         raise ConfigError(f"effort {effort!r} has budget {max_budget}, not a checkpoint of this probe table "

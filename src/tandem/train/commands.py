@@ -124,6 +124,8 @@ def calibrate_cmd(
                           "calibrate on a held-out table")
     new, res = calibrate(clf, tables, objs, route=shared if route else None, cascade=shared if cascade else None,
                          grid=grid, split=split, per_stage=per_stage, finish=finish)
+    if finish and not res.table.can_finish:
+        err.print("[yellow]note: letting the LLM finish was not tried: it needs continue hand-over tables[/]")
     path = new.save(out_path)
     plots = plot_calibration(res, plot or path.with_name(path.stem + ".tradeoff.png"))
     tab = res.table
