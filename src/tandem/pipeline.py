@@ -284,7 +284,7 @@ class _Run:
                             self.emit("answer_delta", {"text": llm_text[committed:], "role": "llm"})
                         break
                     schedule.passed(len(llm_steps))
-                    finishing = cfg.handover == "continue" and checkpoints[-1].reason == "finish"
+                    finishing = checkpoints[-1].reason == "finish"  # only ever decided in continue mode
             finally:
                 stream.close()
                 self.llm_cost.add(stream.usage)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -186,6 +186,4 @@ def render_agreement(rows: Sequence[MethodAgreement], checks: Sequence[PairCheck
 
 
 def summary_json(rows: Sequence[MethodAgreement], skipped: Mapping[str, int]) -> dict[str, Any]:
-    from dataclasses import asdict
-
     return {"methods": [asdict(r) for r in rows], "not_paired": dict(skipped)}
