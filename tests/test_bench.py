@@ -288,8 +288,9 @@ def test_replay_equals_live_when_the_llm_is_let_finish():
     llm, slm = pair()
     rec = Prober(llm, slm, get_grader("gsm8k"), ProbeConfig()).probe(PROBLEMS[0])
     p = PairParams(llm.info.n_params, slm.info.n_params)
-    for policy, budget in ((AfterInsights(99), 64), (AfterInsights(16), 128), (AfterInsights(99), 256)):
-        rule = StopRule({"medium": EffortSetting(budget, 0.5, finish=True)})
+    for policy, budget, thr in ((AfterInsights(99), 64, 0.5), (AfterInsights(16), 128, 0.5),
+                                (AfterInsights(16), 128, 1.01), (AfterInsights(99), 256, 0.5)):
+        rule = StopRule({"medium": EffortSetting(budget, thr, finish=True)})
         llm.reset_cache(), slm.reset_cache()
         live = Tandem(llm, slm, policy=policy, rule=rule).solve(PROBLEMS[0].question)
         rep = replay(rec, "tandem:medium", p, policy=policy, rule=rule)

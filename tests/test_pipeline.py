@@ -241,6 +241,21 @@ def test_an_effort_that_lets_the_llm_finish_keeps_its_answer_when_never_sufficie
     assert t2.solve(QUESTION).stop_reason == "slm_alone"
 
 
+def test_an_effort_that_never_hands_over_is_the_llm_alone_without_shadow_passes():
+    rule = StopRule({"medium": EffortSetting(64, threshold=1.01, stage_thresholds={2: 1.5}, finish=True)})
+    llm, slm, t = make(policy=ConstantPolicy(1.0), rule=rule)
+    r = t.solve(QUESTION)
+    alone = make()[2].solve(QUESTION, method="llm")  # fresh backends: the same cold cache
+    assert r.stop_reason == "llm_finished" and r.handover_tokens is None and r.checkpoints == []
+    assert r.text == alone.text and slm.stats.streams_started == 0
+    assert r.cost.models["slm"].input_tokens == 0 and r.cost.flops_total == pytest.approx(alone.cost.flops_total)
+    # one threshold a probability can reach, or no finish, and the checks run again
+    for setting in (EffortSetting(64, threshold=1.01, stage_thresholds={1: 0.99}, finish=True),
+                    EffortSetting(64, threshold=1.01)):
+        _, _, t2 = make(policy=ConstantPolicy(0.0), rule=StopRule({"medium": setting}))
+        assert t2.solve(QUESTION).checkpoints
+
+
 def test_fixed_budget_never_lets_the_llm_finish_nor_reads_thresholds():
     rule = StopRule({"medium": EffortSetting(32, threshold=0.0, stage_thresholds={1: 0.0}, finish=True)})
     _, _, t = make(policy=ConstantPolicy(0.1), rule=rule)

@@ -221,6 +221,15 @@ def test_train_commands_end_to_end(tables: dict[str, Path], tmp_path: Path) -> N
     assert doc["route"] is not None and doc["cascade"] is not None
     res = runner.invoke(app, ["train", "show", str(m)])
     assert res.exit_code == 0 and "budget 0.5" in res.output
+    doc["efforts"]["medium"].update(threshold=1.01, stage_thresholds={}, finish=True)
+    m.write_text(json.dumps(doc))
+    from tandem.train import commands
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(commands.out, "_width", 250)  # one line per row
+        res = runner.invoke(app, ["train", "show", str(m)])
+    medium = next(line for line in res.output.splitlines() if "medium" in line)
+    assert res.exit_code == 0 and "LLM alone (never hands over)" in medium
     res = runner.invoke(app, ["replay", str(tables["calib"]), "--classifier", str(m), "--out",
                               str(tmp_path / "rep")])
     assert res.exit_code == 0, res.output

@@ -223,6 +223,10 @@ class _Run:
             )
         if cfg.handover != "continue":  # the LLM finishing is a continue-mode choice: hint hands over
             rule = rule.without_finish()
+        if not rule.setting(cfg.effort).hands_over:  # the LLM alone, without shadow passes to pay for
+            result = self.alone("llm")
+            result.stop_reason = "llm_finished"
+            return result
         caps = slm.info.capabilities
         uses_shadow = getattr(policy, "uses_shadow", True)
         self.can_shadow = cfg.shadow and uses_shadow and caps.score and caps.raw_prompt

@@ -33,6 +33,12 @@ class EffortSetting:
     def threshold_at(self, stage: int) -> float:
         return self.stage_thresholds.get(stage, self.threshold)
 
+    @property
+    def hands_over(self) -> bool:
+        """False when no probability reaches a threshold and the LLM finishes at the budget: the effort
+        is then the LLM alone, and checking sufficiency would only add cost."""
+        return not self.finish or min((self.threshold, *self.stage_thresholds.values())) <= 1.0
+
 
 @dataclass(frozen=True)
 class Decision:

@@ -149,6 +149,10 @@ def replay_policy(rec: dict[str, Any], p: PairParams, policy: StopPolicy, rule: 
     if max_budget not in probe_budgets:
         raise ConfigError(f"effort {effort!r} has budget {max_budget}, not a checkpoint of this probe table "
                           f"({probe_budgets})")
+    if not rule.setting(effort).hands_over:  # as live: the LLM alone, no shadow passes
+        out = _llm(rec, p, method)
+        out.stop_reason = "llm_finished"
+        return out
     n_stages = len(stage_budgets_for(probe_budgets, max_budget))
     d = rule.decide(policy.sufficiency(rec["ck0"]["features"]), effort=effort, stage=0, llm_tokens=0)
     if d.handover:

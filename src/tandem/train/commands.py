@@ -136,7 +136,7 @@ def calibrate_cmd(
     for key, ch in res.chosen.items():
         p = ch.point
         stages = ", ".join(f"{k}: {v:g}" for k, v in p.stage_thresholds) or "–"
-        at_budget = "–" if p.budget is None else ("LLM finishes" if p.finish else "hand over")
+        at_budget = "–" if p.budget is None else _at_budget(p.threshold, dict(p.stage_thresholds), p.finish)
         t.add_row(key, f"{ch.objective.kind} {ch.objective.value:g}", str(p.budget or "–"), f"{p.threshold:g}", stages,
                   at_budget, f"{p.accuracy:.3f}",
                   f"{p.relative_cost:.3f}", "yes" if ch.satisfied else "[red]no[/]")
@@ -151,6 +151,14 @@ def calibrate_cmd(
     if overlap:
         err.print(f"[yellow]warning: {len(overlap)} calibration problem(s) were seen in training[/]")
     out.print(f"wrote {path} and {', '.join(str(p) for p in plots)}")
+
+
+def _at_budget(threshold: float, stage_thresholds: dict[int, float], finish: bool) -> str:
+    from ..policy import EffortSetting
+
+    if not EffortSetting(1, threshold, stage_thresholds, finish).hands_over:
+        return "LLM alone (never hands over)"
+    return "LLM finishes" if finish else "hand over"
 
 
 @train_app.command("show")
@@ -171,7 +179,7 @@ def show_cmd(model: Annotated[Path, typer.Argument(help="classifier JSON")]) -> 
     cal = s.calibration
     for e, p in s.efforts.items():
         entry = getattr(cal, e) if cal else None
-        t.add_row(e, str(p.max_budget), f"{p.threshold:g}", "LLM finishes" if p.finish else "hand over",
+        t.add_row(e, str(p.max_budget), f"{p.threshold:g}", _at_budget(p.threshold, p.stage_thresholds, p.finish),
                   entry.split if entry else "[yellow]uncalibrated[/]",
                   f"{entry.objective.kind} {entry.objective.value:g}" if entry else "–")
     for key in ("route", "cascade"):
