@@ -37,11 +37,14 @@ for step in "$@"; do
       mkdir -p results/classifier
       $T train fit "${TRAIN[@]}" --kind logistic --out results/classifier/logistic.json
       $T train fit "${TRAIN[@]}" --kind gbdt --out results/classifier/gbdt.json
-      for kind in logistic gbdt; do
+      # without the SLM's shadow passes (what a plain OpenAI backend allows): fewer features, no scoring cost
+      $T train fit "${TRAIN[@]}" --kind logistic --feature-groups llm_stream,progress \
+        --out results/classifier/logistic-llm-only.json
+      for kind in logistic gbdt logistic-llm-only; do
         $T train calibrate "results/classifier/$kind.json" "${CALIB[@]}" --out "results/classifier/$kind.json"
       done
       # ship the kind chosen in docs/RESULTS.md by copying it to $CLF before the live-tandem step
-      for kind in logistic gbdt; do
+      for kind in logistic gbdt logistic-llm-only; do
         $T replay "${GSM8K_TEST[@]}" --classifier "results/classifier/$kind.json" \
           --out "results/test/report-gsm8k-$kind" --title "GSM8K test 0-299: every method ($kind)"
         if present "${HUMANEVAL[@]}"; then
