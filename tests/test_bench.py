@@ -126,6 +126,66 @@ def test_live_run_records_errors_apart(tmp_path):
     assert "BackendError" in recs["0|fixed:32"]["error"] and recs["0|fixed:32"]["correct"] is False
 
 
+def test_a_grading_that_fails_is_recorded_as_an_error_not_a_crash(tmp_path):
+    from tandem.bench.sandbox import SandboxError
+
+    def grader(problem, text):
+        raise SandboxError("the sandbox could not start")
+
+    llm, slm = pair()
+    run_live(PROBLEMS[:2], Tandem(llm, slm), ["llm"], grader, RunStore(tmp_path / "r"), dataset="d",
+             grader_name="gsm8k")
+    recs = list(read_records(tmp_path / "r"))
+    assert len(recs) == 2 and all("SandboxError" in r["error"] and r["correct"] is False for r in recs)
+
+
+def test_live_run_keeps_several_samples_in_flight_where_the_backends_allow(tmp_path):
+    import threading
+
+    from tandem.bench.runner import _in_flight
+
+    live, peak, lock = [0], [0], threading.Lock()
+
+    def work(i):
+        with lock:
+            live[0] += 1
+            peak[0] = max(peak[0], live[0])
+        time.sleep(0.02 * (i % 3))
+        with lock:
+            live[0] -= 1
+        return i * i
+
+    got = list(_in_flight(list(range(12)), work, 3))
+    assert sorted(got) == [(i, i * i) for i in range(12)] and peak[0] == 3
+    assert list(_in_flight([1, 2, 3], work, 1)) == [(1, 1), (2, 4), (3, 9)]
+
+    def make(limit):
+        return (ScriptedBackend(LLM_REPLY, name="big", n_params=1_500_000_000, token_delay_s=0.0005,
+                                max_in_flight=limit),
+                ScriptedBackend(slm_reply, name="small", n_params=500_000_000, max_in_flight=limit))
+
+    problems = [Problem(id=str(i), question=f"Question {i}: 3 + 4?", answer="7") for i in range(6)]
+    grader, methods = get_grader("gsm8k"), ["slm", "llm", "fixed:64"]
+    run_live(problems, Tandem(*make(1)), methods, grader, RunStore(tmp_path / "serial"), dataset="d",
+             grader_name="gsm8k")
+    run_live(problems, Tandem(*make(None)), methods, grader, RunStore(tmp_path / "parallel"), dataset="d",
+             grader_name="gsm8k", concurrency=4)
+    serial = {r["key"]: r for r in read_records(tmp_path / "serial")}
+    parallel = {r["key"]: r for r in read_records(tmp_path / "parallel")}
+    assert set(serial) == set(parallel) and len(parallel) == 18
+    assert all((serial[k]["answer"], serial[k]["correct"], serial[k]["handover_tokens"]) ==
+               (parallel[k]["answer"], parallel[k]["correct"], parallel[k]["handover_tokens"]) for k in serial)
+    assert json.loads((tmp_path / "parallel" / "manifest.json").read_text())["concurrency"] == 4
+    # resuming with another concurrency is another experiment (wall times mean something else)
+    with pytest.raises(ConfigError, match="concurrency"):
+        run_live(problems, Tandem(*make(None)), methods, grader, RunStore(tmp_path / "parallel"), dataset="d",
+                 grader_name="gsm8k", concurrency=2)
+    # backends that take one call at a time (embedded llama.cpp) refuse it
+    with pytest.raises(ConfigError, match="one call|1 call"):
+        run_live(problems, Tandem(*make(1)), methods, grader, RunStore(tmp_path / "x"), dataset="d",
+                 grader_name="gsm8k", concurrency=2)
+
+
 SCRIPTED_CONFIG = """
 [llm]
 kind = "scripted"
@@ -186,6 +246,15 @@ def test_probe_and_report_commands_end_to_end(tmp_path, data_dir):
     for m in ("`slm`", "`llm`", "`fixed:4`", "`fixed:8`", "`oracle`"):
         assert m in md
     assert (tmp_path / "rep" / "pareto.png").stat().st_size > 1000
+    # a stored live run beside the probe table: the same methods on the same problems both stay
+    res = runner.invoke(app, ["eval", "gsm8k", "--split", "train", "--limit", "3", "--config", str(cfg),
+                              "--methods", "slm,llm", "--out", str(tmp_path / "live"), "--data-dir", str(data_dir)])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["report", str(tmp_path / "live"), str(tmp_path / "p"), "--out", str(tmp_path / "j")])
+    assert res.exit_code == 0, res.output
+    md = (tmp_path / "j" / "report.md").read_text()
+    for m in ("| `slm` |", "| `llm` |", "| `slm (replayed)` |", "| `llm (replayed)` |", "| `oracle` |"):
+        assert m in md
 
 
 def test_problem_errors_in_a_probe_are_recorded_not_graded(tmp_path):

@@ -12,6 +12,7 @@ import pytest
 
 from tandem.bench.records import Outcome
 from tandem.bench.report import (
+    join_runs,
     mcnemar_exact,
     options_from_outcomes,
     oracle_frontier,
@@ -136,6 +137,18 @@ def test_summarize_all_errors_and_duplicates() -> None:
     assert s.flops_ratio is None
     with pytest.raises(InputError, match="two outcomes"):
         summarize([_o("p1", "x", True), _o("p1", "x", False)])
+
+
+def test_joining_runs_merges_shards_and_keeps_overlapping_methods_apart() -> None:
+    a = [_o("p1", "llm", True), _o("p2", "llm", False), _o("p1", "slm", False)]
+    shard = [_o("p3", "llm", True)]
+    again = [_o("p1", "llm", False), _o("p3", "slm", True)]
+    joined = join_runs([("a", a), ("shard", shard), ("b", again)])
+    by = {(o.method, o.problem_id): o.correct for o in joined}
+    assert by == {("llm", "p1"): True, ("llm", "p2"): False, ("slm", "p1"): False, ("llm", "p3"): True,
+                  ("llm (b)", "p1"): False, ("slm", "p3"): True}
+    names = {s.method for s in summarize(joined)}  # no "two outcomes" error: every pair is unique
+    assert names == {"llm", "slm", "llm (b)"}
 
 
 def test_summary_discordant_counts_on_many_problems() -> None:

@@ -47,6 +47,8 @@ def _sha(text: str) -> str:
 class LlamaCppBackend:
     """A GGUF model loaded in this process. Not thread-safe: one call at a time (a lock enforces it)."""
 
+    max_in_flight: int | None = 1
+
     def __init__(self, config: LlamaCppConfig) -> None:
         try:
             import llama_cpp

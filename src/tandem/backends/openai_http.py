@@ -376,6 +376,8 @@ class OpenAIBackend:
     share between threads only for independent calls; a `TokenStream` belongs to one consumer.
     """
 
+    max_in_flight: int | None = None  # the endpoint queues and batches concurrent calls itself
+
     def __init__(self, config: OpenAIBackendConfig, *, transport: httpx.BaseTransport | None = None) -> None:
         self.config = config
         key = config.api_key

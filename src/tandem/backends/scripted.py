@@ -62,8 +62,10 @@ class ScriptedBackend:
         token_delay_s: float = 0.0,
         tokenizer_id: str = "scripted-words",
         fail_after: int | None = None,
+        max_in_flight: int | None = 1,
     ) -> None:
         self._reply = reply
+        self.max_in_flight = max_in_flight  # None: take concurrent calls (its cache accounting is then approximate)
         self._info = ModelInfo(
             name=name,
             n_params=n_params,

@@ -116,8 +116,10 @@ def evaluate(
     handover: Annotated[str | None, typer.Option(help="continue | hint")] = None,
     classifier: Annotated[str | None, typer.Option(help="default | budget | PATH.json")] = None,
     llm_model: LlmModel = None, slm_model: SlmModel = None,
+    concurrency: Annotated[int, typer.Option(min=1, help="samples in flight at once: HTTP backends only; "
+                                                       "above 1, wall times include queueing")] = 1,
 ) -> None:
-    """Run methods live on a benchmark, one sample at a time (wall time is each method's own)."""
+    """Run methods live on a benchmark, one sample at a time by default (wall time is each method's own)."""
     from ..config import load_settings
     from ..factory import build_tandem
     from .graders import get_grader
@@ -133,7 +135,7 @@ def evaluate(
     try:
         n = run_live(problems, tandem, [m.strip() for m in methods.split(",") if m.strip()],
                      get_grader(grader_name), RunStore(out_dir), dataset=label, grader_name=grader_name,
-                     effort=effort, console=err)
+                     effort=effort, console=err, concurrency=concurrency)
     finally:
         tandem.llm.close()
         tandem.slm.close()
@@ -164,24 +166,33 @@ def report(
     baseline: Annotated[str, typer.Option(help="method to compare with")] = "llm",
     title: Annotated[str, typer.Option(help="report title")] = "tandem report",
 ) -> None:
-    """Join runs by problem id and report each method side by side."""
+    """Join runs by problem id and report each method side by side.
+
+    Runs that hold other problems of the same method (shards) merge; where two runs hold the same
+    method on the same problem, the later one's is named `METHOD (RUN)` and both are reported."""
     from .records import Outcome
     from .replay_run import replay_dirs
-    from .report import write_report
+    from .report import join_runs, write_report
     from .store import read_manifest, read_records
 
-    outcomes, probe_dirs = [], []
-    for r in runs:
-        kind = read_manifest(r).get("kind")
-        if kind == "probe":
-            probe_dirs.append(r)
-        else:
-            outcomes += [Outcome.from_dict(d) for d in read_records(r)]
-    frontier: dict[str, list[tuple[float, bool]]] | None = None
+    groups: list[tuple[str, list[Outcome]]] = []
+    probe_dirs: list[Path] = []
     notes: list[str] = []
+    for r in runs:
+        man = read_manifest(r)
+        if man.get("kind") == "probe":
+            probe_dirs.append(r)
+            continue
+        groups.append((r.name, [Outcome.from_dict(d) for d in read_records(r)]))
+        if int(man.get("concurrency", 1)) > 1:
+            notes.append(f"{r}: {man['concurrency']} samples were in flight at once: its wall times include "
+                         "queueing at the endpoints")
+    frontier: dict[str, list[tuple[float, bool]]] | None = None
     if probe_dirs:
-        replayed, frontier, notes = replay_dirs(probe_dirs, None, None)
-        outcomes += replayed
+        replayed, frontier, replay_notes = replay_dirs(probe_dirs, None, None)
+        groups.append(("replayed", replayed))
+        notes += replay_notes
+    outcomes = join_runs(groups)
     path = write_report(outcomes, out_dir, title, frontier_options=frontier, baseline=baseline, notes=notes)
     out.print(path.read_text())
     err.print(f"report written to {path}")

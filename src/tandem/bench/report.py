@@ -17,7 +17,7 @@ import json
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -141,6 +141,24 @@ class MethodSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def join_runs(runs: Sequence[tuple[str, Sequence[Outcome]]]) -> list[Outcome]:
+    """The outcomes of several runs, joined by problem id: a run's method merges with the same method of
+    earlier runs when their problems are disjoint (shards), and is named `METHOD (RUN)` where they
+    overlap, so both stay in the report (the first run keeps the plain name, e.g. the baseline)."""
+    seen: dict[str, set[str]] = {}
+    joined: list[Outcome] = []
+    for label, outs in runs:
+        mine: dict[str, set[str]] = {}
+        for o in outs:
+            mine.setdefault(o.method, set()).add(o.problem_id)
+        rename = {m: f"{m} ({label})" for m, ids in mine.items() if seen.get(m, set()) & ids}
+        for o in outs:
+            joined.append(replace(o, method=rename[o.method]) if o.method in rename else o)
+        for m, ids in mine.items():
+            seen.setdefault(rename.get(m, m), set()).update(ids)
+    return joined
 
 
 def _by_method(outcomes: Iterable[Outcome]) -> dict[str, dict[str, Outcome]]:

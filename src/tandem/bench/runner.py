@@ -1,21 +1,24 @@
 """Run probes and live evaluations into run stores, resumably, with a progress bar.
 
-One request is in flight per embedded model (llama.cpp is not re-entrant and two processes on
-two cores slow each other down), so samples run one after another: what is measured as wall
-time is then the method's own.
+By default samples run one after another: one request is in flight per embedded model (llama.cpp
+is not re-entrant, and two processes on two cores slow each other down), and what is measured as
+wall time is the method's own. A live run over backends that take concurrent calls (HTTP
+endpoints) may keep up to `concurrency` samples in flight; its wall times then include queueing
+at the endpoints, and its manifest says so. Probes always run serially (they measure wall time).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict
-from typing import Any
+from typing import Any, TypeVar
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ..errors import TandemError
+from ..errors import ConfigError, TandemError
 from ..pipeline import Tandem
 from ..prompts import PROMPT_VERSION
 from ..types import Backend, Grade, Problem
@@ -24,6 +27,8 @@ from .records import Outcome
 from .store import RunStore, git_revision
 
 Grader = Callable[[Problem, str], Grade]
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def model_identity(b: Backend) -> dict[str, Any]:
@@ -52,6 +57,7 @@ def run_probe(problems: Sequence[Problem], llm: Backend, slm: Backend, grader: G
     todo = [p for p in problems if p.id not in done]
     prober, added, errors = Prober(llm, slm, grader, cfg), 0, 0
     right = {"slm": 0, "llm": 0}
+    tokens, t0 = {"llm": 0}, time.perf_counter()
     with _progress(console) as bar:
         task = bar.add_task(f"probe {dataset}", total=len(problems), completed=len(problems) - len(todo), status="")
         for p in todo:
@@ -64,42 +70,91 @@ def run_probe(problems: Sequence[Problem], llm: Backend, slm: Backend, grader: G
             if "error" not in rec:
                 right["slm"] += rec["slm_alone"]["grade"]["correct"]
                 right["llm"] += (rec["llm_solve"] or rec["llm"])["grade"]["correct"]
-            bar.update(task, advance=1, status=f"slm {right['slm']}/{added - errors}  llm {right['llm']}/"
-                                                f"{added - errors}  errors {errors}")
+            tokens["llm"] += 0 if "error" in rec else rec["llm"]["generated"]
+            n_ok = added - errors
+            bar.update(task, advance=1, status=f"slm {right['slm']}/{n_ok}  llm {right['llm']}/{n_ok}  "
+                                                f"LLM tokens/problem {tokens['llm'] / max(n_ok, 1):.0f}  "
+                                                f"{(time.perf_counter() - t0) / added:.0f} s/problem  errors {errors}")
     return added
+
+
+def max_concurrency(*backends: Backend) -> int | None:
+    """How many calls the backends take at once (None: no limit of their own). A backend says so with
+    a `max_in_flight` attribute; one that does not is taken to allow one call at a time."""
+    limits = [getattr(b, "max_in_flight", 1) for b in backends]
+    bounded = [n for n in limits if n is not None]
+    return min(bounded) if bounded else None
+
+
+def _in_flight(items: Sequence[T], work: Callable[[T], R], concurrency: int) -> Iterator[tuple[T, R]]:
+    """(item, result) for every item, each as soon as it is done, at most `concurrency` at a time."""
+    if concurrency <= 1:
+        for item in items:
+            yield item, work(item)
+        return
+    queue = list(reversed(items))
+    running: dict[Future[R], T] = {}
+    with ThreadPoolExecutor(concurrency, thread_name_prefix="tandem-eval") as ex:
+        try:
+            while True:
+                while len(running) < concurrency and queue:
+                    item = queue.pop()
+                    running[ex.submit(work, item)] = item
+                if not running:
+                    return
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for f in finished:
+                    yield running.pop(f), f.result()
+        finally:  # interrupted: start nothing more (samples in flight are not stored; a resume redoes them)
+            for f in running:
+                f.cancel()
 
 
 def run_live(problems: Sequence[Problem], tandem: Tandem, methods: Iterable[str], grader: Grader,
              store: RunStore, *, dataset: str, grader_name: str, effort: str | None = None,
-             console: Console | None = None, cold: bool = True) -> int:
-    """Run each method live on each problem; store one Outcome per (problem, method)."""
+             console: Console | None = None, cold: bool = True, concurrency: int = 1) -> int:
+    """Run each method live on each problem; store one Outcome per (problem, method), each as it finishes.
+
+    `concurrency` > 1 keeps that many samples in flight (backends that take concurrent calls only);
+    caches are then not reset between samples."""
     methods = list(methods)
+    limit = max_concurrency(tandem.llm, tandem.slm)
+    if concurrency < 1:
+        raise ConfigError("--concurrency must be at least 1")
+    if limit is not None and concurrency > limit:
+        raise ConfigError(f"--concurrency {concurrency}: these backends take {limit} call(s) at a time "
+                          "(embedded llama.cpp models are not re-entrant); use HTTP endpoints for more")
     cfg = asdict(tandem.config)
     manifest = {
         "kind": "live", "prompt_version": PROMPT_VERSION, "llm": model_identity(tandem.llm),
         "slm": model_identity(tandem.slm), "config": cfg, "policy": tandem.policy.name, "methods": methods,
         "effort": effort or tandem.config.effort, "dataset": dataset, "grader": grader_name,
-        "problem_ids": [p.id for p in problems], "git_revision": git_revision(),
+        "concurrency": concurrency, "problem_ids": [p.id for p in problems], "git_revision": git_revision(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     done = store.open(manifest)
     todo = [(p, m) for p in problems for m in methods if f"{p.id}|{m}" not in done]
     added = 0
-    stats: dict[str, list[int]] = {m: [0, 0] for m in methods}
+    stats: dict[str, list[float]] = {m: [0, 0, 0.0] for m in methods}  # right, scored, TFLOPs
+
+    def one(item: tuple[Problem, str]) -> Outcome:
+        if cold and concurrency == 1:
+            for b in (tandem.llm, tandem.slm):
+                getattr(b, "reset_cache", lambda: None)()
+        return _live_one(tandem, item[0], item[1], grader, effort)
+
     with _progress(console) as bar:
         task = bar.add_task(f"eval {dataset}", total=len(problems) * len(methods),
                             completed=len(problems) * len(methods) - len(todo), status="")
-        for p, m in todo:
-            if cold:
-                for b in (tandem.llm, tandem.slm):
-                    getattr(b, "reset_cache", lambda: None)()
-            out = _live_one(tandem, p, m, grader, effort)
+        for (p, m), out in _in_flight(todo, one, concurrency):
             store.append(f"{p.id}|{m}", out.to_dict())
             added += 1
             if out.error is None:
                 stats[m][0] += out.correct
                 stats[m][1] += 1
-            bar.update(task, advance=1, status="  ".join(f"{k} {a}/{n}" for k, (a, n) in stats.items()))
+                stats[m][2] += out.flops_total / 1e12
+            bar.update(task, advance=1, status="  ".join(
+                f"{k} {a:.0f}/{n:.0f}" + (f" {f / n:.3g}T" if n else "") for k, (a, n, f) in stats.items()))
     return added
 
 
@@ -112,9 +167,9 @@ def _live_one(tandem: Tandem, p: Problem, method: str, grader: Grader, effort: s
         kwargs["effort"] = effort
     try:
         r = tandem.solve(p.question, method=method, **kwargs)
-    except TandemError as exc:
+        g = grader(p, r.text)
+    except TandemError as exc:  # a run or a grading that failed: stored with its error, counted apart
         return Outcome(problem_id=p.id, method=name, gold=p.answer, error=f"{type(exc).__name__}: {exc}")
-    g = grader(p, r.text)
     c = r.cost
     llm, slm = c.models.get("llm"), c.models.get("slm")
     return Outcome(
