@@ -106,6 +106,13 @@ def test_run_store_resumes_and_refuses_another_manifest(tmp_path):
     with pytest.raises(ConfigError, match="another manifest"):
         run_probe(PROBLEMS, llm, slm, get_grader("gsm8k"), RunStore(tmp_path / "run"),
                   ProbeConfig(stage_budgets=(16,)), dataset="d", grader_name="gsm8k")
+    # more rows of the same benchmark and split extend a run; another benchmark with the same grader does not
+    other = RunStore(tmp_path / "rows")
+    run_probe(PROBLEMS[:1], llm, slm, get_grader("math"), other, cfg, dataset="math/test[0:1]", grader_name="math")
+    run_probe(PROBLEMS[1:2], llm, slm, get_grader("math"), other, cfg, dataset="math/test[1:2]", grader_name="math")
+    with pytest.raises(ConfigError, match="dataset"):
+        run_probe(PROBLEMS[2:], llm, slm, get_grader("math"), other, cfg, dataset="math500/test[0:1]",
+                  grader_name="math")
     # packed runs read back, and a torn last line is dropped
     pack(store.dir)
     with store.records_path.open("a") as f:

@@ -33,8 +33,13 @@ def git_revision(repo: Path | None = None) -> str:
 
 
 def _identity(manifest: dict[str, Any]) -> dict[str, Any]:
-    """The parts of a manifest that must match to resume (not the git revision or timestamps)."""
-    return {k: v for k, v in manifest.items() if k not in _EXTENSIBLE}
+    """The parts of a manifest that must match to resume (not the git revision or timestamps). The
+    dataset may be extended to other rows, not changed: its label without the row range must match
+    ("gsm8k/test[0:50]" resumes as "gsm8k/test[50:100]", not as "math500/test[0:50]")."""
+    ident = {k: v for k, v in manifest.items() if k not in _EXTENSIBLE}
+    if "dataset" in manifest:
+        ident["dataset (without rows)"] = str(manifest["dataset"]).split("[", 1)[0]
+    return ident
 
 
 # may differ on resume: a run can be extended to more problems of the same kind
