@@ -71,5 +71,11 @@ def test_replay_agrees_with_live_runs_on_a_real_pair(fresh_smol):
             assert rep.slm_generated_tokens == live.cost.models["slm"].generated_tokens, method
             assert rep.slm_prompt_tokens == live.cost.models["slm"].input_tokens, method
             assert rep.flops_total == pytest.approx(live.cost.flops_total), method
+            # the features a live run decides on are those the probe stored for training (same code, same passes)
+            stored = [rec["ck0"]["features"]] + [ck["features"] for ck in rec["checkpoints"]]
+            for ck in live.checkpoints:
+                assert set(ck.features) == set(stored[ck.stage]), (method, ck.stage)
+                for name, value in ck.features.items():
+                    assert value == pytest.approx(stored[ck.stage][name], rel=1e-6, abs=1e-9), (method, name)
             checked += 1
     assert checked == 4 * len(PROBLEMS)
