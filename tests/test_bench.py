@@ -75,6 +75,68 @@ def test_replay_equals_live_for_every_method():
         assert rep.flops_total == pytest.approx(live.cost.flops_total), method
 
 
+class Calibrated:
+    """A classifier stand-in with calibrated route and cascade thresholds."""
+
+    name = "calibrated"
+
+    def __init__(self, p, route_threshold=0.5, cascade_threshold=None):
+        self.p, self.route_threshold, self.cascade_threshold = p, route_threshold, cascade_threshold
+
+    def sufficiency(self, f):
+        assert "slm_question_lp_mean" in f or "n_insights" in f
+        return self.p
+
+
+def test_route_and_cascade_run_live_as_they_replay():
+    from tandem.bench.replay_run import replay_method
+
+    llm, slm = pair()
+    rec = Prober(llm, slm, get_grader("gsm8k"), ProbeConfig()).probe(PROBLEMS[0])
+    p = PairParams(llm.info.n_params, slm.info.n_params)
+    lp = rec["slm_alone"]["lp_mean"]
+    cases = [("route", Calibrated(0.9), "slm_alone"), ("route", Calibrated(0.1), "llm_alone"),
+             ("cascade", Calibrated(0.0, cascade_threshold=lp - 1), "slm_alone"),
+             ("cascade", Calibrated(0.0, cascade_threshold=lp + 1), "escalated")]
+    for method, policy, stop in cases:
+        llm.reset_cache(), slm.reset_cache()
+        live = Tandem(llm, slm, policy=policy).solve(PROBLEMS[0].question, method=method)
+        rep = replay_method(rec, method, p, handover="continue", budgets=(32, 64, 128, 192, 256), policy=policy,
+                            rule=StopRule(), route_threshold=policy.route_threshold,
+                            cascade_threshold=policy.cascade_threshold)
+        assert live.stop_reason == rep.stop_reason == stop, (method, stop)
+        assert rep.answer == live.answer.answer, (method, stop)
+        assert rep.llm_generated_tokens == live.cost.models["llm"].generated_tokens, (method, stop)
+        assert rep.slm_generated_tokens == live.cost.models["slm"].generated_tokens, (method, stop)
+        assert rep.flops_total == pytest.approx(live.cost.flops_total), (method, stop)
+    assert live.slm_text and live.answer.answer == "7"  # escalated: the SLM's text kept, the LLM's answer stands
+    # cascade:T needs no classifier; plain cascade and route do
+    llm.reset_cache(), slm.reset_cache()
+    assert Tandem(llm, slm).solve(PROBLEMS[0].question, method=f"cascade:{lp + 1}").stop_reason == "escalated"
+    for method in ("route", "cascade", "cascade:x"):
+        with pytest.raises(ConfigError):
+            Tandem(llm, slm).solve(PROBLEMS[0].question, method=method)
+
+
+def test_agreement_replays_live_route_and_cascade_at_the_classifiers_thresholds(tmp_path):
+    from tandem.bench.agreement import agreement_by_method, pair_outcomes, replay_for
+    from tandem.bench.records import Outcome
+
+    llm, slm = pair()
+    grader = get_grader("gsm8k")
+    run_probe(PROBLEMS, llm, slm, grader, RunStore(tmp_path / "p"), ProbeConfig(), dataset="d", grader_name="gsm8k")
+    lp = next(iter(read_records(tmp_path / "p")))["slm_alone"]["lp_mean"]
+    policy = Calibrated(0.1, route_threshold=0.05, cascade_threshold=lp + 1)  # route: SLM; cascade: escalate
+    run_live(PROBLEMS, Tandem(llm, slm, policy=policy), ["route", "cascade"], grader, RunStore(tmp_path / "l"),
+             dataset="d", grader_name="gsm8k")
+    live = [Outcome.from_dict(d) for d in read_records(tmp_path / "l")]
+    assert {o.stop_reason for o in live} == {"slm_alone", "escalated"}
+    checks, skipped = pair_outcomes(live, replay_for(live, [tmp_path / "p"], "medium", policy, StopRule()), "medium")
+    rows = {r.method: r for r in agreement_by_method(checks)}
+    assert sum(skipped.values()) == 0
+    assert all(rows[m].n == 3 and rows[m].same_answer == 3 and rows[m].same_tokens == 3 for m in ("route", "cascade"))
+
+
 def test_oracle_picks_the_cheapest_correct_choice():
     llm, slm = pair()
     rec = Prober(llm, slm, get_grader("gsm8k"), ProbeConfig()).probe(PROBLEMS[0])

@@ -69,7 +69,10 @@ class Tandem:
     def solve(
         self, question: str, *, method: str = "tandem", on_event: EventHook | None = None, **overrides: Any
     ) -> TandemResult:
-        """`method`: "tandem", "slm", "llm" or "fixed:N". `overrides` replace PipelineConfig fields."""
+        """`method`: "tandem", "slm", "llm", "fixed:N", or the baselines "route" (decide once, before the
+        LLM writes: the SLM alone or the LLM alone) and "cascade" / "cascade:T" (the SLM alone first, the
+        LLM alone too when the SLM's mean token log-prob is below T). `overrides` replace PipelineConfig
+        fields."""
         if not question or not question.strip():
             raise InputError("the question is empty")
         cfg = _with_overrides(self.config, overrides)
@@ -87,13 +90,38 @@ class Tandem:
             except ValueError:
                 raise ConfigError(f"bad method {method!r}: use fixed:N with N an integer") from None
             result = run.tandem(BudgetPolicy(), self.rule.with_budget(cfg.effort, n))
+        elif method == "route":
+            result = run.route(self.policy, self._route_threshold())
+        elif method == "cascade" or method.startswith("cascade:"):
+            result = run.cascade(self._cascade_threshold(method))
         else:
-            raise ConfigError(f"unknown method {method!r}: use tandem, slm, llm or fixed:N")
+            raise ConfigError(f"unknown method {method!r}: use tandem, slm, llm, fixed:N, route or cascade")
         result.method = method
         result.cost.wall_seconds = time.perf_counter() - t0
         result.settings = {**asdict(cfg), "policy": self.policy.name, "llm": self.llm.info.name,
                            "slm": self.slm.info.name, **PromptSet(cfg.task).identity()}
         return result
+
+
+    def _route_threshold(self) -> float:
+        """The classifier's calibrated route threshold, else its medium effort's checkpoint-0 threshold
+        (as replay does)."""
+        if isinstance(self.policy, BudgetPolicy):
+            raise ConfigError("method 'route' needs a classifier (the budget policy never routes)")
+        thr = getattr(self.policy, "route_threshold", None)
+        return float(thr) if thr is not None else self.rule.setting("medium").threshold_at(0)
+
+    def _cascade_threshold(self, method: str) -> float:
+        if ":" in method:
+            try:
+                return float(method.split(":", 1)[1])
+            except ValueError:
+                raise ConfigError(f"bad method {method!r}: use cascade:T with T a mean log-prob") from None
+        thr = getattr(self.policy, "cascade_threshold", None)
+        if thr is None:
+            raise ConfigError("method 'cascade' needs a classifier with a calibrated cascade threshold "
+                              "(tandem train calibrate); or give the threshold: cascade:T")
+        return float(thr)
 
 
 def _with_overrides(cfg: PipelineConfig, overrides: dict[str, Any]) -> PipelineConfig:
@@ -167,11 +195,13 @@ class _Run:
     def _model_cost(self, role: str, b: Backend) -> ModelCost:
         return self.cost.model(role, b.info.name, b.info.n_params, self.t.prices.get(role))
 
-    def _drain(self, role: str, stream: TokenStream, prefix: str = "") -> tuple[str, str | None]:
+    def _drain(self, role: str, stream: TokenStream, keep: list[TokenStep] | None = None) -> tuple[str, str | None]:
         t0, parts = time.perf_counter(), []
         with stream:
             for step in stream:
                 parts.append(step.text)
+                if keep is not None:
+                    keep.append(step)
                 self.emit(f"{role}_token", {"text": step.text})
                 self.emit("answer_delta", {"text": step.text, "role": role})
         (self.llm_cost if role == "llm" else self.slm_cost).add(stream.usage)
@@ -182,16 +212,52 @@ class _Run:
         d = self.cfg.decoding
         return GenerationRequest(prompt, max_tokens=max(1, max_tokens), temperature=d.temperature, seed=d.seed)
 
-    def alone(self, role: str) -> TandemResult:
+    def alone(self, role: str, keep: list[TokenStep] | None = None) -> TandemResult:
         backend = self.t.llm if role == "llm" else self.t.slm
         max_tokens = self.cfg.decoding.llm_max_tokens if role == "llm" else self.cfg.decoding.slm_max_tokens
-        text, finish = self._drain(role, backend.stream(self._request(self.prompts.solve(self.q), max_tokens)))
+        text, finish = self._drain(role, backend.stream(self._request(self.prompts.solve(self.q), max_tokens)), keep)
         return TandemResult(
             method=role, question=self.q, text=text, answer=extract_answer(text, self.cfg.task),
             stop_reason=f"{role}_alone", llm_text=text if role == "llm" else "",
             slm_text=text if role == "slm" else "", handover_mode=self.cfg.handover,
             cost=self.cost, finish_reason=finish,
         )
+
+    # ---- baselines: route and cascade ---------------------------------------------------------
+    def route(self, policy: StopPolicy, threshold: float) -> TandemResult:
+        """RouteLLM's idea: the classifier once, at checkpoint 0 (the SLM's shadow pass over the question),
+        then the SLM alone when the probability reaches `threshold`, else the LLM alone."""
+        slm = self.t.slm
+        caps = slm.info.capabilities
+        self.can_shadow = getattr(policy, "uses_shadow", True) and caps.score and caps.raw_prompt
+        self.base_text = slm.render(self.prompts.solve(self.q)) if self.can_shadow else ""
+        q_steps, i_steps, score_s = self._shadow("")
+        t0 = time.perf_counter()
+        feats = compute_features(CheckpointInputs(0, 0, [], [], q_steps, i_steps))
+        p = policy.sufficiency(feats)
+        to_slm = p >= threshold
+        rec = CheckpointRecord(0, 0, 0, feats, p, threshold, to_slm, "sufficient" if to_slm else "continue",
+                               score_s, time.perf_counter() - t0)
+        self.cost.add_phase("decide", rec.decide_seconds)
+        self.emit("checkpoint", asdict(rec))
+        result = self.alone("slm" if to_slm else "llm")
+        result.checkpoints = [rec]
+        return result
+
+    def cascade(self, threshold: float) -> TandemResult:
+        """FrugalGPT/AutoMix's idea: the SLM alone first; when its mean token log-prob is below
+        `threshold`, the LLM alone as well, and the LLM's answer stands (both are paid)."""
+        steps: list[TokenStep] = []
+        first = self.alone("slm", keep=steps)
+        lps = [s.logprob for s in steps if s.logprob is not None]
+        lp_mean = sum(lps) / len(lps) if lps else 0.0
+        self.emit("cascade", {"slm_lp_mean": lp_mean, "threshold": threshold, "escalate": lp_mean < threshold})
+        if lp_mean >= threshold:
+            return first
+        result = self.alone("llm")
+        result.stop_reason = "escalated"
+        result.slm_text = first.text
+        return result
 
     # ---- tandem -------------------------------------------------------------------------------
     def _slm_prompt(self, llm_text: str) -> Prompt:

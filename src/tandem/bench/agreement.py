@@ -145,7 +145,9 @@ def replay_for(live: Sequence[Outcome], probe_dirs: Sequence[str | Path], effort
                 if error is None:
                     try:
                         out[pid, m] = replay_method(rec, m, p, handover=cfg["handover"], policy=policy, rule=rule,
-                                                    budgets=tuple(cfg["stage_budgets"]))
+                                                    budgets=tuple(cfg["stage_budgets"]),
+                                                    route_threshold=getattr(policy, "route_threshold", None),
+                                                    cascade_threshold=getattr(policy, "cascade_threshold", None))
                         continue
                     except ConfigError as exc:
                         error = f"not replayable: {exc}"

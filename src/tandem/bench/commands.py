@@ -108,7 +108,8 @@ def _grader_name(bench: str) -> str:
 def evaluate(
     bench: Annotated[str, typer.Argument(help="benchmark name (see tandem probe)")],
     out_dir: Annotated[Path, typer.Option("--out", help="run directory (resumed if it exists)")],
-    methods: Annotated[str, typer.Option(help="comma-separated: slm, llm, fixed:N, tandem, tandem:EFFORT")] =
+    methods: Annotated[str, typer.Option(help="comma-separated: slm, llm, fixed:N, tandem, tandem:EFFORT, route, "
+                                              "cascade, cascade:T")] =
     "slm,llm,tandem",
     data_dir: DataDir = None, split: Split = None, offset: Offset = 0, limit: Limit = None,
     sample: Sample = None, seed: Seed = 0, config: ConfigOpt = None,
@@ -218,7 +219,7 @@ def agree(
         raise InputError(f"{live_run} is not a live run (tandem eval)")
     live = [Outcome.from_dict(d) for d in read_records(live_run)]
     policy = rule = None
-    ran_tandem = any(o.method == "tandem" or o.method.startswith("tandem:") for o in live)
+    ran_tandem = any(o.method in ("tandem", "route", "cascade") or o.method.startswith("tandem:") for o in live)
     if classifier is not None:
         from ..classifier import load_classifier
 
