@@ -324,6 +324,11 @@ def test_probe_and_report_commands_end_to_end(tmp_path, data_dir):
     md = (tmp_path / "j" / "report.md").read_text()
     for m in ("| `slm` |", "| `llm` |", "| `slm (replayed)` |", "| `llm (replayed)` |", "| `oracle` |"):
         assert m in md
+    # a live run alone: the frontier is the oracle over the methods it ran
+    res = runner.invoke(app, ["report", str(tmp_path / "live"), "--out", str(tmp_path / "lo")])
+    assert res.exit_code == 0, res.output
+    md = (tmp_path / "lo" / "report.md").read_text()
+    assert "Oracle frontier over 3 problems" in md and "among the methods run" in md
 
 
 def test_problem_errors_in_a_probe_are_recorded_not_graded(tmp_path):

@@ -173,7 +173,7 @@ def report(
     method on the same problem, the later one's is named `METHOD (RUN)` and both are reported."""
     from .records import Outcome
     from .replay_run import replay_dirs
-    from .report import join_runs, write_report
+    from .report import join_runs, options_from_outcomes, write_report
     from .store import read_manifest, read_records
 
     groups: list[tuple[str, list[Outcome]]] = []
@@ -194,6 +194,9 @@ def report(
         groups.append(("replayed", replayed))
         notes += replay_notes
     outcomes = join_runs(groups)
+    if frontier is None and len({o.method for o in outcomes}) > 1:  # live runs only: the oracle over their methods
+        frontier = options_from_outcomes(outcomes)
+        notes.append("no probe table given: the oracle frontier chooses per problem among the methods run")
     path = write_report(outcomes, out_dir, title, frontier_options=frontier, baseline=baseline, notes=notes)
     out.print(path.read_text())
     err.print(f"report written to {path}")
