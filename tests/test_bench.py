@@ -168,6 +168,12 @@ def test_run_store_resumes_and_refuses_another_manifest(tmp_path):
     with pytest.raises(ConfigError, match="another manifest"):
         run_probe(PROBLEMS, llm, slm, get_grader("gsm8k"), RunStore(tmp_path / "run"),
                   ProbeConfig(stage_budgets=(16,)), dataset="d", grader_name="gsm8k")
+    # entropy kinds are recorded; a run recorded before they were (llama.cpp: exact) still resumes
+    man = json.loads(store.manifest_path.read_text())
+    assert man["entropy"] == {"llm": "exact", "slm": "exact"}
+    del man["entropy"]
+    store.manifest_path.write_text(json.dumps(man))
+    assert run_probe(PROBLEMS, llm, slm, get_grader("gsm8k"), store, cfg, dataset="d", grader_name="gsm8k") == 0
     # more rows of the same benchmark and split extend a run; another benchmark with the same grader does not
     other = RunStore(tmp_path / "rows")
     run_probe(PROBLEMS[:1], llm, slm, get_grader("math"), other, cfg, dataset="math/test[0:1]", grader_name="math")

@@ -58,6 +58,16 @@ def test_rows_one_per_checkpoint_including_zero(tables: dict[str, Path]) -> None
     assert len(rows.features) == sum(len(v) for v in FEATURE_GROUPS.values())
 
 
+def test_the_model_pair_records_how_entropies_were_measured(tables: dict[str, Path]) -> None:
+    from tandem.train.data import model_pair
+
+    table = load_tables([tables["train"]])[0]
+    assert model_pair(table)["slm"]["entropy"] == "exact"  # no record of it: llama.cpp's exact entropies
+    table.manifest["entropy"] = {"llm": "topk", "slm": "exact"}
+    pair = model_pair(table)
+    assert (pair["llm"]["entropy"], pair["slm"]["entropy"]) == ("topk", "exact")
+
+
 def test_feature_groups_select_columns() -> None:
     assert parse_groups("llm_stream, progress") == ["llm_stream", "progress"]
     assert parse_groups(None) == list(FEATURE_GROUPS) == parse_groups("all")

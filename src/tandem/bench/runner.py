@@ -37,6 +37,12 @@ def model_identity(b: Backend) -> dict[str, Any]:
             "chat_template_id": i.chat_template_id}
 
 
+def entropy_kinds(llm: Backend, slm: Backend) -> dict[str, str]:
+    """How each model's entropies are measured ("exact", "topk" or "none"): features trained on one kind
+    do not transfer to another."""
+    return {"llm": llm.info.capabilities.entropy, "slm": slm.info.capabilities.entropy}
+
+
 def _progress(console: Console | None) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -49,7 +55,8 @@ def run_probe(problems: Sequence[Problem], llm: Backend, slm: Backend, grader: G
     """Probe every problem not yet in the store; return how many were added."""
     manifest = {
         "kind": "probe", "probe_version": PROBE_VERSION, "prompt_version": PROMPT_VERSION,
-        "llm": model_identity(llm), "slm": model_identity(slm), "config": asdict(cfg),
+        "llm": model_identity(llm), "slm": model_identity(slm), "entropy": entropy_kinds(llm, slm),
+        "config": asdict(cfg),
         "dataset": dataset, "grader": grader_name, "problem_ids": [p.id for p in problems],
         "git_revision": git_revision(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -127,7 +134,8 @@ def run_live(problems: Sequence[Problem], tandem: Tandem, methods: Iterable[str]
     cfg = asdict(tandem.config)
     manifest = {
         "kind": "live", "prompt_version": PROMPT_VERSION, "llm": model_identity(tandem.llm),
-        "slm": model_identity(tandem.slm), "config": cfg, "policy": tandem.policy.name, "methods": methods,
+        "slm": model_identity(tandem.slm), "entropy": entropy_kinds(tandem.llm, tandem.slm), "config": cfg,
+        "policy": tandem.policy.name, "methods": methods,
         "effort": effort or tandem.config.effort, "dataset": dataset, "grader": grader_name,
         "concurrency": concurrency, "problem_ids": [p.id for p in problems], "git_revision": git_revision(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

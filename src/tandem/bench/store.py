@@ -37,6 +37,8 @@ def _identity(manifest: dict[str, Any]) -> dict[str, Any]:
     dataset may be extended to other rows, not changed: its label without the row range must match
     ("gsm8k/test[0:50]" resumes as "gsm8k/test[50:100]", not as "math500/test[0:50]")."""
     ident = {k: v for k, v in manifest.items() if k not in _EXTENSIBLE}
+    if manifest.get("kind") in ("probe", "live"):  # recorded before entropy kinds were written: llama.cpp's exact
+        ident.setdefault("entropy", {"llm": "exact", "slm": "exact"})
     if "dataset" in manifest:
         ident["dataset (without rows)"] = str(manifest["dataset"]).split("[", 1)[0]
     return ident

@@ -114,12 +114,15 @@ def load_tables(dirs: Sequence[str | Path], *, allow_test_split: bool = False) -
 def model_pair(table: ProbeTable) -> dict[str, Any]:
     """The model pair of a probe run, as a classifier file records it."""
 
-    def ref(m: dict[str, Any]) -> dict[str, Any]:
+    entropy = table.manifest.get("entropy") or {}  # absent: recorded before it was written (llama.cpp: exact)
+
+    def ref(role: str) -> dict[str, Any]:
+        m = table.manifest[role]
         return {"name": str(m.get("name", "")), "checksum": str(m.get("checksum") or ""),
                 "n_params": int(m.get("n_params") or 0), "tokenizer_id": str(m.get("tokenizer_id") or ""),
-                "chat_template_id": str(m.get("chat_template_id") or "")}
+                "chat_template_id": str(m.get("chat_template_id") or ""), "entropy": str(entropy.get(role, "exact"))}
 
-    return {"llm": ref(table.manifest["llm"]), "slm": ref(table.manifest["slm"])}
+    return {"llm": ref("llm"), "slm": ref("slm")}
 
 
 @dataclass
