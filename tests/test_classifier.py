@@ -15,6 +15,7 @@ from tandem.backends.scripted import ScriptedBackend
 from tandem.classifier import (
     FORMAT,
     ModelPairWarning,
+    SufficiencyClassifier,
     classifier_from_dict,
     load_classifier,
     shipped_classifier_for,
@@ -248,8 +249,38 @@ def test_shipped_classifier_lookup(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 
 def test_the_package_ships_no_unreadable_classifier() -> None:
+    import tandem.classifier as mod
+
     info = dict(n_params=1, n_ctx=1)
     assert shipped_classifier_for(ModelInfo("no-such-llm", **info), ModelInfo("no-such-slm", **info)) is None
+    for path in sorted(mod._shipped_dir().glob("*.json")):  # every shipped file loads whole, calibrated
+        clf = load_classifier(path)
+        assert clf.spec.calibration is not None, path
+
+
+def test_the_default_policy_is_the_shipped_classifier_else_the_budget(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    import tandem.classifier as mod
+    from tandem.backends.scripted import ScriptedBackend
+    from tandem.factory import load_policy
+    from tandem.policy import BudgetPolicy
+
+    llm, slm = ScriptedBackend("x", name="big"), ScriptedBackend("y", name="small")
+    monkeypatch.setattr(mod, "_shipped_dir", lambda: tmp_path / "nowhere")
+    with caplog.at_level(logging.INFO, logger="tandem"):
+        policy, rule = load_policy("default", llm, slm)
+    assert isinstance(policy, BudgetPolicy) and "budget policy" in caplog.text
+    folder = tmp_path / "classifiers"
+    folder.mkdir()
+    doc = good_doc()
+    doc["models"] = models_block("big", "small")
+    (folder / "pair.json").write_text(json.dumps(doc))
+    monkeypatch.setattr(mod, "_shipped_dir", lambda: folder)
+    policy, rule = load_policy("default", llm, slm)
+    assert isinstance(policy, SufficiencyClassifier) and rule.setting("medium") == policy.stop_rule().setting("medium")
 
 
 def test_every_feature_is_documented() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from .backends import build_backend
@@ -11,6 +12,8 @@ from .errors import ConfigError
 from .pipeline import DecodingSettings, PipelineConfig, Tandem
 from .policy import BudgetPolicy, StopRule
 from .types import Backend, StopPolicy
+
+log = logging.getLogger("tandem")
 
 
 def pipeline_config(settings: TandemSettings) -> PipelineConfig:
@@ -35,7 +38,10 @@ def load_policy(name: str, llm: Backend, slm: Backend) -> tuple[StopPolicy, Stop
     if name == "default":
         path = shipped_classifier_for(llm.info, slm.info)
         if path is None:
+            log.info("no classifier is shipped for %s + %s: hand-over at each effort's budget (budget policy)",
+                     llm.info.name, slm.info.name)
             return BudgetPolicy(), StopRule()
+        log.info("classifier: %s (shipped for %s + %s)", path.name, llm.info.name, slm.info.name)
     else:
         path = Path(name)
     clf = load_classifier(path, llm=llm.info, slm=slm.info)
