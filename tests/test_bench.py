@@ -88,7 +88,7 @@ class Calibrated:
         return self.p
 
 
-def test_route_and_cascade_run_live_as_they_replay():
+def test_route_and_cascade_run_live_as_they_replay(tmp_path):
     from tandem.bench.replay_run import replay_method
 
     llm, slm = pair()
@@ -110,12 +110,26 @@ def test_route_and_cascade_run_live_as_they_replay():
         assert rep.slm_generated_tokens == live.cost.models["slm"].generated_tokens, (method, stop)
         assert rep.flops_total == pytest.approx(live.cost.flops_total), (method, stop)
     assert live.slm_text and live.answer.answer == "7"  # escalated: the SLM's text kept, the LLM's answer stands
+    # a policy without shadow features routes without the scoring pass, live and replayed
+    nosh = Calibrated(0.1)
+    nosh.uses_shadow = False
+    llm.reset_cache(), slm.reset_cache()
+    live = Tandem(llm, slm, policy=nosh).solve(PROBLEMS[0].question, method="route")
+    rep = replay_method(rec, "route", p, handover="continue", budgets=(32,), policy=nosh, rule=StopRule(),
+                        route_threshold=0.5)
+    assert live.cost.models["slm"].input_tokens == rep.slm_prompt_tokens == 0
+    assert rep.flops_total == pytest.approx(live.cost.flops_total)
     # cascade:T needs no classifier; plain cascade and route do
     llm.reset_cache(), slm.reset_cache()
     assert Tandem(llm, slm).solve(PROBLEMS[0].question, method=f"cascade:{lp + 1}").stop_reason == "escalated"
-    for method in ("route", "cascade", "cascade:x"):
+    for method in ("route", "cascade", "cascade:x", "fixed:x", "nope"):
         with pytest.raises(ConfigError):
             Tandem(llm, slm).solve(PROBLEMS[0].question, method=method)
+        # a live run refuses it before it starts, instead of storing an error per sample
+        with pytest.raises(ConfigError):
+            run_live(PROBLEMS, Tandem(llm, slm), ["llm", method], get_grader("gsm8k"), RunStore(tmp_path / method),
+                     dataset="d", grader_name="gsm8k")
+        assert not (tmp_path / method).exists()
 
 
 def test_agreement_replays_live_route_and_cascade_at_the_classifiers_thresholds(tmp_path):
@@ -245,6 +259,13 @@ def test_live_run_keeps_several_samples_in_flight_where_the_backends_allow(tmp_p
              grader_name="gsm8k")
     run_live(problems, Tandem(*make(None)), methods, grader, RunStore(tmp_path / "parallel"), dataset="d",
              grader_name="gsm8k", concurrency=4)
+    def main_thread_grader(problem, text):  # graders may use signals: they run in the main thread
+        assert threading.current_thread() is threading.main_thread()
+        return grader(problem, text)
+
+    run_live(problems, Tandem(*make(None)), methods, main_thread_grader, RunStore(tmp_path / "threads"),
+             dataset="d", grader_name="gsm8k", concurrency=3)
+    assert len(list(read_records(tmp_path / "threads"))) == 18
     serial = {r["key"]: r for r in read_records(tmp_path / "serial")}
     parallel = {r["key"]: r for r in read_records(tmp_path / "parallel")}
     assert set(serial) == set(parallel) and len(parallel) == 18
@@ -255,6 +276,12 @@ def test_live_run_keeps_several_samples_in_flight_where_the_backends_allow(tmp_p
     with pytest.raises(ConfigError, match="concurrency"):
         run_live(problems, Tandem(*make(None)), methods, grader, RunStore(tmp_path / "parallel"), dataset="d",
                  grader_name="gsm8k", concurrency=2)
+    # a live run recorded before concurrency was written resumes as the serial run it was
+    man = json.loads((tmp_path / "serial" / "manifest.json").read_text())
+    del man["concurrency"], man["entropy"]
+    (tmp_path / "serial" / "manifest.json").write_text(json.dumps(man))
+    assert run_live(problems, Tandem(*make(1)), methods, grader, RunStore(tmp_path / "serial"), dataset="d",
+                    grader_name="gsm8k") == 0
     # backends that take one call at a time (embedded llama.cpp) refuse it
     with pytest.raises(ConfigError, match="one call|1 call"):
         run_live(problems, Tandem(*make(1)), methods, grader, RunStore(tmp_path / "x"), dataset="d",

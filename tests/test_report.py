@@ -149,6 +149,9 @@ def test_joining_runs_merges_shards_and_keeps_overlapping_methods_apart() -> Non
                   ("llm (b)", "p1"): False, ("slm", "p3"): True}
     names = {s.method for s in summarize(joined)}  # no "two outcomes" error: every pair is unique
     assert names == {"llm", "slm", "llm (b)"}
+    # two runs of one name (a/live, b/live) are numbered
+    joined = join_runs([("live", a), ("live", a), ("live", a)])
+    assert {o.method for o in joined} == {"llm", "slm", "llm (live)", "slm (live)", "llm (live 2)", "slm (live 2)"}
 
 
 def test_summary_discordant_counts_on_many_problems() -> None:

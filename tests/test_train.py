@@ -66,6 +66,16 @@ def test_the_model_pair_records_how_entropies_were_measured(tables: dict[str, Pa
     table.manifest["entropy"] = {"llm": "topk", "slm": "exact"}
     pair = model_pair(table)
     assert (pair["llm"]["entropy"], pair["slm"]["entropy"]) == ("topk", "exact")
+    # tables of different entropy kinds do not mix
+    man = json.loads((tables["train"] / "manifest.json").read_text())
+    man["entropy"] = {"llm": "topk", "slm": "topk"}
+    (tables["train"] / "manifest.json").write_text(json.dumps(man))
+    try:
+        with pytest.raises(ConfigError, match="entropies"):
+            load_tables([tables["calib"], tables["train"]])
+    finally:
+        del man["entropy"]
+        (tables["train"] / "manifest.json").write_text(json.dumps(man))
 
 
 def test_feature_groups_select_columns() -> None:

@@ -76,6 +76,7 @@ class Tandem:
         if not question or not question.strip():
             raise InputError("the question is empty")
         cfg = _with_overrides(self.config, overrides)
+        self.check_method(method)
         run = _Run(self, cfg, question, on_event or (lambda _e, _p: None))
         t0 = time.perf_counter()
         if method == "slm":
@@ -85,23 +86,33 @@ class Tandem:
         elif method == "tandem":
             result = run.tandem(self.policy, self.rule)
         elif method.startswith("fixed:"):
-            try:
-                n = int(method.split(":", 1)[1])
-            except ValueError:
-                raise ConfigError(f"bad method {method!r}: use fixed:N with N an integer") from None
-            result = run.tandem(BudgetPolicy(), self.rule.with_budget(cfg.effort, n))
+            result = run.tandem(BudgetPolicy(), self.rule.with_budget(cfg.effort, int(method.split(":", 1)[1])))
         elif method == "route":
             result = run.route(self.policy, self._route_threshold())
-        elif method == "cascade" or method.startswith("cascade:"):
-            result = run.cascade(self._cascade_threshold(method))
         else:
-            raise ConfigError(f"unknown method {method!r}: use tandem, slm, llm, fixed:N, route or cascade")
+            result = run.cascade(self._cascade_threshold(method))
         result.method = method
         result.cost.wall_seconds = time.perf_counter() - t0
         result.settings = {**asdict(cfg), "policy": self.policy.name, "llm": self.llm.info.name,
                            "slm": self.slm.info.name, **PromptSet(cfg.task).identity()}
         return result
 
+
+    def check_method(self, method: str) -> None:
+        """Refuse a method this pipeline cannot run (unknown, malformed, or a baseline without its threshold)."""
+        if method in ("slm", "llm", "tandem"):
+            return
+        if method.startswith("fixed:"):
+            try:
+                int(method.split(":", 1)[1])
+            except ValueError:
+                raise ConfigError(f"bad method {method!r}: use fixed:N with N an integer") from None
+        elif method == "route":
+            self._route_threshold()
+        elif method == "cascade" or method.startswith("cascade:"):
+            self._cascade_threshold(method)
+        else:
+            raise ConfigError(f"unknown method {method!r}: use tandem, slm, llm, fixed:N, route or cascade")
 
     def _route_threshold(self) -> float:
         """The classifier's calibrated route threshold, else its medium effort's checkpoint-0 threshold
@@ -229,7 +240,7 @@ class _Run:
         then the SLM alone when the probability reaches `threshold`, else the LLM alone."""
         slm = self.t.slm
         caps = slm.info.capabilities
-        self.can_shadow = getattr(policy, "uses_shadow", True) and caps.score and caps.raw_prompt
+        self.can_shadow = self.cfg.shadow and getattr(policy, "uses_shadow", True) and caps.score and caps.raw_prompt
         self.base_text = slm.render(self.prompts.solve(self.q)) if self.can_shadow else ""
         q_steps, i_steps, score_s = self._shadow("")
         t0 = time.perf_counter()

@@ -193,11 +193,15 @@ def replay_route(rec: dict[str, Any], p: PairParams, policy: StopPolicy, thresho
     """RouteLLM's idea: decide once, before the LLM writes anything, between SLM alone and LLM alone."""
     prob = policy.sufficiency(rec["ck0"]["features"])
     ck0 = rec["ck0"]
+    shadow = getattr(policy, "uses_shadow", True)  # as live: no shadow features, no scoring pass
     if prob >= threshold:
         out = _slm(rec, p, "route")
-        out.slm_prompt_tokens = ck0["score_tokens"]
+        if shadow:
+            out.slm_prompt_tokens = ck0["score_tokens"]
         return out
     out = _llm(rec, p, "route")
+    if not shadow:
+        return out
     out.slm_prompt_tokens = ck0["score_tokens"]
     out.flops_total += 2.0 * p.slm * ck0["score_tokens"]
     out.wall_seconds += ck0["score_seconds"]

@@ -153,7 +153,13 @@ def join_runs(runs: Sequence[tuple[str, Sequence[Outcome]]]) -> list[Outcome]:
         mine: dict[str, set[str]] = {}
         for o in outs:
             mine.setdefault(o.method, set()).add(o.problem_id)
-        rename = {m: f"{m} ({label})" for m, ids in mine.items() if seen.get(m, set()) & ids}
+        rename: dict[str, str] = {}
+        for m, ids in mine.items():
+            if seen.get(m, set()) & ids:
+                name, k = f"{m} ({label})", 2
+                while name in seen or name in mine:  # two runs of one name: number them
+                    name, k = f"{m} ({label} {k})", k + 1
+                rename[m] = name
         for o in outs:
             joined.append(replace(o, method=rename[o.method]) if o.method in rename else o)
         for m, ids in mine.items():

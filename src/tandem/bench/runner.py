@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ..errors import ConfigError, TandemError
 from ..pipeline import Tandem
 from ..prompts import PROMPT_VERSION
+from ..result import TandemResult
 from ..types import Backend, Grade, Problem
 from .probe import PROBE_VERSION, ProbeConfig, Prober
 from .records import Outcome
@@ -140,21 +141,24 @@ def run_live(problems: Sequence[Problem], tandem: Tandem, methods: Iterable[str]
         "concurrency": concurrency, "problem_ids": [p.id for p in problems], "git_revision": git_revision(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    for m in methods:  # a method that cannot run is refused up front, not stored as an error per sample
+        tandem.check_method(_solve_args(m, effort)[0])
     done = store.open(manifest)
     todo = [(p, m) for p in problems for m in methods if f"{p.id}|{m}" not in done]
     added = 0
     stats: dict[str, list[float]] = {m: [0, 0, 0.0] for m in methods}  # right, scored, TFLOPs
 
-    def one(item: tuple[Problem, str]) -> Outcome:
+    def one(item: tuple[Problem, str]) -> TandemResult | TandemError:
         if cold and concurrency == 1:
             for b in (tandem.llm, tandem.slm):
                 getattr(b, "reset_cache", lambda: None)()
-        return _live_one(tandem, item[0], item[1], grader, effort)
+        return _solve_one(tandem, item[0], item[1], effort)
 
     with _progress(console) as bar:
         task = bar.add_task(f"eval {dataset}", total=len(problems) * len(methods),
                             completed=len(problems) * len(methods) - len(todo), status="")
-        for (p, m), out in _in_flight(todo, one, concurrency):
+        for (p, m), solved in _in_flight(todo, one, concurrency):
+            out = _graded(p, m, solved, grader)  # here, in this thread: graders may rely on signals
             store.append(f"{p.id}|{m}", out.to_dict())
             added += 1
             if out.error is None:
@@ -166,22 +170,32 @@ def run_live(problems: Sequence[Problem], tandem: Tandem, methods: Iterable[str]
     return added
 
 
-def _live_one(tandem: Tandem, p: Problem, method: str, grader: Grader, effort: str | None) -> Outcome:
-    name = method
-    kwargs: dict[str, Any] = {"task": p.task}
+def _solve_args(method: str, effort: str | None) -> tuple[str, dict[str, Any]]:
+    """The pipeline method and overrides for a run's method name (`tandem:EFFORT` sets the effort)."""
     if method.startswith("tandem:"):
-        method, kwargs["effort"] = "tandem", method.split(":", 1)[1]
-    elif effort:
-        kwargs["effort"] = effort
+        return "tandem", {"effort": method.split(":", 1)[1]}
+    return method, ({"effort": effort} if effort else {})
+
+
+def _solve_one(tandem: Tandem, p: Problem, method: str, effort: str | None) -> TandemResult | TandemError:
+    name, kwargs = _solve_args(method, effort)
     try:
-        r = tandem.solve(p.question, method=method, **kwargs)
+        return tandem.solve(p.question, method=name, task=p.task, **kwargs)
+    except TandemError as exc:
+        return exc
+
+
+def _graded(p: Problem, method: str, r: TandemResult | TandemError, grader: Grader) -> Outcome:
+    try:
+        if isinstance(r, TandemError):
+            raise r
         g = grader(p, r.text)
     except TandemError as exc:  # a run or a grading that failed: stored with its error, counted apart
-        return Outcome(problem_id=p.id, method=name, gold=p.answer, error=f"{type(exc).__name__}: {exc}")
+        return Outcome(problem_id=p.id, method=method, gold=p.answer, error=f"{type(exc).__name__}: {exc}")
     c = r.cost
     llm, slm = c.models.get("llm"), c.models.get("slm")
     return Outcome(
-        problem_id=p.id, method=name, correct=g.correct, answer=g.extraction.answer if g.extraction else None,
+        problem_id=p.id, method=method, correct=g.correct, answer=g.extraction.answer if g.extraction else None,
         gold=p.answer, extraction_rule=g.extraction.rule if g.extraction else "none", grade_reason=g.reason,
         truncated=r.truncated, stop_reason=r.stop_reason, handover_tokens=r.handover_tokens,
         llm_prompt_tokens=llm.input_tokens if llm else 0, llm_generated_tokens=llm.generated_tokens if llm else 0,

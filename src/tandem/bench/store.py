@@ -39,6 +39,8 @@ def _identity(manifest: dict[str, Any]) -> dict[str, Any]:
     ident = {k: v for k, v in manifest.items() if k not in _EXTENSIBLE}
     if manifest.get("kind") in ("probe", "live"):  # recorded before entropy kinds were written: llama.cpp's exact
         ident.setdefault("entropy", {"llm": "exact", "slm": "exact"})
+    if manifest.get("kind") == "live":  # recorded before concurrency was written: serial
+        ident.setdefault("concurrency", 1)
     if "dataset" in manifest:
         ident["dataset (without rows)"] = str(manifest["dataset"]).split("[", 1)[0]
     return ident

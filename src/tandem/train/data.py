@@ -101,6 +101,10 @@ def load_tables(dirs: Sequence[str | Path], *, allow_test_split: bool = False) -
         tables.append(ProbeTable(Path(d), man, recs, errors))
     first = tables[0].manifest
     for t in tables[1:]:
+        kinds = [m.get("entropy") or {"llm": "exact", "slm": "exact"} for m in (first, t.manifest)]
+        if kinds[0] != kinds[1]:
+            raise ConfigError(f"{t.path} measured entropies as {kinds[1]}, {tables[0].path} as {kinds[0]}: "
+                              "features of one kind do not mix with the other's")
         for role in ("llm", "slm"):
             a, b = first[role], t.manifest[role]
             same = a.get("checksum") == b.get("checksum") if a.get("checksum") and b.get("checksum") \
