@@ -110,3 +110,25 @@ def test_wrong_checksum(tmp_path):
 def test_unknown_command_is_a_usage_error():
     res = run("fly")
     assert res.returncode != 0 and "Traceback" not in res.stderr
+
+
+def test_eval_on_local_files_through_the_hub_loader_with_mapped_fields(scripted_config, tmp_path):
+    pytest.importorskip("datasets")
+    rows = [{"qid": "a", "problem": "What is 3 + 4?", "final": "7"}, {"qid": "b", "problem": "2 + 5?", "final": "7"}]
+    data = tmp_path / "mine.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    env = {"HF_HOME": str(tmp_path / "hf"), "HF_DATASETS_OFFLINE": "1"}
+    out = tmp_path / "run"
+    res = run("eval", "hf:json", "--hf-data-files", str(data), "--fields", "id=qid,question=problem,answer=final",
+              "--grader", "gsm8k", "--config", str(scripted_config), "--methods", "slm,llm", "--out", str(out), env=env)
+    assert res.returncode == 0, res.stderr
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["grader"] == "gsm8k" and man["problem_ids"] == ["a", "b"]
+    recs = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert len(recs) == 4 and all(r["correct"] for r in recs)
+    assert_clean_error(run("eval", "hf:json", "--hf-data-files", str(data), "--fields", "question",
+                           "--config", str(scripted_config), "--out", str(tmp_path / "x"), env=env), "--fields")
+    assert_clean_error(run("eval", "gsm8k", "--fields", "question=problem", "--config", str(scripted_config),
+                           "--out", str(tmp_path / "y"), env=env), "only apply to hf:")
+    assert_clean_error(run("eval", "hf:json", "--hf-data-files", str(data), "--grader", "nope",
+                           "--config", str(scripted_config), "--out", str(tmp_path / "z"), env=env), "--grader")

@@ -22,20 +22,45 @@ Seed = Annotated[int, typer.Option(help="seed for --sample")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML/YAML settings file")]
 LlmModel = Annotated[str | None, typer.Option(help="LLM: registry name or GGUF path")]
 SlmModel = Annotated[str | None, typer.Option(help="SLM: registry name or GGUF path")]
+# hf:<path> datasets only
+Fields = Annotated[str | None, typer.Option(help="hf: map id/question/answer to the dataset's columns, "
+                                                 "e.g. question=problem,answer=solution")]
+HfConfig = Annotated[str | None, typer.Option(help="hf: the dataset's configuration (subset) name")]
+HfDataFiles = Annotated[list[str] | None, typer.Option(help="hf: data files (e.g. with hf:json); repeatable")]
+HfTask = Annotated[str | None, typer.Option(help="hf: math | code (default math)")]
+HfGrader = Annotated[str | None, typer.Option(help="hf: gsm8k | math | humaneval (default: by task)")]
+
+
+def _field_map(text: str | None) -> dict[str, str] | None:
+    if not text:
+        return None
+    pairs = [p.split("=", 1) for p in text.split(",") if p.strip()]
+    if any(len(p) != 2 or not p[0].strip() or not p[1].strip() for p in pairs):
+        raise ConfigError(f"--fields {text!r}: use name=column pairs, e.g. question=problem,answer=solution")
+    return {k.strip(): v.strip() for k, v in pairs}
 
 
 def _problems(bench: str, data_dir: str | None, split: str | None, offset: int, limit: int | None,
-              sample: int | None, seed: int) -> tuple[Any, str]:
+              sample: int | None, seed: int, *, fields: str | None = None, hf_config: str | None = None,
+              hf_data_files: list[str] | None = None, task: str | None = None,
+              grader: str | None = None) -> tuple[Any, str, str]:
+    """The selected problems, the run's dataset label and the grader's name."""
     from .datasets import load_benchmark
+    from .graders import GRADERS
 
-    ps = load_benchmark(bench, data_dir, split)
+    if task not in (None, "math", "code"):
+        raise ConfigError(f"--task {task!r}: use math or code")
+    if grader is not None and grader not in GRADERS:
+        raise ConfigError(f"--grader {grader!r}: use one of {', '.join(GRADERS)}")
+    ps = load_benchmark(bench, data_dir, split, field_map=_field_map(fields), hf_config=hf_config,
+                        data_files=hf_data_files or None, task=task, grader=grader)  # type: ignore[arg-type]
     sel = ps.select(offset=offset, limit=limit, sample=sample, seed=seed)
     label = f"{bench}/{ps.split}[{offset}:{offset + len(sel) if limit is None else offset + limit}]"
     if sample:
         label += f" sample {sample} seed {seed}"
     if len(sel) == 0:
         raise InputError("no problems selected")
-    return sel, label
+    return sel, label, ps.grader
 
 
 def _settings(config: Path | None, llm_model: str | None, slm_model: str | None, **pipe: Any) -> Any:
@@ -71,6 +96,8 @@ def probe(
     llm_max_tokens: Annotated[int | None, typer.Option(help="LLM max new tokens")] = None,
     slm_max_tokens: Annotated[int | None, typer.Option(help="SLM max new tokens")] = None,
     llm_model: LlmModel = None, slm_model: SlmModel = None,
+    fields: Fields = None, hf_config: HfConfig = None, hf_data_files: HfDataFiles = None, task: HfTask = None,
+    grader: HfGrader = None,
 ) -> None:
     """Record probe tables: the LLM's full stream and the SLM's graded answer at every checkpoint."""
     from ..backends import build_backend
@@ -80,13 +107,14 @@ def probe(
     from .runner import run_probe
     from .store import RunStore
 
-    problems, label = _problems(bench, data_dir, split, offset, limit, sample, seed)
+    problems, label, grader_name = _problems(bench, data_dir, split, offset, limit, sample, seed, fields=fields,
+                                             hf_config=hf_config, hf_data_files=hf_data_files, task=task,
+                                             grader=grader)
     st = _settings(config, llm_model, slm_model, handover=handover, llm_max_tokens=llm_max_tokens,
                    slm_max_tokens=slm_max_tokens, stage_budgets=_budgets(budgets))
     pc = pipeline_config(st)
     cfg = ProbeConfig(handover=pc.handover, stage_budgets=pc.stage_budgets, max_unit_tokens=pc.max_unit_tokens,
                       decoding=pc.decoding)
-    grader_name = _grader_name(bench)
     llm = build_backend(st.llm, models_dir=st.models_dir)
     slm = build_backend(st.slm, models_dir=st.models_dir)
     try:
@@ -96,13 +124,6 @@ def probe(
         llm.close()
         slm.close()
     out.print(f"probed {n} new problem(s) into {out_dir}")
-
-
-def _grader_name(bench: str) -> str:
-    from .datasets import BENCHMARKS
-
-    spec = BENCHMARKS.get(bench)
-    return spec.grader if spec else "math"
 
 
 def evaluate(
@@ -119,6 +140,8 @@ def evaluate(
     llm_model: LlmModel = None, slm_model: SlmModel = None,
     concurrency: Annotated[int, typer.Option(min=1, help="samples in flight at once: HTTP backends only; "
                                                        "above 1, wall times include queueing")] = 1,
+    fields: Fields = None, hf_config: HfConfig = None, hf_data_files: HfDataFiles = None, task: HfTask = None,
+    grader: HfGrader = None,
 ) -> None:
     """Run methods live on a benchmark, one sample at a time by default (wall time is each method's own)."""
     from ..config import load_settings
@@ -127,12 +150,13 @@ def evaluate(
     from .runner import run_live
     from .store import RunStore
 
-    problems, label = _problems(bench, data_dir, split, offset, limit, sample, seed)
+    problems, label, grader_name = _problems(bench, data_dir, split, offset, limit, sample, seed, fields=fields,
+                                             hf_config=hf_config, hf_data_files=hf_data_files, task=task,
+                                             grader=grader)
     st = _settings(config, llm_model, slm_model, effort=effort, handover=handover)
     if classifier:
         st = load_settings(None, {**st.model_dump(), "classifier": classifier})
     tandem = build_tandem(st)
-    grader_name = _grader_name(bench)
     try:
         n = run_live(problems, tandem, [m.strip() for m in methods.split(",") if m.strip()],
                      get_grader(grader_name), RunStore(out_dir), dataset=label, grader_name=grader_name,
