@@ -19,10 +19,10 @@ from .answer import extract_answer
 from .cost import CostReport, ModelCost, Price
 from .errors import ConfigError, InputError
 from .features import CheckpointInputs, available_groups, compute_features
-from .policy import DEFAULT_STAGE_BUDGETS, BudgetPolicy, StopRule
+from .policy import DEFAULT_STAGE_BUDGETS, BudgetPolicy, EffortSetting, StopRule
 from .prompts import HandoverMode, PromptSet, Task, hint_prefix_length
 from .result import CheckpointRecord, TandemResult
-from .segment import InsightSegmenter
+from .segment import InsightSegmenter, InsightUnit
 from .types import Backend, GenerationRequest, Prompt, ScoreResult, StopPolicy, TokenStep, TokenStream
 
 EventHook = Callable[[str, dict[str, Any]], None]
@@ -238,20 +238,10 @@ class _Run:
     def route(self, policy: StopPolicy, threshold: float) -> TandemResult:
         """RouteLLM's idea: the classifier once, at checkpoint 0 (the SLM's shadow pass over the question),
         then the SLM alone when the probability reaches `threshold`, else the LLM alone."""
-        slm = self.t.slm
-        caps = slm.info.capabilities
-        self.can_shadow = self.cfg.shadow and getattr(policy, "uses_shadow", True) and caps.score and caps.raw_prompt
-        self.base_text = slm.render(self.prompts.solve(self.q)) if self.can_shadow else ""
-        q_steps, i_steps, score_s = self._shadow("")
-        t0 = time.perf_counter()
-        feats = compute_features(CheckpointInputs(0, 0, [], [], q_steps, i_steps))
-        p = policy.sufficiency(feats)
-        to_slm = p >= threshold
-        rec = CheckpointRecord(0, 0, 0, feats, p, threshold, to_slm, "sufficient" if to_slm else "continue",
-                               score_s, time.perf_counter() - t0)
-        self.cost.add_phase("decide", rec.decide_seconds)
-        self.emit("checkpoint", asdict(rec))
-        result = self.alone("slm" if to_slm else "llm")
+        self._start_shadow(policy)
+        rule = StopRule({"route": EffortSetting(max_budget=1, threshold=threshold)})  # stage 0: the threshold alone
+        rec, _ = self._checkpoint(policy, rule, "route", 0, "", [], [], None)
+        result = self.alone("slm" if rec.handover else "llm")
         result.checkpoints = [rec]
         return result
 
@@ -269,6 +259,31 @@ class _Run:
         result.stop_reason = "escalated"
         result.slm_text = first.text
         return result
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    def _start_shadow(self, policy: StopPolicy) -> None:
+        """Whether checkpoints score question + insights with the SLM (the policy reads those features
+        and the SLM can score raw text), and the rendered solve prompt the scored text starts with."""
+        caps = self.t.slm.info.capabilities
+        self.can_shadow = self.cfg.shadow and getattr(policy, "uses_shadow", True) and caps.score and caps.raw_prompt
+        self.base_text = self.t.slm.render(self.prompts.solve(self.q)) if self.can_shadow else ""
+
+    def _checkpoint(self, policy: StopPolicy, rule: StopRule, effort: str, stage: int, llm_text: str,
+                    llm_steps: list[TokenStep], units: list[InsightUnit],
+                    q_steps: list[TokenStep] | None) -> tuple[CheckpointRecord, list[TokenStep] | None]:
+        """Shadow pass, features, decision at one checkpoint; return its record and the question's scored
+        steps (taken from the first pass that has them)."""
+        q_now, i_steps, score_s = self._shadow(llm_text)
+        q_steps = q_now if q_steps is None else q_steps
+        t0 = time.perf_counter()
+        feats = compute_features(CheckpointInputs(stage, len(llm_steps), units, llm_steps, q_steps, i_steps))
+        p = policy.sufficiency(feats)
+        d = rule.decide(p, effort=effort, stage=stage, llm_tokens=len(llm_steps))
+        rec = CheckpointRecord(stage, len(llm_steps), len(units), feats, p, d.threshold, d.handover, d.reason,
+                               score_s, time.perf_counter() - t0)
+        self.cost.add_phase("decide", rec.decide_seconds)
+        self.emit("checkpoint", asdict(rec))
+        return rec, q_steps
 
     # ---- tandem -------------------------------------------------------------------------------
     def _slm_prompt(self, llm_text: str) -> Prompt:
@@ -304,10 +319,7 @@ class _Run:
             result = self.alone("llm")
             result.stop_reason = "llm_finished"
             return result
-        caps = slm.info.capabilities
-        uses_shadow = getattr(policy, "uses_shadow", True)
-        self.can_shadow = cfg.shadow and uses_shadow and caps.score and caps.raw_prompt
-        self.base_text = slm.render(self.prompts.solve(self.q)) if self.can_shadow else ""
+        self._start_shadow(policy)
         budgets = stage_budgets_for(cfg.stage_budgets, rule.setting(cfg.effort).max_budget)
         schedule = CheckpointSchedule(budgets, cfg.max_unit_tokens)
         seg, checkpoints = InsightSegmenter(cfg.handover), []
@@ -316,19 +328,9 @@ class _Run:
 
         def checkpoint(stage: int) -> bool:
             nonlocal q_steps
-            q_now, i_steps, score_s = self._shadow(llm_text)
-            q_steps = q_now if q_steps is None else q_steps
-            t0 = time.perf_counter()
-            feats = compute_features(CheckpointInputs(stage, len(llm_steps), seg.units, llm_steps,
-                                                      q_steps, i_steps))
-            p = policy.sufficiency(feats)
-            d = rule.decide(p, effort=cfg.effort, stage=stage, llm_tokens=len(llm_steps))
-            rec = CheckpointRecord(stage, len(llm_steps), len(seg.units), feats, p, d.threshold, d.handover,
-                                   d.reason, score_s, time.perf_counter() - t0)
+            rec, q_steps = self._checkpoint(policy, rule, cfg.effort, stage, llm_text, llm_steps, seg.units, q_steps)
             checkpoints.append(rec)
-            self.cost.add_phase("decide", rec.decide_seconds)
-            self.emit("checkpoint", asdict(rec))
-            return d.handover
+            return rec.handover
 
         handed_over = checkpoint(0)
         cancel_latency, llm_finish = None, None

@@ -32,13 +32,19 @@ def git_revision(repo: Path | None = None) -> str:
         return "unknown"
 
 
+def entropy_kinds_of(manifest: dict[str, Any]) -> dict[str, str]:
+    """How a run measured each model's entropies; runs recorded before this was written used
+    llama.cpp, whose entropies are exact."""
+    return dict(manifest.get("entropy") or {"llm": "exact", "slm": "exact"})
+
+
 def _identity(manifest: dict[str, Any]) -> dict[str, Any]:
     """The parts of a manifest that must match to resume (not the git revision or timestamps). The
     dataset may be extended to other rows, not changed: its label without the row range must match
     ("gsm8k/test[0:50]" resumes as "gsm8k/test[50:100]", not as "math500/test[0:50]")."""
     ident = {k: v for k, v in manifest.items() if k not in _EXTENSIBLE}
-    if manifest.get("kind") in ("probe", "live"):  # recorded before entropy kinds were written: llama.cpp's exact
-        ident.setdefault("entropy", {"llm": "exact", "slm": "exact"})
+    if manifest.get("kind") in ("probe", "live"):
+        ident["entropy"] = entropy_kinds_of(manifest)
     if manifest.get("kind") == "live":  # recorded before concurrency was written: serial
         ident.setdefault("concurrency", 1)
     if "dataset" in manifest:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ..bench.store import git_revision, read_manifest, read_records
+from ..bench.store import entropy_kinds_of, git_revision, read_manifest, read_records
 from ..errors import ConfigError, InputError
 from ..features import FEATURE_GROUPS
 
@@ -101,7 +101,7 @@ def load_tables(dirs: Sequence[str | Path], *, allow_test_split: bool = False) -
         tables.append(ProbeTable(Path(d), man, recs, errors))
     first = tables[0].manifest
     for t in tables[1:]:
-        kinds = [m.get("entropy") or {"llm": "exact", "slm": "exact"} for m in (first, t.manifest)]
+        kinds = [entropy_kinds_of(m) for m in (first, t.manifest)]
         if kinds[0] != kinds[1]:
             raise ConfigError(f"{t.path} measured entropies as {kinds[1]}, {tables[0].path} as {kinds[0]}: "
                               "features of one kind do not mix with the other's")
@@ -118,13 +118,13 @@ def load_tables(dirs: Sequence[str | Path], *, allow_test_split: bool = False) -
 def model_pair(table: ProbeTable) -> dict[str, Any]:
     """The model pair of a probe run, as a classifier file records it."""
 
-    entropy = table.manifest.get("entropy") or {}  # absent: recorded before it was written (llama.cpp: exact)
+    entropy = entropy_kinds_of(table.manifest)
 
     def ref(role: str) -> dict[str, Any]:
         m = table.manifest[role]
         return {"name": str(m.get("name", "")), "checksum": str(m.get("checksum") or ""),
                 "n_params": int(m.get("n_params") or 0), "tokenizer_id": str(m.get("tokenizer_id") or ""),
-                "chat_template_id": str(m.get("chat_template_id") or ""), "entropy": str(entropy.get(role, "exact"))}
+                "chat_template_id": str(m.get("chat_template_id") or ""), "entropy": entropy[role]}
 
     return {"llm": ref("llm"), "slm": ref("slm")}
 
