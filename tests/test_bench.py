@@ -195,8 +195,11 @@ def test_run_store_resumes_and_refuses_another_manifest(tmp_path):
     with pytest.raises(ConfigError, match="dataset"):
         run_probe(PROBLEMS[2:], llm, slm, get_grader("math"), other, cfg, dataset="math500/test[0:1]",
                   grader_name="math")
-    # packed runs read back, and a torn last line is dropped
-    pack(store.dir)
+    # packed runs read back, and a torn last line is dropped; packing again changes no byte
+    packed = pack(store.dir)
+    first = packed.read_bytes()
+    assert first[4:8] == bytes(4)  # no time stamp in the gzip header
+    assert pack(store.dir).read_bytes() == first and not list(store.dir.glob("*.tmp"))
     with store.records_path.open("a") as f:
         f.write('{"key": "3", "problem_')
     assert len(list(read_records(store.dir))) == 3

@@ -154,9 +154,19 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
 
 
 def pack(run_dir: str | Path) -> Path:
-    """Compress records.jsonl to records.jsonl.gz (for committing results); keeps the manifest."""
+    """Compress records.jsonl to records.jsonl.gz (for committing results); keeps the manifest.
+
+    The output depends only on the records (no time stamp in the gzip header), so packing an
+    unchanged run again leaves the committed file byte for byte as it was; it is written to a
+    temporary file and renamed, so an interrupted pack never leaves a truncated archive.
+    """
     d = Path(run_dir)
     src, dst = d / RECORDS, d / (RECORDS + ".gz")
-    with src.open("rb") as fi, gzip.open(dst, "wb", compresslevel=9) as fo:
-        fo.write(fi.read())
+    tmp = dst.with_name(dst.name + ".tmp")
+    with src.open("rb") as fi, tmp.open("wb") as raw:
+        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=9, mtime=0) as fo:
+            fo.write(fi.read())
+        raw.flush()
+        os.fsync(raw.fileno())
+    os.replace(tmp, dst)
     return dst
