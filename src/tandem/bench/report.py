@@ -321,7 +321,7 @@ def _figure(width: float, height: float) -> Figure:
 def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png", dpi=120)
+    fig.savefig(out, format="png", dpi=120, bbox_inches="tight")
     return out
 
 
@@ -379,8 +379,8 @@ def plot_pareto(
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title or "Accuracy against cost")
     ax.grid(True, alpha=0.3)
-    if xs_all:
-        ax.legend(fontsize=8, loc="lower right")
+    if xs_all:  # beside the axes, where it can hide no point
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     else:
         ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
     return _save(fig, path)
