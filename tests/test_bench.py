@@ -119,6 +119,17 @@ def test_route_and_cascade_run_live_as_they_replay(tmp_path):
                         route_threshold=0.5)
     assert live.cost.models["slm"].input_tokens == rep.slm_prompt_tokens == 0
     assert rep.flops_total == pytest.approx(live.cost.flops_total)
+    # a threshold the probability cannot cross decides without the classifier: nothing scored, live and replayed
+    for threshold, role in ((1.01, "llm"), (0.0, "slm")):
+        policy = Calibrated(0.5, route_threshold=threshold)
+        policy.sufficiency = None  # never consulted
+        llm.reset_cache(), slm.reset_cache()
+        live = Tandem(llm, slm, policy=policy).solve(PROBLEMS[0].question, method="route")
+        rep = replay_method(rec, "route", p, handover="continue", budgets=(32,), policy=policy, rule=StopRule(),
+                            route_threshold=threshold)
+        alone = replay_method(rec, role, p, handover="continue", budgets=(32,))
+        assert live.stop_reason == rep.stop_reason == f"{role}_alone" and not live.checkpoints
+        assert rep.flops_total == pytest.approx(live.cost.flops_total) == pytest.approx(alone.flops_total)
     # cascade:T needs no classifier; plain cascade and route do
     llm.reset_cache(), slm.reset_cache()
     assert Tandem(llm, slm).solve(PROBLEMS[0].question, method=f"cascade:{lp + 1}").stop_reason == "escalated"

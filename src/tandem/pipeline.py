@@ -47,6 +47,15 @@ class PipelineConfig:
     decoding: DecodingSettings = field(default_factory=DecodingSettings)
 
 
+def route_without_classifier(threshold: float) -> str | None:
+    """The role a route threshold picks whatever the probability (in [0, 1]) is, else None."""
+    if threshold > 1.0:
+        return "llm"
+    if threshold <= 0.0:
+        return "slm"
+    return None
+
+
 class Tandem:
     """Solve problems with an LLM and an SLM in tandem (or either alone, for baselines)."""
 
@@ -237,7 +246,13 @@ class _Run:
     # ---- baselines: route and cascade ---------------------------------------------------------
     def route(self, policy: StopPolicy, threshold: float) -> TandemResult:
         """RouteLLM's idea: the classifier once, at checkpoint 0 (the SLM's shadow pass over the question),
-        then the SLM alone when the probability reaches `threshold`, else the LLM alone."""
+        then the SLM alone when the probability reaches `threshold`, else the LLM alone. A threshold
+        outside (0, 1] decides without the classifier (above 1: always the LLM; 0 or below: always
+        the SLM), so no scoring pass is paid for a decision the probability cannot change."""
+        fixed = route_without_classifier(threshold)
+        if fixed is not None:
+            self.emit("route", {"threshold": threshold, "to": fixed, "scored": False})
+            return self.alone(fixed)
         self._start_shadow(policy)
         rule = StopRule({"route": EffortSetting(max_budget=1, threshold=threshold)})  # stage 0: the threshold alone
         rec, _ = self._checkpoint(policy, rule, "route", 0, "", [], [], None)

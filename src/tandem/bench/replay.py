@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigError
-from ..pipeline import stage_budgets_for
+from ..pipeline import route_without_classifier, stage_budgets_for
 from ..policy import StopRule
 from ..types import StopPolicy
 from .records import Outcome
@@ -190,7 +190,11 @@ def replay_policy(rec: dict[str, Any], p: PairParams, policy: StopPolicy, rule: 
 
 
 def replay_route(rec: dict[str, Any], p: PairParams, policy: StopPolicy, threshold: float) -> Outcome:
-    """RouteLLM's idea: decide once, before the LLM writes anything, between SLM alone and LLM alone."""
+    """RouteLLM's idea: decide once, before the LLM writes anything, between SLM alone and LLM alone.
+    A threshold outside (0, 1] decides without scoring, as live."""
+    fixed = route_without_classifier(threshold)
+    if fixed is not None:
+        return _slm(rec, p, "route") if fixed == "slm" else _llm(rec, p, "route")
     prob = policy.sufficiency(rec["ck0"]["features"])
     ck0 = rec["ck0"]
     shadow = getattr(policy, "uses_shadow", True)  # as live: no shadow features, no scoring pass

@@ -18,7 +18,7 @@ times a grid of thresholds (quantiles of the classifier's probabilities on the t
 SLM alone, and 1.01: never early, i.e. the fixed budget - or, with `finish`, the LLM alone without
 shadow passes), each with and without `finish` (at the budget the LLM finishes its own answer
 instead of handing over; continue hand-over only); for `route`, quantiles of the checkpoint-0
-probabilities; for `cascade`, quantiles of the SLM alone's mean token log-prob.
+probabilities plus 0 and 1.01 (always the SLM / the LLM, decided without a scoring pass); for `cascade`, quantiles of the SLM alone's mean token log-prob.
 Per stage (on by default): from each effort's chosen point, a coordinate search over a coarser grid
 of thresholds per checkpoint stage (quantiles of that stage's probabilities), keeping a stage's own
 threshold only when it strictly improves the objective on the calibration table; the calibration
