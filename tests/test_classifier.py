@@ -279,8 +279,18 @@ def test_the_default_policy_is_the_shipped_classifier_else_the_budget(tmp_path: 
     doc["models"] = models_block("big", "small")
     (folder / "pair.json").write_text(json.dumps(doc))
     monkeypatch.setattr(mod, "_shipped_dir", lambda: folder)
-    policy, rule = load_policy("default", llm, slm)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="tandem"):
+        policy, rule = load_policy("default", llm, slm)
     assert isinstance(policy, SufficiencyClassifier) and rule.setting("medium") == policy.stop_rule().setting("medium")
+    assert "pair.json (shipped for big + small)" in caplog.text and "never hand over" not in caplog.text
+    # an effort calibrated to never hand over is said so: it runs as the LLM alone
+    doc["efforts"]["low"] |= {"threshold": 1.01, "finish": True}
+    (folder / "pair.json").write_text(json.dumps(doc))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="tandem"):
+        policy, rule = load_policy("default", llm, slm)
+    assert not rule.setting("low").hands_over and "effort(s) low never hand over" in caplog.text
 
 
 def test_every_feature_is_documented() -> None:

@@ -45,7 +45,12 @@ def load_policy(name: str, llm: Backend, slm: Backend) -> tuple[StopPolicy, Stop
     else:
         path = Path(name)
     clf = load_classifier(path, llm=llm.info, slm=slm.info)
-    return clf, clf.stop_rule()
+    rule = clf.stop_rule()
+    alone = [e for e, setting in rule.efforts.items() if not setting.hands_over]
+    if alone:
+        log.info("classifier %s: effort(s) %s never hand over (calibration found no hand-over that pays on its "
+                 "calibration table): they run as the LLM alone", path.name, ", ".join(alone))
+    return clf, rule
 
 
 def build_tandem(settings: TandemSettings) -> Tandem:
