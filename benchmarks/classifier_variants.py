@@ -44,7 +44,8 @@ def no_regret_labels(tables: list[Any]) -> np.ndarray:
     out = []
     for t in tables:
         for rec in t.records:
-            llm_wrong = not bool(rec["llm"]["grade"]["correct"])
+            llm_alone = rec.get("llm_solve") or rec["llm"]  # hint tables: the LLM's own solve, as replay prices it
+            llm_wrong = not bool(llm_alone["grade"]["correct"])
             out.append(int(bool(rec["slm_alone"]["grade"]["correct"]) or llm_wrong))
             out += [int(bool(ck["slm"]["grade"]["correct"]) or llm_wrong) for ck in rec["checkpoints"]]
     return np.asarray(out, dtype=np.int64)

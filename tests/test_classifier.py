@@ -291,6 +291,10 @@ def test_the_default_policy_is_the_shipped_classifier_else_the_budget(tmp_path: 
     with caplog.at_level(logging.INFO, logger="tandem"):
         policy, rule = load_policy("default", llm, slm)
     assert not rule.setting("low").hands_over and "effort(s) low never hand over" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="tandem"):
+        load_policy("default", llm, slm, handover="hint")  # hint hand-over ignores `finish`: nothing to say
+    assert "never hand over" not in caplog.text
 
 
 def test_every_feature_is_documented() -> None:

@@ -25,8 +25,9 @@ def pipeline_config(settings: TandemSettings) -> PipelineConfig:
     )
 
 
-def load_policy(name: str, llm: Backend, slm: Backend) -> tuple[StopPolicy, StopRule]:
-    """'budget', 'default' (the classifier shipped for this model pair, if any) or a JSON path."""
+def load_policy(name: str, llm: Backend, slm: Backend, *, handover: str = "continue") -> tuple[StopPolicy, StopRule]:
+    """'budget', 'default' (the classifier shipped for this model pair, if any) or a JSON path
+    (`handover`: the pipeline's hand-over mode, for what is logged about the efforts)."""
     if name == "budget":
         return BudgetPolicy(), StopRule()
     try:
@@ -47,7 +48,7 @@ def load_policy(name: str, llm: Backend, slm: Backend) -> tuple[StopPolicy, Stop
     clf = load_classifier(path, llm=llm.info, slm=slm.info)
     rule = clf.stop_rule()
     alone = [e for e, setting in rule.efforts.items() if not setting.hands_over]
-    if alone:
+    if alone and handover == "continue":  # hint hand-over ignores `finish`: every effort hands over
         log.info("classifier %s: effort(s) %s never hand over (calibration found no hand-over that pays on its "
                  "calibration table): they run as the LLM alone", path.name, ", ".join(alone))
     return clf, rule
@@ -60,7 +61,7 @@ def build_tandem(settings: TandemSettings) -> Tandem:
     except Exception:
         llm.close()
         raise
-    policy, rule = load_policy(settings.classifier, llm, slm)
+    policy, rule = load_policy(settings.classifier, llm, slm, handover=settings.pipeline.handover)
     prices = {
         role: Price(b.price_input_per_mtok, b.price_output_per_mtok)
         for role, b in (("llm", settings.llm), ("slm", settings.slm))

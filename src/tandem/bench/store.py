@@ -163,10 +163,13 @@ def pack(run_dir: str | Path) -> Path:
     d = Path(run_dir)
     src, dst = d / RECORDS, d / (RECORDS + ".gz")
     tmp = dst.with_name(dst.name + ".tmp")
-    with src.open("rb") as fi, tmp.open("wb") as raw:
-        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=9, mtime=0) as fo:
-            fo.write(fi.read())
-        raw.flush()
-        os.fsync(raw.fileno())
-    os.replace(tmp, dst)
+    try:
+        with src.open("rb") as fi, tmp.open("wb") as raw:
+            with gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=9, mtime=0) as fo:
+                fo.write(fi.read())
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
     return dst
