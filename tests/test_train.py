@@ -249,7 +249,8 @@ def test_train_commands_end_to_end(tables: dict[str, Path], tmp_path: Path) -> N
         mp.setattr(commands.out, "_width", 250)  # one line per row
         res = runner.invoke(app, ["train", "show", str(m)])
     medium = next(line for line in res.output.splitlines() if "medium" in line)
-    assert res.exit_code == 0 and "LLM alone (never hands over)" in medium
+    assert res.exit_code == 0 and "LLM alone" in medium and "LLM alone" not in next(
+        line for line in res.output.splitlines() if line.strip("│ ").startswith("low"))
     res = runner.invoke(app, ["replay", str(tables["calib"]), "--classifier", str(m), "--out",
                               str(tmp_path / "rep")])
     assert res.exit_code == 0, res.output

@@ -129,10 +129,11 @@ def calibrate_cmd(
     path = new.save(out_path)
     plots = plot_calibration(res, plot or path.with_name(path.stem + ".tradeoff.png"))
     tab = res.table
-    t = Table("operating point", "objective", "budget", "threshold", "per stage", "at budget", "accuracy",
-              "FLOPs / LLM alone", "satisfied",
+    t = Table("point", "objective", "budget", "threshold", "per stage", "at budget", "accuracy", "cost", "met",
               title=f"calibrated on {tab.n} problems (LLM alone {tab.llm_accuracy:.3f}, "
-                    f"SLM alone {tab.slm_accuracy:.3f})")
+                    f"SLM alone {tab.slm_accuracy:.3f})",
+              caption="at budget: hand over, LLM finishes, or LLM alone (never hands over, no shadow passes); "
+                      "cost: mean total FLOPs over the LLM alone's; met: the objective's constraint holds")
     for key, ch in res.chosen.items():
         p = ch.point
         stages = ", ".join(f"{k}: {v:g}" for k, v in p.stage_thresholds) or "–"
@@ -157,7 +158,7 @@ def _at_budget(threshold: float, stage_thresholds: dict[int, float], finish: boo
     from ..policy import EffortSetting
 
     if not EffortSetting(1, threshold, stage_thresholds, finish).hands_over:
-        return "LLM alone (never hands over)"
+        return "LLM alone"  # the effort never hands over
     return "LLM finishes" if finish else "hand over"
 
 
@@ -175,7 +176,8 @@ def show_cmd(model: Annotated[Path, typer.Argument(help="classifier JSON")]) -> 
     if s.cv:
         out.print(f"CV ({s.cv.folds} folds by problem): ROC-AUC {_f(s.cv.roc_auc)}, log-loss {_f(s.cv.log_loss)}, "
                   f"Brier {_f(s.cv.brier)}")
-    t = Table("effort", "max budget", "threshold", "at budget", "calibrated on", "objective")
+    t = Table("effort", "max budget", "threshold", "at budget", "calibrated on", "objective",
+              caption="at budget: hand over, LLM finishes, or LLM alone (never hands over)")
     cal = s.calibration
     for e, p in s.efforts.items():
         entry = getattr(cal, e) if cal else None
