@@ -107,6 +107,13 @@ def test_wrong_checksum(tmp_path):
     assert_clean_error(res, "smollm2-135m")
 
 
+def test_version():
+    from tandem import __version__
+
+    res = run("--version")
+    assert res.returncode == 0 and res.stdout.strip() == f"tandem {__version__}"
+
+
 def test_unknown_command_is_a_usage_error():
     res = run("fly")
     assert res.returncode != 0 and "Traceback" not in res.stderr

@@ -22,6 +22,22 @@ out = Console()
 err = Console(stderr=True)
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        out.print(f"tandem {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_show_version, is_eager=True,
+                                          help="Show the version and exit.")] = False,
+) -> None:
+    """LLM + SLM in tandem for cheaper reasoning."""
+
+
 def _fail(message: str, code: int = 2) -> None:
     err.print(f"[bold red]error:[/] {message}", highlight=False)
     raise typer.Exit(code)
