@@ -69,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         print(row(m, summary["baseline"]))
     print()
     print(frontier_line(summary, at))
+    ratios = {m: r for m, r in (summary.get("frontier_cost_ratio") or {}).items() if r is not None}
+    if ratios:
+        print("total FLOPs over the frontier's at the same accuracy: "
+              + ", ".join(f"{NAMES.get(m, m)} {r:.2f}" for m, r in ratios.items()))
     return 0
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from tandem.bench.records import Outcome
 from tandem.bench.report import (
+    frontier_cost_ratios,
     join_runs,
     mcnemar_exact,
     options_from_outcomes,
@@ -287,6 +288,16 @@ def test_write_report(tmp_path: Path) -> None:
     # p1 and p3 are right at their cheapest choice (4 + 2), p4 costs 2 wrong or 10 right
     assert summary["frontier"][0] == pytest.approx([2 / 3, 8e12 / 3])
     assert summary["frontier"][1] == pytest.approx([1.0, 16e12 / 3])
+    # on the frontier's problems (p1, p3, p4) both are right on 2 of 3: the LLM pays 10 a problem,
+    # tandem 8/3 - the frontier's own least cost at 2/3
+    assert summary["frontier_cost_ratio"] == pytest.approx({"llm": 10 / (8 / 3), "tandem": 1.0})
+    assert "`llm` 3.75, `tandem` 1.00" in md
+
+
+def test_frontier_cost_ratio_needs_every_frontier_problem() -> None:
+    outs = _handmade()
+    options = options_from_outcomes(outs) | {"p2": [(1e12, True)]}  # tandem failed on p2
+    assert frontier_cost_ratios(outs, options) == {"llm": pytest.approx(10 / (9 / 4)), "tandem": None}
 
 
 def test_wilson_bounds_are_exact_when_all_or_none_are_right() -> None:

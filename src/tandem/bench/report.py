@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Z95",
     "MethodSummary",
+    "frontier_cost_ratios",
     "mcnemar_exact",
     "options_from_outcomes",
     "oracle_frontier",
@@ -305,6 +306,30 @@ def options_from_outcomes(
     return {
         pid: [(float(getattr(table[m][pid], cost)), table[m][pid].correct) for m in names] for pid in order
     }
+
+
+def frontier_cost_ratios(
+    outcomes: Iterable[Outcome],
+    frontier_options: Mapping[str, Sequence[tuple[float, bool]]],
+    cost: CostField = "flops_total",
+) -> dict[str, float | None]:
+    """Per method: its mean cost over the oracle frontier's least cost at the same accuracy (1.00: on
+    the frontier; 1.10: 10% above it), both on the frontier's problems. None where the method did not
+    run every one of those problems without error, or no frontier point reaches its accuracy."""
+    frontier = oracle_frontier(frontier_options)
+    pids = list(frontier_options)
+    ratios: dict[str, float | None] = {}
+    for method, rows in _by_method(outcomes).items():
+        done = [rows.get(pid) for pid in pids]
+        if not pids or any(o is None or o.error is not None for o in done):
+            ratios[method] = None
+            continue
+        ran = [o for o in done if o is not None]
+        accuracy = sum(o.correct for o in ran) / len(ran)
+        mean_cost = sum(float(getattr(o, cost)) for o in ran) / len(ran)
+        reach = [c for a, c in frontier if a >= accuracy - 1e-9]
+        ratios[method] = mean_cost / min(reach) if reach and min(reach) > 0 else None
+    return ratios
 
 
 # --- plots -------------------------------------------------------------------------------------
@@ -608,14 +633,22 @@ def write_report(
     plot_pareto(summaries, None, out / "pareto_generated.png", "flops_generated", title=title)
     plot_handover_hist(rows, out / "handover.png")
     extra_notes = [notes] if isinstance(notes, str) else list(notes or [])
-    if frontier:
+    ratios: dict[str, float | None] = {}
+    if frontier and frontier_options:
         acc_min, cost_min = frontier[0]
         acc_max, cost_max = frontier[-1]
         extra_notes.append(
-            f"Oracle frontier over {len(frontier_options or {})} problems: {100 * acc_min:.1f}% at "
+            f"Oracle frontier over {len(frontier_options)} problems: {100 * acc_min:.1f}% at "
             f"{cost_min / _TERA:.4g} TFLOPs (cheapest choice everywhere) up to {100 * acc_max:.1f}% at "
             f"{cost_max / _TERA:.4g} TFLOPs."
         )
+        ratios = frontier_cost_ratios(rows, frontier_options)
+        shown = [f"`{m}` {r:.2f}" for m, r in ratios.items() if r is not None]
+        if shown:
+            extra_notes.append(
+                "Total FLOPs over the oracle frontier's at the same accuracy, on its problems (1.00: on the "
+                "frontier): " + ", ".join(shown) + "."
+            )
     images = [
         ("accuracy against total FLOPs", "pareto.png"),
         ("accuracy against generated FLOPs", "pareto_generated.png"),
@@ -629,6 +662,7 @@ def write_report(
                 "baseline": baseline,
                 "methods": [s.to_dict() for s in summaries],
                 "frontier": [list(p) for p in frontier] if frontier else None,
+                "frontier_cost_ratio": ratios or None,
             },
             indent=1,
         )
