@@ -70,6 +70,19 @@ def summarise(points: list[Point], llm_accuracy: float) -> dict[str, Any]:
     }
 
 
+def operating_points(table: CalibrationTable, scores: np.ndarray, grid: int) -> list[Point]:
+    """Every point calibration tries: stage budgets x threshold quantiles x with/without `finish`."""
+    thresholds = threshold_grid(scores, grid, low=0.0, high=NEVER)
+    return [table.tandem(b, t, finish=fin) for fin in (False, True) for b in table.budgets for t in thresholds]
+
+
+def write_json(path: str | None, doc: dict[str, Any]) -> None:
+    """Write the figures with the machine and the date, when a path is given."""
+    if path:
+        with open(path, "w") as f:
+            json.dump({**doc, "machine": platform.platform(), "date": time.strftime("%Y-%m-%d")}, f, indent=1)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("tables", nargs="+")
@@ -88,9 +101,7 @@ def main() -> None:
             rng = np.random.default_rng(seed)
             s = 1.0 / (1.0 + np.exp(-(d * (y - 0.5) + rng.standard_normal(len(y)))))
             table = CalibrationTable(tables, SyntheticScores({id(f): float(v) for (f, _), v in zip(data, s, strict=True)}))
-            thresholds = threshold_grid(s, args.grid, low=0.0, high=NEVER)
-            points = [table.tandem(b, t, finish=fin) for fin in (False, True) for b in table.budgets
-                      for t in thresholds]
+            points = operating_points(table, s, args.grid)
             per_seed.append({"auc": auc(y, s), **summarise(points, table.llm_accuracy)})
         results.append({"separation": d, "seeds": per_seed})
         a = np.mean([r["auc"] for r in per_seed])
@@ -103,11 +114,8 @@ def main() -> None:
               f"medium (lambda 0.2): {np.mean([m[0] for m in med]):.3f} at {np.mean([m[1] for m in med]):.2f}x")
     doc = {"tables": args.tables, "problems": len({r['problem_id'] for t in tables for r in t.records}),
            "rows": len(data), "positive_rate": float(y.mean()), "llm_accuracy": table.llm_accuracy,
-           "slm_accuracy": table.slm_accuracy, "grid": args.grid, "results": results,
-           "machine": platform.platform(), "date": time.strftime("%Y-%m-%d")}
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(doc, f, indent=1)
+           "slm_accuracy": table.slm_accuracy, "grid": args.grid, "results": results}
+    write_json(args.out, doc)
 
 
 if __name__ == "__main__":

@@ -16,16 +16,13 @@ over loses nothing). Run on probe tables that are not test tables.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import time
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
-from classifier_headroom import SyntheticScores, auc, rows, summarise
+from classifier_headroom import SyntheticScores, auc, operating_points, rows, summarise, write_json
 
-from tandem.train.calibrate import NEVER, CalibrationTable, threshold_grid
+from tandem.train.calibrate import CalibrationTable
 from tandem.train.data import build_rows, load_tables
 from tandem.train.fit import cross_validate, hyperparameters
 
@@ -70,9 +67,7 @@ def main() -> None:
         scores = SyntheticScores({id(f): float(v) for (f, _), v in zip(data, oof, strict=True)})
         scores.uses_shadow = groups is None or "slm_" in groups  # no shadow features: no scoring pass
         table = CalibrationTable(tables, scores)
-        thresholds = threshold_grid(oof, args.grid, low=0.0, high=NEVER)
-        points = [table.tandem(b, t, finish=fin) for fin in (False, True) for b in table.budgets
-                  for t in thresholds]
+        points = operating_points(table, oof, args.grid)
         s = summarise(points, table.llm_accuracy)
         row = {"kind": kind, "feature_groups": groups or "all", "label": label,
                "auc_own_label": auc(r.y, oof), "auc_sufficient": auc(sufficient, oof), **s}
@@ -83,11 +78,8 @@ def main() -> None:
               f"LLM acc ({table.llm_accuracy:.3f}) at {f'{reach[1]:.2f}x' if reach else 'never'} | "
               f"medium {med[0]:.3f} at {med[1]:.2f}x", flush=True)
     doc = {"tables": args.tables, "problems": len({r['problem_id'] for t in tables for r in t.records}),
-           "rows": len(data), "llm_accuracy": table.llm_accuracy, "grid": args.grid, "results": results,
-           "machine": platform.platform(), "date": time.strftime("%Y-%m-%d")}
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(doc, f, indent=1)
+           "rows": len(data), "llm_accuracy": table.llm_accuracy, "grid": args.grid, "results": results}
+    write_json(args.out, doc)
 
 
 if __name__ == "__main__":
