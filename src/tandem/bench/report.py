@@ -312,19 +312,21 @@ def frontier_cost_ratios(
     outcomes: Iterable[Outcome],
     frontier_options: Mapping[str, Sequence[tuple[float, bool]]],
     cost: CostField = "flops_total",
+    frontier: Sequence[tuple[float, float]] | None = None,
 ) -> dict[str, float | None]:
     """Per method: its mean cost over the oracle frontier's least cost at the same accuracy (1.00: on
     the frontier; 1.10: 10% above it), both on the frontier's problems. None where the method did not
-    run every one of those problems without error, or no frontier point reaches its accuracy."""
-    frontier = oracle_frontier(frontier_options)
+    run every one of those problems without error, or no frontier point reaches its accuracy.
+    `frontier`: `oracle_frontier(frontier_options)` when the caller has it already."""
+    if frontier is None:
+        frontier = oracle_frontier(frontier_options)
     pids = list(frontier_options)
     ratios: dict[str, float | None] = {}
     for method, rows in _by_method(outcomes).items():
-        done = [rows.get(pid) for pid in pids]
-        if not pids or any(o is None or o.error is not None for o in done):
+        ran = [rows[pid] for pid in pids if pid in rows and rows[pid].error is None]
+        if not pids or len(ran) < len(pids):
             ratios[method] = None
             continue
-        ran = [o for o in done if o is not None]
         accuracy = sum(o.correct for o in ran) / len(ran)
         mean_cost = sum(float(getattr(o, cost)) for o in ran) / len(ran)
         reach = [c for a, c in frontier if a >= accuracy - 1e-9]
@@ -642,7 +644,7 @@ def write_report(
             f"{cost_min / _TERA:.4g} TFLOPs (cheapest choice everywhere) up to {100 * acc_max:.1f}% at "
             f"{cost_max / _TERA:.4g} TFLOPs."
         )
-        ratios = frontier_cost_ratios(rows, frontier_options)
+        ratios = frontier_cost_ratios(rows, frontier_options, frontier=frontier)
         shown = [f"`{m}` {r:.2f}" for m, r in ratios.items() if r is not None]
         if shown:
             extra_notes.append(
