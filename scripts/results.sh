@@ -4,7 +4,8 @@
 #   scripts/results.sh baselines   replay slm, llm, fixed:N, oracle on the test tables
 #   scripts/results.sh live         live slm, llm, fixed:128 on GSM8K test 0-49 + agreement (machine idle!)
 #   scripts/results.sh classifier   fit on train, calibrate on calib, replay every method on GSM8K + HumanEval
-#   scripts/results.sh live-tandem  live tandem (medium) on GSM8K test 0-49 + agreement (machine idle!)
+#   KIND=… scripts/results.sh ship  ship the chosen kind as the embedded pair's default classifier
+#   scripts/results.sh live-tandem  live tandem low + medium on GSM8K test 0-49 + agreement (machine idle!)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export TANDEM_DATA_DIR="${TANDEM_DATA_DIR:-$(cd .. && pwd)/shared/data}"
@@ -41,25 +42,44 @@ for step in "$@"; do
       $T train fit "${TRAIN[@]}" --kind logistic --feature-groups llm_stream,progress \
         --out results/classifier/logistic-llm-only.json
       for kind in logistic gbdt logistic-llm-only; do
+        # the default objectives (lambda 0.5 / 0.2 / 0.05) ...
         $T train calibrate "results/classifier/$kind.json" "${CALIB[@]}" --out "results/classifier/$kind.json"
+        # ... and fixed FLOPs budgets (0.5 / 0.8 / 1.0 x the LLM alone; route and cascade at 0.8),
+        # which compare tandem, route, cascade and fixed:N at matched cost
+        $T train calibrate "results/classifier/$kind.json" "${CALIB[@]}" --objective budget \
+          --flops-budget 0.5,0.8,1.0 --out "results/classifier/$kind-budget.json"
       done
-      # ship the kind chosen in docs/RESULTS.md by copying it to $CLF before the live-tandem step
       for kind in logistic gbdt logistic-llm-only; do
-        $T replay "${GSM8K_TEST[@]}" --classifier "results/classifier/$kind.json" \
-          --out "results/test/report-gsm8k-$kind" --title "GSM8K test 0-299: every method ($kind)"
-        if present "${HUMANEVAL[@]}"; then
-          $T replay "${HUMANEVAL[@]}" --classifier "results/classifier/$kind.json" \
-            --out "results/test/report-humaneval-$kind" --title "HumanEval 164, math-trained ($kind)"
-        fi
+        for cal in "" -budget; do
+          $T replay "${GSM8K_TEST[@]}" --classifier "results/classifier/$kind$cal.json" \
+            --out "results/test/report-gsm8k-$kind$cal" --title "GSM8K test 0-299: every method ($kind$cal)"
+          if present "${HUMANEVAL[@]}"; then
+            $T replay "${HUMANEVAL[@]}" --classifier "results/classifier/$kind$cal.json" \
+              --out "results/test/report-humaneval-$kind$cal" --title "HumanEval 164, math-trained ($kind$cal)"
+          fi
+        done
+      done
+      ;;
+    ship)  # KIND=logistic|gbdt|logistic-llm-only: the chosen kind (docs/RESULTS.md), shipped as the default
+      kind="${KIND:?set KIND to the classifier kind chosen in docs/RESULTS.md}"
+      cp "results/classifier/$kind.json" "$CLF"
+      # low = the best accuracy within half the LLM alone's FLOPs, so that one effort always trades
+      # accuracy for cost; medium and high keep the default objectives (lambda 0.2 / 0.05)
+      $T train calibrate "$CLF" "${CALIB[@]}" --effort low --objective budget --flops-budget 0.5 \
+        --no-route --no-cascade --out "$CLF" --plot "results/classifier/shipped.tradeoff.png"
+      for bench in gsm8k humaneval; do
+        if [[ $bench == gsm8k ]]; then dirs=("${GSM8K_TEST[@]}"); else dirs=("${HUMANEVAL[@]}"); fi
+        $T replay "${dirs[@]}" --classifier "$CLF" --out "results/test/report-$bench-shipped" \
+          --title "$bench: every method (shipped classifier, $kind)"
       done
       ;;
     live-tandem)
-      [[ -f "$CLF" ]] || { echo "no shipped classifier at $CLF: run the classifier step and copy one" >&2; exit 2; }
-      $T eval gsm8k --split test --limit 50 --methods tandem --effort medium --classifier "$CLF" \
+      [[ -f "$CLF" ]] || { echo "no shipped classifier at $CLF: run the classifier and ship steps" >&2; exit 2; }
+      $T eval gsm8k --split test --limit 50 --methods tandem:low,tandem:medium --classifier "$CLF" \
         --out results/test/gsm8k-test-0-49-live-tandem
       $T agree results/test/gsm8k-test-0-49-live-tandem "${GSM8K_TEST[0]}" --classifier "$CLF" \
         --out results/test/agree-tandem
       ;;
-    *) echo "unknown step: $step (baselines | live | classifier | live-tandem)" >&2; exit 2 ;;
+    *) echo "unknown step: $step (baselines | live | classifier | ship | live-tandem)" >&2; exit 2 ;;
   esac
 done
