@@ -5,7 +5,7 @@
 #   scripts/results.sh live         live slm, llm, fixed:128 on GSM8K test 0-49 + agreement (machine idle!)
 #   scripts/results.sh classifier   fit on train, calibrate on calib, replay every method on GSM8K + HumanEval
 #   KIND=… scripts/results.sh ship  ship the chosen kind as the embedded pair's default classifier
-#   scripts/results.sh live-tandem  live tandem low + medium on GSM8K test 0-49 + agreement (machine idle!)
+#   scripts/results.sh live-tandem  live tandem low + medium and llm on GSM8K test 0-49 + agreement (machine idle!)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export TANDEM_DATA_DIR="${TANDEM_DATA_DIR:-$(cd .. && pwd)/shared/data}"
@@ -33,6 +33,7 @@ for step in "$@"; do
       $T eval gsm8k --split test --limit 50 --methods slm,llm,fixed:128 --classifier budget \
         --out results/test/gsm8k-test-0-49-live
       $T agree results/test/gsm8k-test-0-49-live "${GSM8K_TEST[0]}" --out results/test/agree-baselines
+      $T report results/test/gsm8k-test-0-49-live --out results/test/report-gsm8k-0-49-live
       ;;
     classifier)
       mkdir -p results/classifier
@@ -50,6 +51,13 @@ for step in "$@"; do
           --flops-budget 0.5,0.8,1.0 --out "results/classifier/$kind-budget.json"
       done
       for kind in logistic gbdt logistic-llm-only; do
+        # discrimination held out: in domain (GSM8K test) and zero-shot on code (HumanEval)
+        $T train score "results/classifier/$kind.json" "${GSM8K_TEST[@]}" \
+          --out "results/classifier/score-$kind-gsm8k.json" --plot "results/classifier/score-$kind-gsm8k.png"
+        if present "${HUMANEVAL[@]}"; then
+          $T train score "results/classifier/$kind.json" "${HUMANEVAL[@]}" \
+            --out "results/classifier/score-$kind-humaneval.json" --plot "results/classifier/score-$kind-humaneval.png"
+        fi
         for cal in "" -budget; do
           $T replay "${GSM8K_TEST[@]}" --classifier "results/classifier/$kind$cal.json" \
             --out "results/test/report-gsm8k-$kind$cal" --title "GSM8K test 0-299: every method ($kind$cal)"
@@ -79,6 +87,10 @@ for step in "$@"; do
         --out results/test/gsm8k-test-0-49-live-tandem
       $T agree results/test/gsm8k-test-0-49-live-tandem "${GSM8K_TEST[0]}" --classifier "$CLF" \
         --out results/test/agree-tandem
+      # the LLM alone again, right after, so that wall times compare under the same conditions
+      $T eval gsm8k --split test --limit 50 --methods llm --out results/test/gsm8k-test-0-49-live-llm
+      $T report results/test/gsm8k-test-0-49-live-tandem results/test/gsm8k-test-0-49-live-llm \
+        --out results/test/report-gsm8k-0-49-live-tandem --title "GSM8K test 0-49, live: tandem with the shipped classifier"
       ;;
     *) echo "unknown step: $step (baselines | live | classifier | ship | live-tandem)" >&2; exit 2 ;;
   esac

@@ -88,6 +88,23 @@ class Calibrated:
         return self.p
 
 
+def test_a_hand_over_at_checkpoint_zero_is_recorded_alike_live_and_replayed():
+    from tandem.bench.replay_run import replay_method
+
+    llm, slm = pair()
+    rec = Prober(llm, slm, get_grader("gsm8k"), ProbeConfig()).probe(PROBLEMS[0])
+    p = PairParams(llm.info.n_params, slm.info.n_params)
+    policy = Calibrated(0.9)  # sufficient before the LLM writes
+    rule = StopRule({"medium": EffortSetting(max_budget=128, threshold=0.5)})
+    llm.reset_cache(), slm.reset_cache()
+    live = Tandem(llm, slm, policy=policy, rule=rule).solve(PROBLEMS[0].question, method="tandem")
+    rep = replay_method(rec, "tandem:medium", p, handover="continue", budgets=(32, 64, 128, 192, 256),
+                        policy=policy, rule=rule)
+    assert live.stop_reason == rep.stop_reason == "slm_alone"
+    assert live.handover_tokens == rep.handover_tokens == 0  # a hand-over at checkpoint 0, not "no hand-over"
+    assert rep.flops_total == pytest.approx(live.cost.flops_total)
+
+
 def test_route_and_cascade_run_live_as_they_replay(tmp_path):
     from tandem.bench.replay_run import replay_method
 

@@ -258,6 +258,33 @@ def test_the_package_ships_no_unreadable_classifier() -> None:
         assert clf.spec.calibration is not None, path
 
 
+def test_the_embedded_pair_has_a_shipped_classifier_matched_by_checksum() -> None:
+    """`tandem solve` / `tandem serve` on the embedded default pick the shipped classifier out of the box."""
+    from tandem.models import DEFAULT_MODELS
+
+    llm_spec, slm_spec = DEFAULT_MODELS["qwen2.5-coder-1.5b"], DEFAULT_MODELS["qwen2.5-coder-0.5b"]
+    llm = ModelInfo(llm_spec.name, n_params=1, n_ctx=1, checksum=llm_spec.sha256)
+    slm = ModelInfo(slm_spec.name, n_params=1, n_ctx=1, checksum=slm_spec.sha256)
+    path = shipped_classifier_for(llm, slm)
+    assert path is not None and path.name == "qwen2.5-coder-1.5b+0.5b.json"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ModelPairWarning)  # the pair it was trained for: no warning
+        clf = load_classifier(path, llm=llm, slm=slm)
+    spec = clf.spec
+    # trained on math only (the train split), calibrated on the held-out calibration split
+    assert [r.dataset for r in spec.training.probe_runs] == ["gsm8k/train[100:250]", "gsm8k/train[250:400]"]
+    cal = spec.calibration
+    assert cal is not None
+    points = [cal.low, cal.medium, cal.high, cal.route, cal.cascade]
+    for point in points:
+        assert point is not None
+        assert [r.dataset for r in point.probe_runs] == ["gsm8k/train[400:475]", "gsm8k/train[475:550]"]
+    # the efforts are ordered by cost on the calibration table, and low trades accuracy for cost
+    costs = [p.relative_cost for p in points[:3] if p is not None]
+    assert costs == sorted(costs) and costs[0] <= 0.5, costs
+    assert clf.stop_rule().setting("low").hands_over
+
+
 def test_the_default_policy_is_the_shipped_classifier_else_the_budget(tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch,
                                                                       caplog: pytest.LogCaptureFixture) -> None:

@@ -311,3 +311,27 @@ def test_calibrate_can_let_the_llm_finish(model: Path, tables: dict[str, Path], 
     assert load_classifier(path).stop_rule().setting("high").finish
     assert replayed(load_classifier(path), tables["calib"], "tandem:high") == pytest.approx(
         (chosen.accuracy, chosen.relative_cost))
+
+
+def test_score_measures_a_classifier_on_held_out_tables(model: Path, tables: dict[str, Path],
+                                                        tmp_path: Path) -> None:
+    from sklearn.metrics import roc_auc_score
+
+    from tandem.cli import app
+    from tandem.train.score import score
+
+    res = score(model, [tables["calib"]], plot=tmp_path / "rel.png")
+    rows = build_rows(load_tables([tables["calib"]]))
+    clf = load_classifier(model)
+    p = clf.predict_proba(rows.X)
+    m = res.metrics
+    assert m["rows"] == len(rows) and m["problems"] == 42
+    assert m["roc_auc"] == pytest.approx(roc_auc_score(rows.y, p)) and m["roc_auc"] > 0.8
+    assert m["tables"][0]["dataset"] == load_tables([tables["calib"]])[0].split
+    assert sum(s["rows"] for s in m["by_stage"]) == len(rows) and (tmp_path / "rel.png").stat().st_size > 1000
+    # a test-split table is accepted (nothing is fitted), and the CLI writes the same metrics
+    test_dir = make_table(tmp_path / "test", 200, 230, split="test")
+    out = tmp_path / "score.json"
+    res2 = CliRunner().invoke(app, ["train", "score", str(model), str(test_dir), "--out", str(out)])
+    assert res2.exit_code == 0, res2.output
+    assert "ROC-AUC" in res2.output and json.loads(out.read_text())["problems"] == 30

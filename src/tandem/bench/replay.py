@@ -159,6 +159,7 @@ def replay_policy(rec: dict[str, Any], p: PairParams, policy: StopPolicy, rule: 
         out = _slm(rec, p, method)
         out.slm_prompt_tokens = rec["ck0"]["score_tokens"]  # the shadow pass read the prompt
         out.stop_reason, out.extra = "slm_alone", {"decided_at_stage": 0}
+        out.handover_tokens = 0  # as live: handed over before the LLM wrote anything
         return out
     visited: list[dict[str, Any]] = []
     shadow = getattr(policy, "uses_shadow", True)

@@ -359,6 +359,22 @@ def _cost_axis(cost: str) -> tuple[str, float]:
         raise ConfigError(f"unknown cost {cost!r}; known: {', '.join(_COST_AXIS)}") from None
 
 
+_MARKERS = {"slm": "o", "llm": "o", "oracle": "*", "fixed": "s", "tandem": "^", "route": "D", "cascade": "v"}
+
+
+def _method_marker(method: str) -> str:
+    """One marker per family of methods (fixed:N, tandem:EFFORT, ...), so families read apart."""
+    return _MARKERS.get(method.split(":", 1)[0], "P")
+
+
+def _method_colors(n: int) -> list[Any]:
+    """n distinct colours (tab10 up to 10 methods, tab20 beyond: no two methods share one)."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10" if n <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
 def plot_pareto(
     summaries: Sequence[MethodSummary],
     frontier: Sequence[tuple[float, float]] | None,
@@ -377,7 +393,8 @@ def plot_pareto(
     fig = _figure(7.5, 5.0)
     ax = fig.add_subplot()
     xs_all: list[float] = []
-    for s in summaries:
+    colors = _method_colors(len(summaries))
+    for i, s in enumerate(summaries):
         x = getattr(s, mean_attr)
         if s.accuracy is None or x is None:
             continue
@@ -389,11 +406,12 @@ def plot_pareto(
             [x],
             [100 * s.accuracy],
             yerr=[[100 * (s.accuracy - lo)], [100 * (hi - s.accuracy)]],
-            fmt="o",
+            fmt=_method_marker(s.method),
+            color=colors[i],
             capsize=4,
             label=s.method,
         )
-        ax.annotate(s.method, (x, 100 * s.accuracy), textcoords="offset points", xytext=(6, 6), fontsize=9)
+        ax.annotate(s.method, (x, 100 * s.accuracy), textcoords="offset points", xytext=(6, 6), fontsize=8)
     if frontier:
         fx = [c / scale for _, c in frontier]
         fy = [100 * a for a, _ in frontier]

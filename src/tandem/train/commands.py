@@ -1,4 +1,4 @@
-"""`tandem train fit`, `tandem train calibrate`, `tandem train show`: the classifier from the command line."""
+"""`tandem train fit | calibrate | score | show`: the classifier from the command line."""
 
 from __future__ import annotations
 
@@ -160,6 +160,39 @@ def _at_budget(threshold: float, stage_thresholds: dict[int, float], finish: boo
     if not EffortSetting(1, threshold, stage_thresholds, finish).hands_over:
         return "LLM alone"  # the effort never hands over
     return "LLM finishes" if finish else "hand over"
+
+
+@train_app.command("score")
+def score_cmd(
+    model: Annotated[Path, typer.Argument(help="classifier JSON")],
+    probe_dirs: ProbeDirs,
+    out_path: Annotated[Path | None, typer.Option("--out", help="metrics JSON to write")] = None,
+    plot: Annotated[Path | None, typer.Option(help="reliability plot PNG")] = None,
+) -> None:
+    """Measure a classifier on held-out probe tables (another split or domain): ROC-AUC, log-loss, Brier."""
+    import json
+
+    from .score import score
+
+    res = score(model, probe_dirs, plot=plot)
+    m = res.metrics
+    t = Table("", "value", title=f"{model.name} on {', '.join(x['dataset'] for x in m['tables'])} (held out)")
+    t.add_row("rows (checkpoints incl. 0) / problems", f"{m['rows']} / {m['problems']}")
+    t.add_row("positive rate / mean probability", f"{m['positive_rate']:.3f} / {m['mean_probability']:.3f}")
+    t.add_row("ROC-AUC", _f(m["roc_auc"]))
+    t.add_row("log-loss", _f(m["log_loss"]))
+    t.add_row("Brier", _f(m["brier"]))
+    t.add_row("ROC-AUC of LLM tokens alone", _f(m["baseline_roc_auc_llm_tokens"]))
+    for s in m["by_stage"]:
+        t.add_row(f"stage {s['stage']}: rows / positive rate / AUC",
+                  f"{s['rows']} / {s['positive_rate']:.2f} / {_f(s['roc_auc'])}")
+    out.print(t)
+    if out_path is not None:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(json.dumps(m, indent=2) + "\n", encoding="utf-8")
+        out.print(f"wrote {out_path}" + (f" and {plot}" if plot else ""))
+    elif plot is not None:
+        out.print(f"wrote {plot}")
 
 
 @train_app.command("show")

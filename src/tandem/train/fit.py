@@ -240,7 +240,7 @@ def cross_validate(kind: str, rows: Rows, hyper: dict[str, Any], folds: int = DE
 
 
 def reliability_plot(y: np.ndarray, p: np.ndarray, path: str | os.PathLike[str], *, title: str = "",
-                     bins: int = 10) -> Path:
+                     bins: int = 10, label: str = "out-of-fold") -> Path:
     """Observed rate against mean predicted probability per bin, with the bin counts below."""
     try:
         from matplotlib.figure import Figure
@@ -258,7 +258,7 @@ def reliability_plot(y: np.ndarray, p: np.ndarray, path: str | os.PathLike[str],
         if m.any():
             xs.append(float(p[m].mean()))
             ys.append(float(y[m].mean()))
-    ax.plot(xs, ys, marker="o", label="out-of-fold")
+    ax.plot(xs, ys, marker="o", label=label)
     ax.set_ylabel("fraction the SLM got right")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
