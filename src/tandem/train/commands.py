@@ -27,6 +27,20 @@ def _f(x: float | None, fmt: str = ".3f") -> str:
     return "–" if x is None else format(x, fmt)
 
 
+def _add_metric_rows(t: Table, m: dict[str, Any], prefix: str = "") -> None:
+    """ROC-AUC, log-loss, Brier and the LLM-tokens yardstick, as `fit` (CV) and `score` (held out) print them."""
+    t.add_row(f"{prefix}ROC-AUC", _f(m["roc_auc"]))
+    t.add_row(f"{prefix}log-loss", _f(m["log_loss"]))
+    t.add_row(f"{prefix}Brier", _f(m["brier"]))
+    t.add_row("ROC-AUC of LLM tokens alone", _f(m["baseline_roc_auc_llm_tokens"]))
+
+
+def _add_stage_rows(t: Table, by_stage: list[dict[str, Any]]) -> None:
+    for s in by_stage:
+        t.add_row(f"stage {s['stage']}: rows / positive rate / AUC",
+                  f"{s['rows']} / {s['positive_rate']:.2f} / {_f(s['roc_auc'])}")
+
+
 @train_app.command("fit")
 def fit_cmd(
     probe_dirs: ProbeDirs,
@@ -63,17 +77,12 @@ def fit_cmd(
     t.add_row("problems", str(len(rows.problems)))
     t.add_row("positive rate", f"{rows.y.mean():.3f}")
     t.add_row("features", f"{len(rows.features)} ({', '.join(res.classifier.feature_groups)})")
-    t.add_row("CV ROC-AUC", _f(cv["roc_auc"]))
-    t.add_row("CV log-loss", _f(cv["log_loss"]))
-    t.add_row("CV Brier", _f(cv["brier"]))
-    t.add_row("ROC-AUC of LLM tokens alone", _f(cv["baseline_roc_auc_llm_tokens"]))
+    _add_metric_rows(t, cv, prefix="CV ")
     if cv.get("tuning"):
         chosen = {k: v for k, v in res.classifier.spec.training.hyperparameters.items()
                   if any(k in point for point in cv["tuning"]["grid"])}
         t.add_row("hyperparameters (nested CV)", ", ".join(f"{k}={v}" for k, v in chosen.items()))
-    for s in cv["by_stage"]:
-        t.add_row(f"stage {s['stage']}: rows / positive rate / AUC",
-                  f"{s['rows']} / {s['positive_rate']:.2f} / {_f(s['roc_auc'])}")
+    _add_stage_rows(t, cv["by_stage"])
     out.print(t)
     out.print(f"wrote {res.path} and {res.plot}")
     err.print("[yellow]operating points are placeholders (threshold 0.5): run `tandem train calibrate` on a "
@@ -179,13 +188,8 @@ def score_cmd(
     t = Table("", "value", title=f"{model.name} on {', '.join(x['dataset'] for x in m['tables'])} (held out)")
     t.add_row("rows (checkpoints incl. 0) / problems", f"{m['rows']} / {m['problems']}")
     t.add_row("positive rate / mean probability", f"{m['positive_rate']:.3f} / {m['mean_probability']:.3f}")
-    t.add_row("ROC-AUC", _f(m["roc_auc"]))
-    t.add_row("log-loss", _f(m["log_loss"]))
-    t.add_row("Brier", _f(m["brier"]))
-    t.add_row("ROC-AUC of LLM tokens alone", _f(m["baseline_roc_auc_llm_tokens"]))
-    for s in m["by_stage"]:
-        t.add_row(f"stage {s['stage']}: rows / positive rate / AUC",
-                  f"{s['rows']} / {s['positive_rate']:.2f} / {_f(s['roc_auc'])}")
+    _add_metric_rows(t, m)
+    _add_stage_rows(t, m["by_stage"])
     out.print(t)
     if out_path is not None:
         out_path.parent.mkdir(parents=True, exist_ok=True)
