@@ -139,3 +139,20 @@ def test_eval_on_local_files_through_the_hub_loader_with_mapped_fields(scripted_
                            "--out", str(tmp_path / "y"), env=env), "only apply to hf:")
     assert_clean_error(run("eval", "hf:json", "--hf-data-files", str(data), "--grader", "nope",
                            "--config", str(scripted_config), "--out", str(tmp_path / "z"), env=env), "--grader")
+
+
+def test_solve_says_when_the_effort_runs_as_the_llm_alone(scripted_config, tmp_path):
+    from test_classifier import good_doc, models_block
+
+    doc = good_doc()
+    doc["models"] = models_block("big", "small")
+    doc["efforts"]["medium"].update(threshold=1.01, stage_thresholds={}, finish=True)  # calibrated: never hand over
+    clf = tmp_path / "pair.json"
+    clf.write_text(json.dumps(doc))
+    res = run("solve", "--config", str(scripted_config), "--classifier", str(clf), "What is 3 + 4?")
+    assert res.returncode == 0, res.stderr
+    assert "stop: llm_finished" in res.stdout
+    note = " ".join(res.stderr.split())
+    assert "effort medium runs as the LLM alone" in note and "--effort low" in note
+    res = run("solve", "--config", str(scripted_config), "--classifier", str(clf), "--effort", "low", "q: 3 + 4?")
+    assert res.returncode == 0 and "runs as the LLM alone" not in res.stderr

@@ -210,6 +210,11 @@ def solve(
     out.print(f"\n\n[bold]answer:[/] {main_result.answer.answer}  [dim](rule: {main_result.answer.rule}; "
               f"stop: {main_result.stop_reason})[/]")
     out.print(_cost_table(results))
+    cfg = tandem.config
+    if mode == "tandem" and cfg.handover == "continue" and not tandem.rule.setting(cfg.effort).hands_over:
+        err.print(f"[dim]note: effort {cfg.effort} runs as the LLM alone: its classifier ({tandem.policy.name}) "
+                  "was calibrated to hand over only where that pays, and found no such point; see "
+                  "docs/RESULTS.md, or --effort low to trade accuracy for cost[/]")
 
 
 @app.command()
