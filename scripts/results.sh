@@ -58,12 +58,20 @@ for step in "$@"; do
           $T train score "results/classifier/$kind.json" "${HUMANEVAL[@]}" \
             --out "results/classifier/score-$kind-humaneval.json" --plot "results/classifier/score-$kind-humaneval.png"
         fi
+        if present "${MATH500[@]}"; then
+          $T train score "results/classifier/$kind.json" "${MATH500[@]}" \
+            --out "results/classifier/score-$kind-math500.json" --plot "results/classifier/score-$kind-math500.png"
+        fi
         for cal in "" -budget; do
           $T replay "${GSM8K_TEST[@]}" --classifier "results/classifier/$kind$cal.json" \
             --out "results/test/report-gsm8k-$kind$cal" --title "GSM8K test 0-299: every method ($kind$cal)"
           if present "${HUMANEVAL[@]}"; then
             $T replay "${HUMANEVAL[@]}" --classifier "results/classifier/$kind$cal.json" \
               --out "results/test/report-humaneval-$kind$cal" --title "HumanEval 164, math-trained ($kind$cal)"
+          fi
+          if present "${MATH500[@]}"; then
+            $T replay "${MATH500[@]}" --classifier "results/classifier/$kind$cal.json" \
+              --out "results/test/report-math500-$kind$cal" --title "MATH-500 0-99 ($kind$cal)"
           fi
         done
       done
@@ -75,8 +83,12 @@ for step in "$@"; do
       # accuracy for cost; medium and high keep the default objectives (lambda 0.2 / 0.05)
       $T train calibrate "$CLF" "${CALIB[@]}" --effort low --objective budget --flops-budget 0.5 \
         --no-route --no-cascade --out "$CLF" --plot "results/classifier/shipped.tradeoff.png"
-      for bench in gsm8k humaneval; do
-        if [[ $bench == gsm8k ]]; then dirs=("${GSM8K_TEST[@]}"); else dirs=("${HUMANEVAL[@]}"); fi
+      for bench in gsm8k humaneval math500; do
+        case $bench in
+          gsm8k) dirs=("${GSM8K_TEST[@]}") ;;
+          humaneval) dirs=("${HUMANEVAL[@]}") ;;
+          math500) dirs=("${MATH500[@]}"); present "${dirs[@]}" || continue ;;
+        esac
         $T replay "${dirs[@]}" --classifier "$CLF" --out "results/test/report-$bench-shipped" \
           --title "$bench: every method (shipped classifier, $kind)"
       done
