@@ -17,17 +17,27 @@ TRAIN=(results/train/gsm8k-train-100-249-continue results/train/gsm8k-train-250-
 CALIB=(results/calib/gsm8k-train-400-474-continue results/calib/gsm8k-train-475-549-continue)
 CLF=src/tandem/data/classifiers/qwen2.5-coder-1.5b+0.5b.json
 present() { for d in "$@"; do [[ -f "$d/manifest.json" ]] || return 1; done; }
+BENCHES=(gsm8k humaneval math500)
+# test_tables BENCH: its shards in DIRS and report titles in NAME (baselines) and CLF_TITLE (with a
+# classifier); fails for an optional benchmark whose tables are not there (GSM8K test is required:
+# a missing table is then tandem's error to report)
+test_tables() {
+  case "$1" in
+    gsm8k) DIRS=("${GSM8K_TEST[@]}"); NAME="GSM8K test 0-299"; CLF_TITLE="GSM8K test 0-299: every method"
+      return 0 ;;
+    humaneval) DIRS=("${HUMANEVAL[@]}"); NAME="HumanEval 164"; CLF_TITLE="HumanEval 164, math-trained" ;;
+    math500) DIRS=("${MATH500[@]}"); NAME="MATH-500 0-99"; CLF_TITLE="MATH-500 0-99" ;;
+  esac
+  present "${DIRS[@]}"
+}
 
 for step in "$@"; do
   case "$step" in
     baselines)
-      $T replay "${GSM8K_TEST[@]}" --out results/test/report-gsm8k --title "GSM8K test 0-299: baselines"
-      if present "${HUMANEVAL[@]}"; then
-        $T replay "${HUMANEVAL[@]}" --out results/test/report-humaneval --title "HumanEval 164: baselines"
-      fi
-      if present "${MATH500[@]}"; then
-        $T replay "${MATH500[@]}" --out results/test/report-math500 --title "MATH-500 0-99: baselines"
-      fi
+      for bench in "${BENCHES[@]}"; do
+        test_tables "$bench" || continue
+        $T replay "${DIRS[@]}" --out "results/test/report-$bench" --title "$NAME: baselines"
+      done
       ;;
     live)
       $T eval gsm8k --split test --limit 50 --methods slm,llm,fixed:128 --classifier budget \
@@ -51,28 +61,15 @@ for step in "$@"; do
           --flops-budget 0.5,0.8,1.0 --out "results/classifier/$kind-budget.json"
       done
       for kind in logistic gbdt logistic-llm-only; do
-        # discrimination held out: in domain (GSM8K test) and zero-shot on code (HumanEval)
-        $T train score "results/classifier/$kind.json" "${GSM8K_TEST[@]}" \
-          --out "results/classifier/score-$kind-gsm8k.json" --plot "results/classifier/score-$kind-gsm8k.png"
-        if present "${HUMANEVAL[@]}"; then
-          $T train score "results/classifier/$kind.json" "${HUMANEVAL[@]}" \
-            --out "results/classifier/score-$kind-humaneval.json" --plot "results/classifier/score-$kind-humaneval.png"
-        fi
-        if present "${MATH500[@]}"; then
-          $T train score "results/classifier/$kind.json" "${MATH500[@]}" \
-            --out "results/classifier/score-$kind-math500.json" --plot "results/classifier/score-$kind-math500.png"
-        fi
-        for cal in "" -budget; do
-          $T replay "${GSM8K_TEST[@]}" --classifier "results/classifier/$kind$cal.json" \
-            --out "results/test/report-gsm8k-$kind$cal" --title "GSM8K test 0-299: every method ($kind$cal)"
-          if present "${HUMANEVAL[@]}"; then
-            $T replay "${HUMANEVAL[@]}" --classifier "results/classifier/$kind$cal.json" \
-              --out "results/test/report-humaneval-$kind$cal" --title "HumanEval 164, math-trained ($kind$cal)"
-          fi
-          if present "${MATH500[@]}"; then
-            $T replay "${MATH500[@]}" --classifier "results/classifier/$kind$cal.json" \
-              --out "results/test/report-math500-$kind$cal" --title "MATH-500 0-99 ($kind$cal)"
-          fi
+        for bench in "${BENCHES[@]}"; do
+          test_tables "$bench" || continue
+          # discrimination held out: in domain (GSM8K test) and zero-shot (HumanEval: code)
+          $T train score "results/classifier/$kind.json" "${DIRS[@]}" \
+            --out "results/classifier/score-$kind-$bench.json" --plot "results/classifier/score-$kind-$bench.png"
+          for cal in "" -budget; do
+            $T replay "${DIRS[@]}" --classifier "results/classifier/$kind$cal.json" \
+              --out "results/test/report-$bench-$kind$cal" --title "$CLF_TITLE ($kind$cal)"
+          done
         done
       done
       ;;
@@ -83,13 +80,9 @@ for step in "$@"; do
       # accuracy for cost; medium and high keep the default objectives (lambda 0.2 / 0.05)
       $T train calibrate "$CLF" "${CALIB[@]}" --effort low --objective budget --flops-budget 0.5 \
         --no-route --no-cascade --out "$CLF" --plot "results/classifier/shipped.tradeoff.png"
-      for bench in gsm8k humaneval math500; do
-        case $bench in
-          gsm8k) dirs=("${GSM8K_TEST[@]}") ;;
-          humaneval) dirs=("${HUMANEVAL[@]}") ;;
-          math500) dirs=("${MATH500[@]}"); present "${dirs[@]}" || continue ;;
-        esac
-        $T replay "${dirs[@]}" --classifier "$CLF" --out "results/test/report-$bench-shipped" \
+      for bench in "${BENCHES[@]}"; do
+        test_tables "$bench" || continue
+        $T replay "${DIRS[@]}" --classifier "$CLF" --out "results/test/report-$bench-shipped" \
           --title "$bench: every method (shipped classifier, $kind)"
       done
       ;;

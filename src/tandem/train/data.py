@@ -168,8 +168,11 @@ def record_rows(rec: dict[str, Any], names: Sequence[str]) -> list[tuple[list[fl
     return out
 
 
-def build_rows(tables: Sequence[ProbeTable], groups: Sequence[str] | str | None = None) -> Rows:
-    names = feature_names(parse_groups(groups))
+def build_rows(tables: Sequence[ProbeTable], groups: Sequence[str] | str | None = None, *,
+               features: Sequence[str] | None = None) -> Rows:
+    """One row per checkpoint; columns: the features of `groups`, or exactly `features` in their order
+    (a fitted classifier's)."""
+    names = list(features) if features is not None else feature_names(parse_groups(groups))
     xs: list[list[float]] = []
     ys: list[int] = []
     pids: list[str] = []

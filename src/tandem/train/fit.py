@@ -229,14 +229,20 @@ def cross_validate(kind: str, rows: Rows, hyper: dict[str, Any], folds: int = DE
         oof[test] = p
         per_fold.append({"rows": len(test), "problems": len({rows.groups[i] for i in test}),
                          **_metrics(rows.y[test], p), "hyperparameters": chosen if grid else {}})
+    cv = {"folds": k, "grouping": "problem_id (GroupKFold)", **_metrics(rows.y, oof), "per_fold": per_fold,
+          **stage_metrics(rows, oof)}
+    return cv, oof
+
+
+def stage_metrics(rows: Rows, p: np.ndarray) -> dict[str, Any]:
+    """`by_stage` (rows, positive rate, ROC-AUC of `p` per checkpoint stage) and the yardstick
+    `baseline_roc_auc_llm_tokens` (the LLM tokens written so far, alone, as the score)."""
     by_stage = []
     for s in sorted(set(rows.stage.tolist())):
         m = rows.stage == s
         by_stage.append({"stage": int(s), "rows": int(m.sum()), "positive_rate": float(rows.y[m].mean()),
-                         "roc_auc": _auc(rows.y[m], oof[m])})
-    cv = {"folds": k, "grouping": "problem_id (GroupKFold)", **_metrics(rows.y, oof), "per_fold": per_fold,
-          "by_stage": by_stage, "baseline_roc_auc_llm_tokens": _auc(rows.y, rows.llm_tokens.astype(float))}
-    return cv, oof
+                         "roc_auc": _auc(rows.y[m], p[m])})
+    return {"by_stage": by_stage, "baseline_roc_auc_llm_tokens": _auc(rows.y, rows.llm_tokens.astype(float))}
 
 
 def reliability_plot(y: np.ndarray, p: np.ndarray, path: str | os.PathLike[str], *, title: str = "",

@@ -15,9 +15,8 @@ from typing import Any
 import numpy as np
 
 from ..classifier import SufficiencyClassifier, load_classifier
-from ..errors import ConfigError
 from .data import build_rows, load_tables
-from .fit import _auc, _metrics, _need_sklearn, reliability_plot
+from .fit import _metrics, _need_sklearn, reliability_plot, stage_metrics
 
 
 @dataclass
@@ -35,21 +34,8 @@ def score_tables(clf: SufficiencyClassifier, dirs: list[str | Path] | list[Path]
     tables = load_tables(dirs, allow_test_split=True)
     for table in tables:
         clf.check_models(table.manifest["llm"], table.manifest["slm"])
-    rows = build_rows(tables, clf.feature_groups)
-    if list(rows.features) != list(clf.features):  # same groups, another order: reorder the columns
-        col = {name: i for i, name in enumerate(rows.features)}
-        missing = [f for f in clf.features if f not in col]
-        if missing:
-            raise ConfigError(f"the tables lack feature(s) {', '.join(missing[:6])} the classifier uses")
-        x = rows.X[:, [col[f] for f in clf.features]]
-    else:
-        x = rows.X
-    p = clf.predict_proba(x)
-    by_stage = []
-    for s in sorted(set(rows.stage.tolist())):
-        m = rows.stage == s
-        by_stage.append({"stage": int(s), "rows": int(m.sum()), "positive_rate": float(rows.y[m].mean()),
-                         "roc_auc": _auc(rows.y[m], p[m])})
+    rows = build_rows(tables, features=clf.features)  # the classifier's columns, in its order
+    p = clf.predict_proba(rows.X)
     metrics = {
         "classifier": clf.name,
         "tables": [{"path": str(t.path), "dataset": t.split} for t in tables],
@@ -58,8 +44,7 @@ def score_tables(clf: SufficiencyClassifier, dirs: list[str | Path] | list[Path]
         "positive_rate": float(rows.y.mean()),
         **_metrics(rows.y, p),
         "mean_probability": float(p.mean()),
-        "by_stage": by_stage,
-        "baseline_roc_auc_llm_tokens": _auc(rows.y, rows.llm_tokens.astype(float)),
+        **stage_metrics(rows, p),
     }
     return ScoreResult(metrics, rows.y, p)
 
