@@ -22,10 +22,12 @@ class _Strict(BaseModel):
 
 
 class BackendSettings(_Strict):
-    """One model: embedded GGUF (`llamacpp`), an OpenAI-compatible endpoint (`openai`) or `scripted`."""
+    """One model: embedded GGUF (`llamacpp`), an OpenAI-compatible endpoint (`openai`), `scripted`, or
+    recorded outputs replayed (`recorded`: `model` is the recordings file)."""
 
-    kind: Literal["llamacpp", "openai", "scripted"] = "llamacpp"
-    model: str = Field(description="registry name or GGUF path (llamacpp); served model name (openai)")
+    kind: Literal["llamacpp", "openai", "scripted", "recorded"] = "llamacpp"
+    model: str = Field(description="registry name or GGUF path (llamacpp); served model name (openai); "
+                       "recordings JSONL file (recorded)")
     base_url: str | None = None
     api_key_env: str | None = None
     api: Literal["completions", "chat"] = "completions"
@@ -41,6 +43,13 @@ class BackendSettings(_Strict):
     price_output_per_mtok: float = 0.0
     reply: str | None = Field(default=None, description="scripted backend: the reply text")
     token_delay_s: float = Field(default=0.0, ge=0.0, description="scripted backend: seconds per token")
+    tokenizer: str = Field(default="qwen2.5-coder-0.5b", description="recorded: the tokenizer that cuts the "
+                           "recorded text into tokens (an embedded model's name, a GGUF path, or 'words')")
+    name: str | None = Field(default=None, description="recorded: the model's name (default: the recordings')")
+    prompt_rule: str | None = Field(default=None, description="recorded: how prompt tokens are counted "
+                                    "(chatml-think, deepseek-r1, question; default: by the model's name)")
+    tokens_per_second: float | None = Field(default=None, gt=0, description="recorded: pace the stream at "
+                                            "this rate (modelled wall time); unset: wall time unknown")
 
     @model_validator(mode="after")
     def _check(self) -> BackendSettings:
@@ -54,7 +63,7 @@ class BackendSettings(_Strict):
 
 class PipelineSettings(_Strict):
     task: Literal["math", "code"] = "math"
-    handover: Literal["continue", "hint"] = "continue"
+    handover: Literal["continue", "conclude", "hint"] = "continue"
     effort: Literal["low", "medium", "high"] = "medium"
     stage_budgets: tuple[int, ...] = (32, 64, 128, 192, 256)
     max_unit_tokens: int = 32

@@ -77,7 +77,7 @@ class CheckpointInputs:
     stage: int
     llm_tokens: int
     units: Sequence[InsightUnit]
-    llm_steps: Sequence[TokenStep]
+    llm_steps: Sequence[TokenStep] | None  # None: the LLM's stream has no log-probs (a recording)
     slm_question_steps: Sequence[TokenStep] | None  # None: no shadow pass available
     slm_insight_steps: Sequence[TokenStep] | None
 
@@ -89,7 +89,8 @@ def compute_features(inp: CheckpointInputs) -> dict[str, float]:
         feats.update(_group("slm_q", inp.slm_question_steps))
     if inp.slm_insight_steps is not None:
         feats.update(_group("slm_i", inp.slm_insight_steps))
-    feats.update(_group("llm", inp.llm_steps))
+    if inp.llm_steps is not None:
+        feats.update(_group("llm", inp.llm_steps))
     kinds = {u.kind for u in inp.units}
     feats.update(
         stage=float(inp.stage),

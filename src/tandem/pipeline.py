@@ -19,13 +19,18 @@ from .answer import extract_answer
 from .cost import CostReport, ModelCost, Price
 from .errors import ConfigError, InputError
 from .features import CheckpointInputs, available_groups, compute_features
-from .policy import DEFAULT_STAGE_BUDGETS, BudgetPolicy, EffortSetting, StopRule
+from .policy import AFTER_THOUGHT, DEFAULT_STAGE_BUDGETS, BudgetPolicy, EffortSetting, StopRule
 from .prompts import HandoverMode, PromptSet, Task, hint_prefix_length
 from .result import CheckpointRecord, TandemResult
 from .segment import InsightSegmenter, InsightUnit
 from .types import Backend, GenerationRequest, Prompt, ScoreResult, StopPolicy, TokenStep, TokenStream
 
 EventHook = Callable[[str, dict[str, Any]], None]
+
+THINK_OPEN, THINK_CLOSE = "<think>\n", "</think>"
+THINK_SEP = "\n</think>\n\n"
+"""A reasoning LLM's part of a tandem text is its thought: the final text reads `<think>\n` + thought
++ `THINK_SEP` + the SLM's answer, so graders read the answer after `</think>`, from the SLM's part only."""
 
 
 @dataclass(frozen=True)
@@ -79,7 +84,8 @@ class Tandem:
         self, question: str, *, method: str = "tandem", on_event: EventHook | None = None, **overrides: Any
     ) -> TandemResult:
         """`method`: "tandem", "slm", "llm", "fixed:N", or the baselines "route" (decide once, before the
-        LLM writes: the SLM alone or the LLM alone) and "cascade" / "cascade:T" (the SLM alone first, the
+        LLM writes: the SLM alone or the LLM alone) and "afterthink" (a reasoning LLM thinks until it closes its thought, the SLM writes the answer),
+        "cascade" / "cascade:T" (the SLM alone first, the
         LLM alone too when the SLM's mean token log-prob is below T). `overrides` replace PipelineConfig
         fields."""
         if not question or not question.strip():
@@ -96,6 +102,8 @@ class Tandem:
             result = run.tandem(self.policy, self.rule)
         elif method.startswith("fixed:"):
             result = run.tandem(BudgetPolicy(), self.rule.with_budget(cfg.effort, int(method.split(":", 1)[1])))
+        elif method == "afterthink":
+            result = run.tandem(BudgetPolicy(), StopRule({cfg.effort: AFTER_THOUGHT}))
         elif method == "route":
             result = run.route(self.policy, self._route_threshold())
         else:
@@ -111,6 +119,11 @@ class Tandem:
         """Refuse a method this pipeline cannot run (unknown, malformed, or a baseline without its threshold)."""
         if method in ("slm", "llm", "tandem"):
             return
+        if method == "afterthink":
+            if not self.llm.info.thinks:
+                raise ConfigError(f"method 'afterthink' needs a reasoning LLM ({self.llm.info.name} does not "
+                                  "open a thought)")
+            return
         if method.startswith("fixed:"):
             try:
                 int(method.split(":", 1)[1])
@@ -121,7 +134,7 @@ class Tandem:
         elif method == "cascade" or method.startswith("cascade:"):
             self._cascade_threshold(method)
         else:
-            raise ConfigError(f"unknown method {method!r}: use tandem, slm, llm, fixed:N, route or cascade")
+            raise ConfigError(f"unknown method {method!r}: use tandem, slm, llm, fixed:N, afterthink, route or cascade")
 
     def _route_threshold(self) -> float:
         """The classifier's calibrated route threshold, else its medium effort's checkpoint-0 threshold
@@ -159,11 +172,23 @@ def _with_overrides(cfg: PipelineConfig, overrides: dict[str, Any]) -> PipelineC
     return replace(cfg, **rest)
 
 
+def shadow_mode(handover: str) -> str:
+    """How a shadow pass reads a hand-over mode's prompt: `conclude` scores the LLM's text as `continue`
+    does (its nudge comes only at the hand-over)."""
+    return "hint" if handover == "hint" else "continue"
+
+
+def thought_of(llm_text: str) -> str:
+    """A reasoning LLM's thought: its text up to `</think>` (the whole text while the thought is open)."""
+    i = llm_text.find(THINK_CLOSE)
+    return llm_text if i < 0 else llm_text[:i]
+
+
 def shadow_span(rendered: str, base_text: str, llm_text: str, handover: str) -> tuple[str, int]:
     """What a shadow pass scores of the SLM's rendered hand-over prompt, and where the insights start in
     it. Continue mode scores the whole prompt (the LLM's text follows `base_text`, the rendered solve
     prompt); hint mode scores up to the end of the insights; without insights, the whole prompt."""
-    if handover == "continue" or not llm_text:
+    if handover != "hint" or not llm_text:
         return rendered, len(base_text) if llm_text else len(rendered)
     end = hint_prefix_length(rendered, llm_text)
     return rendered[:end], end - len(llm_text)
@@ -208,6 +233,7 @@ class _Run:
     def __init__(self, t: Tandem, cfg: PipelineConfig, question: str, emit: EventHook) -> None:
         self.t, self.cfg, self.q, self.emit = t, cfg, question, emit
         self.prompts = PromptSet(cfg.task)
+        self.thinks = t.llm.info.thinks
         self.cost = CostReport()
         self.llm_cost = self._model_cost("llm", t.llm)
         self.slm_cost = self._model_cost("slm", t.slm)
@@ -235,7 +261,11 @@ class _Run:
     def alone(self, role: str, keep: list[TokenStep] | None = None) -> TandemResult:
         backend = self.t.llm if role == "llm" else self.t.slm
         max_tokens = self.cfg.decoding.llm_max_tokens if role == "llm" else self.cfg.decoding.slm_max_tokens
+        if role == "llm" and self.thinks:
+            self.emit("answer_delta", {"text": THINK_OPEN, "role": "llm"})
         text, finish = self._drain(role, backend.stream(self._request(self.prompts.solve(self.q), max_tokens)), keep)
+        if role == "llm" and self.thinks:
+            text = THINK_OPEN + text
         return TandemResult(
             method=role, question=self.q, text=text, answer=extract_answer(text, self.cfg.task),
             stop_reason=f"{role}_alone", llm_text=text if role == "llm" else "",
@@ -285,15 +315,17 @@ class _Run:
 
     def _checkpoint(self, policy: StopPolicy, rule: StopRule, effort: str, stage: int, llm_text: str,
                     llm_steps: list[TokenStep], units: list[InsightUnit],
-                    q_steps: list[TokenStep] | None) -> tuple[CheckpointRecord, list[TokenStep] | None]:
+                    q_steps: list[TokenStep] | None,
+                    thought_end: bool | None = None) -> tuple[CheckpointRecord, list[TokenStep] | None]:
         """Shadow pass, features, decision at one checkpoint; return its record and the question's scored
         steps (taken from the first pass that has them)."""
         q_now, i_steps, score_s = self._shadow(llm_text)
         q_steps = q_now if q_steps is None else q_steps
         t0 = time.perf_counter()
-        feats = compute_features(CheckpointInputs(stage, len(llm_steps), units, llm_steps, q_steps, i_steps))
+        streamed = llm_steps if self.t.llm.info.capabilities.stream_logprobs else None
+        feats = compute_features(CheckpointInputs(stage, len(llm_steps), units, streamed, q_steps, i_steps))
         p = policy.sufficiency(feats)
-        d = rule.decide(p, effort=effort, stage=stage, llm_tokens=len(llm_steps))
+        d = rule.decide(p, effort=effort, stage=stage, llm_tokens=len(llm_steps), thought_end=thought_end)
         rec = CheckpointRecord(stage, len(llm_steps), len(units), feats, p, d.threshold, d.handover, d.reason,
                                score_s, time.perf_counter() - t0)
         self.cost.add_phase("decide", rec.decide_seconds)
@@ -301,17 +333,18 @@ class _Run:
         return rec, q_steps
 
     # ---- tandem -------------------------------------------------------------------------------
-    def _slm_prompt(self, llm_text: str) -> Prompt:
-        if self.cfg.handover == "continue":
-            return self.prompts.continue_from(self.q, llm_text)
-        return self.prompts.with_hint(self.q, llm_text) if llm_text else self.prompts.solve(self.q)
+    def _slm_prompt(self, llm_text: str, mode: str | None = None) -> Prompt:
+        text = thought_of(llm_text) if self.thinks else llm_text
+        return self.prompts.handover(self.q, text, mode or self.cfg.handover)
 
     def _shadow(self, llm_text: str) -> tuple[list[TokenStep] | None, list[TokenStep] | None, float]:
         """Score question + insights with the SLM; return (question steps, insight steps, seconds)."""
         if not self.can_shadow:
             return None, None, 0.0
         slm = self.t.slm
-        text, start = shadow_span(slm.render(self._slm_prompt(llm_text)), self.base_text, llm_text, self.cfg.handover)
+        mode = shadow_mode(self.cfg.handover)
+        text, start = shadow_span(slm.render(self._slm_prompt(llm_text, mode)), self.base_text,
+                                  thought_of(llm_text) if self.thinks else llm_text, mode)
         t0 = time.perf_counter()
         sr = slm.score(text)
         secs = time.perf_counter() - t0
@@ -320,15 +353,17 @@ class _Run:
         return question_steps(sr, text, self.q), sr.after(start), secs
 
     def tandem(self, policy: StopPolicy, rule: StopRule) -> TandemResult:
-        cfg, llm, slm = self.cfg, self.t.llm, self.t.slm
-        if cfg.handover == "continue" and (
+        cfg, llm, slm, thinks = self.cfg, self.t.llm, self.t.slm, self.thinks
+        if cfg.handover != "hint" and not thinks and (
             llm.info.tokenizer_id != slm.info.tokenizer_id or llm.info.chat_template_id != slm.info.chat_template_id
         ):
             raise ConfigError(
-                f"continue hand-over needs one tokenizer and chat template: {llm.info.name} and "
+                f"{cfg.handover} hand-over needs one tokenizer and chat template: {llm.info.name} and "
                 f"{slm.info.name} differ; use --handover hint"
             )
-        if cfg.handover != "continue":  # the LLM finishing is a continue-mode choice: hint hands over
+        # the LLM finishing is a choice only where its own solution exists: not for GPRA insights
+        llm_solves = cfg.handover != "hint" or thinks
+        if not llm_solves:
             rule = rule.without_finish()
         if not rule.setting(cfg.effort).hands_over:  # the LLM alone, without shadow passes to pay for
             result = self.alone("llm")
@@ -337,76 +372,114 @@ class _Run:
         self._start_shadow(policy)
         budgets = stage_budgets_for(cfg.stage_budgets, rule.setting(cfg.effort).max_budget)
         schedule = CheckpointSchedule(budgets, cfg.max_unit_tokens)
-        seg, checkpoints = InsightSegmenter(cfg.handover), []
+        seg, checkpoints = InsightSegmenter(shadow_mode(cfg.handover)), []
         llm_text, q_steps = "", None
         llm_steps: list[TokenStep] = []
+        # the LLM's text is final answer text as it arrives where it is kept: continue mode, or a thought
+        streams_text = cfg.handover != "hint" or thinks
 
-        def checkpoint(stage: int) -> bool:
+        def checkpoint(stage: int, thought_end: bool | None = None) -> bool:
             nonlocal q_steps
-            rec, q_steps = self._checkpoint(policy, rule, cfg.effort, stage, llm_text, llm_steps, seg.units, q_steps)
+            rec, q_steps = self._checkpoint(policy, rule, cfg.effort, stage, llm_text, llm_steps, seg.units,
+                                            q_steps, thought_end)
             checkpoints.append(rec)
             return rec.handover
 
         handed_over = checkpoint(0)
-        cancel_latency, llm_finish = None, None
+        cancel_latency, llm_finish, closed_at = None, None, -1
         if not handed_over:
-            llm_prompt = self.prompts.solve(self.q) if cfg.handover == "continue" else self.prompts.coordinator(self.q)
+            llm_prompt = self.prompts.solve(self.q) if llm_solves else self.prompts.coordinator(self.q)
             stream = llm.stream(self._request(llm_prompt, cfg.decoding.llm_max_tokens))
             t_llm, full_text, committed, finishing = time.perf_counter(), "", 0, False
+            if thinks:
+                self.emit("answer_delta", {"text": THINK_OPEN, "role": "llm"})
+
+            def commit(end: int) -> None:
+                nonlocal committed
+                if streams_text and end > committed:
+                    self.emit("answer_delta", {"text": full_text[committed:end], "role": "llm"})
+                    committed = end
+
             try:
                 for step in stream:
                     llm_text = full_text = full_text + step.text
                     llm_steps.append(step)
                     self.emit("llm_token", {"text": step.text})
+                    if finishing:  # no hand-over will come: the LLM's tokens are the answer as they arrive
+                        commit(len(full_text))
+                        continue
+                    if thinks and closed_at < 0 and THINK_CLOSE in full_text:  # the thought ends here
+                        closed_at = full_text.index(THINK_CLOSE)
+                        llm_text = full_text[:closed_at]
+                        before = len(full_text) - len(step.text)
+                        seg.feed(full_text[before:closed_at] if closed_at > before else "", len(llm_steps))
+                        seg.flush(len(llm_steps))
+                        commit(closed_at)
+                        if checkpoint(schedule.stage, thought_end=True):
+                            t_dec = time.perf_counter()
+                            stream.close()
+                            cancel_latency, handed_over = time.perf_counter() - t_dec, True
+                            break
+                        finishing = True
+                        commit(len(full_text))
+                        continue
                     new_units = seg.feed(step.text, len(llm_steps))
                     for unit in new_units:
                         self.emit("insight", asdict(unit))
-                    if finishing:  # no hand-over will come: the LLM's tokens are the answer as they arrive
-                        self.emit("answer_delta", {"text": full_text[committed:], "role": "llm"})
-                        committed = len(full_text)
-                        continue
                     stage = schedule.due(len(llm_steps), bool(new_units))
                     if stage is None:
                         continue
                     if new_units:  # hand over whole units: the token that revealed a boundary waits
                         llm_text = llm_text[: len(llm_text) - len(seg.pending)]
-                    if new_units and cfg.handover == "continue":  # whole units are final answer text
-                        end = len(full_text) - len(seg.pending)
-                        self.emit("answer_delta", {"text": full_text[committed:end], "role": "llm"})
-                        committed = end
+                        commit(len(full_text) - len(seg.pending))  # whole units are final answer text
                     if checkpoint(stage):
                         t_dec = time.perf_counter()
                         stream.close()
                         cancel_latency, handed_over = time.perf_counter() - t_dec, True
-                        if cfg.handover == "continue" and len(llm_text) > committed:  # forced mid-unit
-                            self.emit("answer_delta", {"text": llm_text[committed:], "role": "llm"})
+                        commit(len(llm_text))  # forced mid-unit
                         break
                     schedule.passed(len(llm_steps))
-                    finishing = checkpoints[-1].reason == "finish"  # only ever decided in continue mode
+                    finishing = checkpoints[-1].reason == "finish"  # only where the LLM solves
             finally:
                 stream.close()
                 self.llm_cost.add(stream.usage)
                 self.cost.add_phase("llm_stream", time.perf_counter() - t_llm)
             llm_finish = stream.finish_reason
             seg.flush(len(llm_steps))
+            if not handed_over and thinks and THINK_CLOSE not in full_text and llm_steps:
+                # the token limit cut the thought: the LLM cannot answer, the SLM concludes from it
+                llm_text = full_text
+                commit(len(full_text))
+                handed_over = checkpoint(schedule.stage, thought_end=False)
             if not handed_over:
                 llm_text = full_text
-                if cfg.handover == "continue":
-                    self.emit("answer_delta", {"text": full_text[committed:], "role": "llm"})
+                commit(len(full_text))
         last = checkpoints[-1]
-        if not handed_over and cfg.handover == "continue":
+        if not handed_over and llm_solves:
             # the LLM finished its own solution before any hand-over: its answer stands
-            return self._result(llm_text, "", "llm_finished", None, seg, checkpoints, llm_finish, None)
+            text = THINK_OPEN + llm_text if thinks else llm_text
+            return self._result(llm_text, "", "llm_finished", None, seg, checkpoints, llm_finish, None, text)
         reason = "slm_alone" if not llm_steps else (last.reason if handed_over else "llm_finished")
-        room = cfg.decoding.slm_max_tokens - (len(llm_steps) if cfg.handover == "continue" else 0)
+        if thinks or cfg.handover != "continue":  # the SLM's answer budget is its own
+            room = cfg.decoding.slm_max_tokens
+        else:  # continuing a non-reasoning LLM's answer: the combined answer is capped
+            room = cfg.decoding.slm_max_tokens - len(llm_steps)
         self.emit("handover", {"llm_tokens": len(llm_steps), "reason": reason})
+        if thinks and llm_steps:
+            self.emit("answer_delta", {"text": THINK_SEP, "role": "llm"})
         slm_text, finish = self._drain("slm", slm.stream(self._request(self._slm_prompt(llm_text), room)))
-        return self._result(llm_text, slm_text, reason, len(llm_steps), seg, checkpoints, finish, cancel_latency)
+        if thinks:
+            text = THINK_OPEN + thought_of(llm_text) + THINK_SEP + slm_text if llm_steps else slm_text
+        elif cfg.handover == "continue":
+            text = llm_text + slm_text
+        else:
+            text = slm_text or llm_text
+        return self._result(llm_text, slm_text, reason, len(llm_steps), seg, checkpoints, finish, cancel_latency,
+                            text)
 
     def _result(self, llm_text: str, slm_text: str, reason: str, handover_tokens: int | None,
                 seg: InsightSegmenter, checkpoints: list[CheckpointRecord], finish: str | None,
-                cancel_latency: float | None) -> TandemResult:
-        final = llm_text + slm_text if self.cfg.handover == "continue" else (slm_text or llm_text)
+                cancel_latency: float | None, final: str) -> TandemResult:
         return TandemResult(
             method="tandem", question=self.q, text=final, answer=extract_answer(final, self.cfg.task),
             stop_reason=reason, llm_text=llm_text, slm_text=slm_text, handover_mode=self.cfg.handover,

@@ -29,6 +29,7 @@ class EffortSetting:
     threshold: float = 1.01  # above 1: never early (pure budget)
     stage_thresholds: dict[int, float] = field(default_factory=dict)
     finish: bool = False
+    at_thought_end: bool = False  # a reasoning LLM's closed thought hands over whatever the policy says
 
     def threshold_at(self, stage: int) -> float:
         return self.stage_thresholds.get(stage, self.threshold)
@@ -43,9 +44,12 @@ class EffortSetting:
 @dataclass(frozen=True)
 class Decision:
     handover: bool
-    reason: Literal["sufficient", "budget", "finish", "continue"]
+    reason: Literal["sufficient", "budget", "finish", "continue", "thought_end"]
     threshold: float
 
+
+AFTER_THOUGHT = EffortSetting(max_budget=2**31 - 1, at_thought_end=True)
+"""The `afterthink` baseline: the LLM thinks until it closes its thought, the SLM writes the answer."""
 
 BUDGET_EFFORTS: dict[str, EffortSetting] = {
     "low": EffortSetting(max_budget=64),
@@ -64,11 +68,19 @@ class StopRule:
         except KeyError:
             raise ValueError(f"unknown effort {effort!r}: choose one of {sorted(self.efforts)}") from None
 
-    def decide(self, probability: float, *, effort: str, stage: int, llm_tokens: int) -> Decision:
+    def decide(self, probability: float, *, effort: str, stage: int, llm_tokens: int,
+               thought_end: bool | None = None) -> Decision:
+        """`thought_end`: this checkpoint is where a reasoning LLM's thought ended: True when it closed
+        it (`</think>`: the LLM would answer next), False when its token limit cut it (it cannot answer:
+        the SLM concludes). None elsewhere."""
         s = self.setting(effort)
         thr = s.threshold_at(stage)
         if probability >= thr:
             return Decision(True, "sufficient", thr)
+        if thought_end is not None:
+            if s.at_thought_end or not thought_end or (llm_tokens >= s.max_budget and not s.finish):
+                return Decision(True, "thought_end", thr)
+            return Decision(False, "finish", thr)
         if llm_tokens >= s.max_budget:
             return Decision(False, "finish", thr) if s.finish else Decision(True, "budget", thr)
         return Decision(False, "continue", thr)

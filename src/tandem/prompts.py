@@ -12,7 +12,8 @@ from typing import Literal
 from .types import Message, Prompt
 
 Task = Literal["math", "code"]
-HandoverMode = Literal["continue", "hint"]
+HandoverMode = Literal["continue", "conclude", "hint"]
+HANDOVER_MODES: tuple[str, ...] = ("continue", "conclude", "hint")
 
 PROMPT_VERSION = "v1"
 
@@ -41,6 +42,15 @@ _HINT_GUIDE = (
     "[Thinking Insights]\n"
 )
 
+CONCLUDE_NUDGE = (
+    "\n\nI have thought about this enough. Now I will write the solution briefly and give the final "
+    "answer within \\boxed{}.\n\n"
+)
+"""`conclude` hand-over: appended to the LLM's reasoning so that the SLM finishes instead of thinking on."""
+
+TRIAL_NUDGE = "\n\nSo the final answer is \\boxed{"
+"""Trial answer at a checkpoint: the SLM writes the box's content at once (a few tokens)."""
+
 _CODE_SUFFIX = "Complete the following Python function:\n```python\n{prompt}```"
 
 
@@ -63,6 +73,15 @@ class PromptSet:
     def continue_from(self, question: str, llm_prefix: str) -> Prompt:
         """The SLM continues the assistant turn the LLM started."""
         return Prompt(messages=self.solve(question).messages, assistant_prefix=llm_prefix)
+
+    def handover(self, question: str, llm_text: str, mode: str) -> Prompt:
+        """The SLM's prompt after a hand-over of `llm_text` (a reasoning LLM's thought, tags removed,
+        re-rendered under the SLM's own chat template, or a non-reasoning LLM's text)."""
+        if mode == "continue":
+            return self.continue_from(question, llm_text)
+        if mode == "conclude":
+            return self.continue_from(question, llm_text + CONCLUDE_NUDGE)
+        return self.with_hint(question, llm_text) if llm_text else self.solve(question)
 
     def coordinator(self, question: str) -> Prompt:
         """Hint mode: the LLM writes GPRA insights instead of a solution."""

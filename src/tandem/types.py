@@ -67,6 +67,7 @@ class Capabilities:
     entropy: EntropyKind = "exact"
     score: bool = False
     raw_prompt: bool = True
+    replayed: bool = False  # the stream replays a recording: run stores keep offsets, never its text
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,9 @@ class ModelInfo:
     chat_template_id: str = ""
     capabilities: Capabilities = field(default_factory=Capabilities)
     checksum: str = ""
+    thinks: bool = False
+    """A reasoning model whose prompt opens a thought: its output starts inside the thought and closes
+    it with `</think>` before the answer."""
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from ..config import BackendSettings
     from ..types import Backend
 
-BACKEND_KINDS = ("llamacpp", "openai", "scripted")
+BACKEND_KINDS = ("llamacpp", "openai", "scripted", "recorded")
 
 
 def build_backend(settings: BackendSettings, *, models_dir: str | None = None) -> Backend:
@@ -47,4 +47,14 @@ def build_backend(settings: BackendSettings, *, models_dir: str | None = None) -
 
         return ScriptedBackend(settings.reply or "The answer is \\boxed{0}.", name=settings.model,
                                n_params=settings.n_params or 1_000_000, token_delay_s=settings.token_delay_s)
+    if settings.kind == "recorded":
+        from .recorded import RecordedBackend, RecordedConfig
+        from .tokenizers import load_tokenizer
+
+        return RecordedBackend(
+            RecordedConfig(path=settings.model, tokenizer=settings.tokenizer, name=settings.name or "",
+                           n_params=settings.n_params or 0, n_ctx=settings.n_ctx,
+                           prompt_rule=settings.prompt_rule or "", tokens_per_second=settings.tokens_per_second),
+            load_tokenizer(settings.tokenizer, models_dir),
+        )
     raise ConfigError(f"unknown backend kind {settings.kind!r}: use one of {BACKEND_KINDS}")

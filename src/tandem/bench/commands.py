@@ -22,6 +22,8 @@ Seed = Annotated[int, typer.Option(help="seed for --sample")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML/YAML settings file")]
 LlmModel = Annotated[str | None, typer.Option(help="LLM: registry name or GGUF path")]
 SlmModel = Annotated[str | None, typer.Option(help="SLM: registry name or GGUF path")]
+LlmRecording = Annotated[Path | None, typer.Option(help="LLM: a recordings JSONL file to replay as its stream "
+                                                         "(the `recorded` backend; docs/reasoning.md)")]
 # hf:<path> datasets only
 Fields = Annotated[str | None, typer.Option(help="hf: map id/question/answer to the dataset's columns, "
                                                  "e.g. question=problem,answer=solution")]
@@ -63,15 +65,33 @@ def _problems(bench: str, data_dir: str | None, split: str | None, offset: int, 
     return sel, label, ps.grader
 
 
-def _settings(config: Path | None, llm_model: str | None, slm_model: str | None, **pipe: Any) -> Any:
+def _settings(config: Path | None, llm_model: str | None, slm_model: str | None,
+              llm_recording: Path | None = None, **pipe: Any) -> Any:
     from ..config import load_settings
 
     overrides: dict[str, Any] = {"pipeline": {k: v for k, v in pipe.items() if v is not None}}
-    if llm_model:
+    if llm_recording is not None:
+        overrides["llm"] = {"kind": "recorded", "model": str(llm_recording)}
+    elif llm_model:
         overrides["llm"] = {"model": llm_model}
     if slm_model:
         overrides["slm"] = {"model": slm_model}
     return load_settings(config, overrides)
+
+
+def recorded_only(problems: Any, llm: Any, console: Console | None = None) -> Any:
+    """The problems the LLM has a recording of, when it replays recordings (else all of them)."""
+    recs = getattr(llm, "recordings", None)
+    if recs is None:
+        return problems
+    from ..prompts import PromptSet
+
+    kept = [p for p in problems if recs.has(PromptSet(p.task).question_text(p.question), p.id)]
+    if not kept:
+        raise InputError(f"none of the {len(problems)} selected problems has a recording in {recs.path.name}")
+    if console is not None and len(kept) < len(problems):
+        console.print(f"{len(kept)} of {len(problems)} selected problems have a recording: probing those")
+    return kept
 
 
 def _budgets(text: str | None) -> tuple[int, ...] | None:
@@ -91,11 +111,13 @@ def probe(
     out_dir: Annotated[Path, typer.Option("--out", help="run directory (resumed if it exists)")],
     data_dir: DataDir = None, split: Split = None, offset: Offset = 0, limit: Limit = None,
     sample: Sample = None, seed: Seed = 0, config: ConfigOpt = None,
-    handover: Annotated[str | None, typer.Option(help="continue | hint")] = None,
+    handover: Annotated[str | None, typer.Option(help="continue | conclude | hint")] = None,
     budgets: Annotated[str | None, typer.Option(help="stage budgets, e.g. 32,64,128,192,256")] = None,
     llm_max_tokens: Annotated[int | None, typer.Option(help="LLM max new tokens")] = None,
     slm_max_tokens: Annotated[int | None, typer.Option(help="SLM max new tokens")] = None,
-    llm_model: LlmModel = None, slm_model: SlmModel = None,
+    trial_tokens: Annotated[int, typer.Option(min=0, help="a trial answer of at most N tokens at every "
+                                                          "checkpoint (reasoning LLMs, math; 0: none)")] = 0,
+    llm_model: LlmModel = None, slm_model: SlmModel = None, llm_recording: LlmRecording = None,
     fields: Fields = None, hf_config: HfConfig = None, hf_data_files: HfDataFiles = None, task: HfTask = None,
     grader: HfGrader = None,
 ) -> None:
@@ -110,13 +132,18 @@ def probe(
     problems, label, grader_name = _problems(bench, data_dir, split, offset, limit, sample, seed, fields=fields,
                                              hf_config=hf_config, hf_data_files=hf_data_files, task=task,
                                              grader=grader)
-    st = _settings(config, llm_model, slm_model, handover=handover, llm_max_tokens=llm_max_tokens,
+    st = _settings(config, llm_model, slm_model, llm_recording, handover=handover, llm_max_tokens=llm_max_tokens,
                    slm_max_tokens=slm_max_tokens, stage_budgets=_budgets(budgets))
     pc = pipeline_config(st)
     cfg = ProbeConfig(handover=pc.handover, stage_budgets=pc.stage_budgets, max_unit_tokens=pc.max_unit_tokens,
-                      decoding=pc.decoding)
+                      decoding=pc.decoding, trial_tokens=trial_tokens)
     llm = build_backend(st.llm, models_dir=st.models_dir)
-    slm = build_backend(st.slm, models_dir=st.models_dir)
+    try:
+        problems = recorded_only(problems, llm, err)
+        slm = build_backend(st.slm, models_dir=st.models_dir)
+    except Exception:
+        llm.close()
+        raise
     try:
         n = run_probe(problems, llm, slm, get_grader(grader_name), RunStore(out_dir), cfg, dataset=label,
                       grader_name=grader_name, console=err)

@@ -14,13 +14,26 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..answer import find_boxed
 from ..features import CheckpointInputs, compute_features
-from ..pipeline import CheckpointSchedule, DecodingSettings, question_steps, shadow_span
-from ..prompts import PromptSet
+from ..pipeline import (
+    THINK_CLOSE,
+    THINK_OPEN,
+    THINK_SEP,
+    CheckpointSchedule,
+    DecodingSettings,
+    question_steps,
+    shadow_mode,
+    shadow_span,
+)
+from ..prompts import TRIAL_NUDGE, PromptSet
 from ..segment import InsightSegmenter
 from ..types import Backend, GenerationRequest, Grade, Problem, Prompt, TokenStep
 
 PROBE_VERSION = "probe-v1"
+PROBE_VERSION_THINK = "probe-v2"
+"""Tables whose LLM reasons (`ModelInfo.thinks`): a checkpoint where its thought ends, the SLM's own
+answer budget, trial answers, and no recorded text in the table (offsets into the recording instead)."""
 
 
 @dataclass(frozen=True)
@@ -29,6 +42,7 @@ class ProbeConfig:
     stage_budgets: tuple[int, ...] = (32, 64, 128, 192, 256)
     max_unit_tokens: int = 32
     decoding: DecodingSettings = field(default_factory=DecodingSettings)
+    trial_tokens: int = 0  # > 0: a trial answer of at most this many tokens at every checkpoint (math)
 
 
 def _r(x: float | None) -> float | None:
@@ -50,6 +64,17 @@ def _common_prefix(a: list[Any], b: list[Any]) -> int:
     return n
 
 
+def _units(units: list[Any], replayed: bool) -> list[dict[str, Any]]:
+    """Insight units as stored: a replayed recording's text is not kept, only where each unit ends."""
+    if not replayed:
+        return [asdict(u) for u in units]
+    out, pos = [], 0
+    for u in units:
+        pos += len(u.text)
+        out.append({"text": None, "kind": u.kind, "end_token": u.end_token, "end_char": pos})
+    return out
+
+
 class Prober:
     """Builds one probe record per problem with a given model pair."""
 
@@ -68,14 +93,14 @@ class Prober:
         return steps, times, s
 
     def _solve(self, backend: Backend, problem: Problem, prompt: Prompt, max_tokens: int,
-               prefix: str = "") -> dict[str, Any]:
+               prefix: str = "", keep_text: bool = True) -> dict[str, Any]:
         t0 = time.perf_counter()
         steps, times, s = self._gen(backend, prompt, max_tokens)
         text = "".join(x.text for x in steps)
         lps = [x.logprob for x in steps if x.logprob is not None]
         return {
             "lp_mean": sum(lps) / len(lps) if lps else 0.0, "lp_min": min(lps) if lps else 0.0,
-            "text": text, "prompt_tokens": s.usage.prompt_tokens,
+            "text": text if keep_text else None, "prompt_tokens": s.usage.prompt_tokens,
             "prompt_computed": s.usage.computed_prompt_tokens, "generated": s.usage.generated_tokens,
             "seconds": time.perf_counter() - t0, "finish": s.finish_reason,
             "grade": _grade_dict(self.grade(problem, prefix + text)),
@@ -91,6 +116,8 @@ class Prober:
         return tok(text) if tok else None
 
     def probe(self, problem: Problem) -> dict[str, Any]:
+        if self.llm.info.thinks:
+            return self.probe_thinking(problem)
         cfg, ps = self.cfg, PromptSet(problem.task)
         q = problem.question
         self._reset()
@@ -105,7 +132,8 @@ class Prober:
         # the LLM's full stream, never cut
         llm_prompt = ps.solve(q) if cfg.handover == "continue" else ps.coordinator(q)
         self._reset()
-        llm = self._solve(self.llm, problem, llm_prompt, cfg.decoding.llm_max_tokens)
+        replayed = self.llm.info.capabilities.replayed
+        llm = self._solve(self.llm, problem, llm_prompt, cfg.decoding.llm_max_tokens, keep_text=not replayed)
         llm_steps: list[TokenStep] = llm.pop("_steps")
         llm_times: list[float] = llm.pop("_times")
         llm_solve = None
@@ -146,7 +174,8 @@ class Prober:
             else:
                 live = sr.usage.computed_prompt_tokens
             prev_tokens = toks
-            feats = compute_features(CheckpointInputs(stage, k, seg.units[:n_units], llm_steps[:k], q_steps,
+            streamed = llm_steps[:k] if self.llm.info.capabilities.stream_logprobs else None
+            feats = compute_features(CheckpointInputs(stage, k, seg.units[:n_units], streamed, q_steps,
                                                       sr.after(start)))
             room = cfg.decoding.slm_max_tokens - (k if cfg.handover == "continue" else 0)
             slm = self._solve(self.slm, problem, prompt, room, prefix if cfg.handover == "continue" else "")
@@ -164,5 +193,128 @@ class Prober:
             "llm": {**llm, "token_times": [round(t, 4) for t in llm_times],
                     "lp": [_r(s.logprob) for s in llm_steps], "ent": [_r(s.entropy) for s in llm_steps]},
             "llm_solve": llm_solve, "checkpoints": checkpoints,
-            "units": [asdict(u) for u in seg.units],
+            "units": _units(seg.units, replayed),
+        }
+
+    # ---- reasoning LLMs -----------------------------------------------------------------------
+    def _trial(self, problem: Problem, prompt: Prompt) -> dict[str, Any]:
+        """The SLM's immediate answer on its warm cache: `prompt` ends with the trial nudge; read the box's
+        content up to its closing brace (the stream is cut there)."""
+        d = self.cfg.decoding
+        req = GenerationRequest(prompt, max_tokens=self.cfg.trial_tokens, temperature=d.temperature, seed=d.seed)
+        t0, text, lps = time.perf_counter(), "", []
+        with self.slm.stream(req) as s:
+            for st in s:
+                text += st.text
+                if st.logprob is not None:
+                    lps.append(st.logprob)
+                if find_boxed("\\boxed{" + text):
+                    break
+            usage = s.usage
+        boxed = find_boxed("\\boxed{" + text)
+        answer = boxed[0].strip() if boxed else None
+        grade = self.grade(problem, "\\boxed{" + answer + "}") if answer else None
+        return {
+            "answer": answer, "closed": bool(boxed), "tokens": len(lps) or usage.generated_tokens,
+            "lp_mean": _r(sum(lps) / len(lps)) if lps else None, "lp_min": _r(min(lps)) if lps else None,
+            "lp_sum": _r(sum(lps)) if lps else None, "prompt_computed": usage.computed_prompt_tokens,
+            "seconds": round(time.perf_counter() - t0, 4), "correct": bool(grade and grade.correct),
+        }
+
+    def probe_thinking(self, problem: Problem) -> dict[str, Any]:
+        """Probe a reasoning LLM's stream: checkpoints at the stage budgets within its thought and where
+        the thought ends (closed, or cut by its token limit); the SLM gets the thought, tags removed,
+        under its own chat template, and answers within its own budget. The table keeps no text of the
+        LLM's: character offsets into its output instead (`llm.chars`, units' `end_char`)."""
+        cfg, ps = self.cfg, PromptSet(problem.task)
+        q, mode, shadow = problem.question, cfg.handover, shadow_mode(cfg.handover)
+        self._reset()
+        base = self.slm.render(ps.solve(q))
+        sr0 = self.slm.score(base)
+        q_steps = question_steps(sr0, base, q)
+        ck0 = {"features": compute_features(CheckpointInputs(0, 0, [], None, q_steps, [])),
+               "score_tokens": sr0.usage.computed_prompt_tokens, "score_seconds": sr0.usage.seconds}
+        slm_alone = self._solve(self.slm, problem, ps.solve(q), cfg.decoding.slm_max_tokens)
+        slm_alone["prompt_tokens_cold"] = len(sr0.steps)
+        slm_alone.pop("_steps"), slm_alone.pop("_times")
+        trial0 = None
+        if cfg.trial_tokens > 0 and problem.task == "math":
+            trial0 = self._trial(problem, ps.continue_from(q, TRIAL_NUDGE.lstrip()))
+        # the LLM's whole stream (a recording, or a live reasoning model)
+        self._reset()
+        llm = self._solve(self.llm, problem, ps.solve(q), cfg.decoding.llm_max_tokens,
+                          keep_text=not self.llm.info.capabilities.replayed)
+        llm_steps: list[TokenStep] = llm.pop("_steps")
+        llm_times: list[float] = llm.pop("_times")
+        full = "".join(st.text for st in llm_steps)
+        llm["grade"] = _grade_dict(self.grade(problem, THINK_OPEN + full))
+        closed_at = full.find(THINK_CLOSE)
+        llm["thought_closed"] = closed_at >= 0
+        llm["chars"] = len(full)
+        # checkpoints: the stage budgets inside the thought, then the thought's end
+        seg = InsightSegmenter(shadow)
+        sched = CheckpointSchedule(sorted(cfg.stage_budgets), cfg.max_unit_tokens)
+        marks: list[tuple[int, int, int, int, bool | None]] = []  # stage, tokens, prefix chars, units, end
+        text = ""
+        for i, st in enumerate(llm_steps, 1):
+            before, text = len(text), text + st.text
+            if closed_at >= 0 and len(text) > closed_at:  # the thought closes in this token
+                seg.feed(text[before:closed_at] if closed_at > before else "", i)
+                seg.flush(i)
+                marks.append((sched.stage, i, closed_at, len(seg.units), True))
+                break
+            new = seg.feed(st.text, i)
+            stage = sched.due(i, bool(new))
+            if stage is None:
+                continue
+            marks.append((stage, i, len(text) - len(seg.pending) if new else len(text), len(seg.units), None))
+            sched.passed(i)
+        else:
+            seg.flush(len(llm_steps))
+            if llm_steps and closed_at < 0:  # cut by its token limit mid-thought: the SLM concludes
+                marks.append((sched.stage, len(llm_steps), len(full), len(seg.units), False))
+        # the SLM at each checkpoint: shadow pass, trial answer, then its answer from the warm cache
+        self._reset()
+        self.slm.score(base)
+        checkpoints, prev_tokens, prev_trial = [], self._tokens(base), trial0
+        for stage, k, n_chars, n_units, end in marks:
+            thought = full[:n_chars]
+            scored, start = shadow_span(self.slm.render(ps.handover(q, thought, shadow)), base, thought, shadow)
+            sr = self.slm.score(scored)
+            toks = self._tokens(scored)
+            if toks is not None and prev_tokens is not None:
+                common = _common_prefix(prev_tokens, toks)
+                live = len(toks) - common + (1 if common > 0 else 0)
+            else:
+                live = sr.usage.computed_prompt_tokens
+            prev_tokens = toks
+            feats = compute_features(CheckpointInputs(stage, k, seg.units[:n_units], None, q_steps, sr.after(start)))
+            trial = None
+            if cfg.trial_tokens > 0 and problem.task == "math":
+                hp = ps.handover(q, thought, shadow)
+                trial_prompt = Prompt(hp.messages, (hp.assistant_prefix + TRIAL_NUDGE) if shadow == "continue"
+                                      else TRIAL_NUDGE.lstrip())
+                trial = self._trial(problem, trial_prompt)
+                trial["agree_prev"] = (prev_trial is not None and trial["answer"] is not None
+                                       and trial["answer"] == prev_trial["answer"])
+                prev_trial = trial
+            prompt = ps.handover(q, thought, mode)
+            slm = self._solve(self.slm, problem, prompt, cfg.decoding.slm_max_tokens)
+            slm.pop("_steps"), slm.pop("_times")
+            slm["grade"] = _grade_dict(self.grade(problem, THINK_OPEN + thought + THINK_SEP + slm["text"]))
+            checkpoints.append({
+                "stage": stage, "llm_tokens": k, "n_insights": n_units, "features": feats,
+                "event": "budget" if end is None else "thought_end", "thought_closed": end,
+                "handover_prompt_tokens": len(self._tokens(self.slm.render(prompt)) or [])
+                if mode == "conclude" else (len(toks) if toks is not None else sr.usage.prompt_tokens),
+                "score_tokens_live": live, "score_seconds": sr.usage.seconds, "prefix_chars": n_chars,
+                "slm": slm, "trial": trial,
+            })
+            self.slm.score(scored)  # back to the live cache state before the next checkpoint
+        units = _units(seg.units, self.llm.info.capabilities.replayed)
+        return {
+            "version": PROBE_VERSION_THINK, "problem_id": problem.id, "gold": problem.answer, "task": problem.task,
+            "ck0": {**ck0, "trial": trial0}, "slm_alone": {k: v for k, v in slm_alone.items() if not k.startswith("_")},
+            "llm": {**llm, "token_times": [round(t, 4) for t in llm_times], "lp": None, "ent": None},
+            "llm_solve": None, "checkpoints": checkpoints, "units": units,
         }

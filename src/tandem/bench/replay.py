@@ -129,6 +129,24 @@ def options(rec: dict[str, Any], p: PairParams) -> list[Outcome]:
     return outs
 
 
+def _thought_end(rec: dict[str, Any]) -> dict[str, Any] | None:
+    """A reasoning LLM's table: the checkpoint where its thought ended (closed or cut), if any."""
+    for ck in rec["checkpoints"]:
+        if ck.get("event") == "thought_end":
+            return ck
+    return None
+
+
+def replay_afterthink(rec: dict[str, Any], p: PairParams) -> Outcome:
+    """The LLM thinks until its thought ends; the SLM writes the answer from the whole thought."""
+    ck = _thought_end(rec)
+    if ck is None:
+        out = _llm(rec, p, "afterthink")
+        out.stop_reason = "llm_finished"
+        return out
+    return _handover(rec, ck, p, "afterthink", shadow=None, stop="thought_end")
+
+
 def replay_oracle(rec: dict[str, Any], p: PairParams) -> Outcome:
     opts = options(rec, p)
     right = [o for o in opts if o.correct]
@@ -167,9 +185,17 @@ def replay_policy(rec: dict[str, Any], p: PairParams, policy: StopPolicy, rule: 
         if ck["stage"] > n_stages:
             break
         visited.append(ck)
+        end = ck.get("thought_closed") if ck.get("event") == "thought_end" else None
         d = rule.decide(policy.sufficiency(ck["features"]), effort=effort, stage=ck["stage"],
-                        llm_tokens=ck["llm_tokens"])
+                        llm_tokens=ck["llm_tokens"], thought_end=end)
         if d.reason == "finish":  # no hand-over, no more checkpoints: the LLM writes its whole answer
+            cut = _thought_end(rec)
+            if cut is not None and cut.get("thought_closed") is False and cut is not ck:
+                # as live: its token limit then cut the thought, and the SLM concludes from all of it
+                visited.append(cut)
+                out = _handover(rec, cut, p, method, shadow=visited if shadow else None, stop="thought_end")
+                out.extra = {"decided_at_stage": cut["stage"]}
+                return out
             break
         last_insight = handover == "hint" and ck is rec["checkpoints"][-1] and \
             ck["llm_tokens"] >= rec["llm"]["generated"]
@@ -237,6 +263,8 @@ def replay(rec: dict[str, Any], method: str, p: PairParams, *, handover: str = "
         return _llm(rec, p)
     if method == "oracle":
         return replay_oracle(rec, p)
+    if method == "afterthink":
+        return replay_afterthink(rec, p)
     if method.startswith("fixed:"):
         return replay_fixed(rec, int(method.split(":", 1)[1]), p, handover)
     if method.startswith("cascade:"):

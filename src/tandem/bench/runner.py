@@ -23,7 +23,7 @@ from ..pipeline import Tandem
 from ..prompts import PROMPT_VERSION
 from ..result import TandemResult
 from ..types import Backend, Grade, Problem
-from .probe import PROBE_VERSION, ProbeConfig, Prober
+from .probe import PROBE_VERSION, PROBE_VERSION_THINK, ProbeConfig, Prober
 from .records import Outcome
 from .store import RunStore, git_revision
 
@@ -55,7 +55,8 @@ def run_probe(problems: Sequence[Problem], llm: Backend, slm: Backend, grader: G
               cfg: ProbeConfig, *, dataset: str, grader_name: str, console: Console | None = None) -> int:
     """Probe every problem not yet in the store; return how many were added."""
     manifest = {
-        "kind": "probe", "probe_version": PROBE_VERSION, "prompt_version": PROMPT_VERSION,
+        "kind": "probe", "probe_version": PROBE_VERSION_THINK if llm.info.thinks else PROBE_VERSION,
+        "prompt_version": PROMPT_VERSION,
         "llm": model_identity(llm), "slm": model_identity(slm), "entropy": entropy_kinds(llm, slm),
         "config": asdict(cfg),
         "dataset": dataset, "grader": grader_name, "problem_ids": [p.id for p in problems],

@@ -1,0 +1,248 @@
+"""The recorded backend: a reasoning LLM's logged outputs streamed as a live engine would, and the
+pipeline's hand-over of a thought to a non-reasoning SLM (think-aware grading, the SLM's own answer
+budget, answers from the SLM's part only)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tandem.backends.recorded import RecordedBackend, RecordedConfig, RecordingSet, check_recordings
+from tandem.backends.scripted import ScriptedBackend
+from tandem.backends.tokenizers import WordTokenizer
+from tandem.bench.graders import grade_gsm8k
+from tandem.bench.probe import ProbeConfig, Prober
+from tandem.bench.replay import PairParams, replay
+from tandem.errors import ConfigError, InputError
+from tandem.pipeline import DecodingSettings, PipelineConfig, Tandem
+from tandem.policy import BudgetPolicy, ConstantPolicy, EffortSetting, StopRule
+from tandem.prompts import CONCLUDE_NUDGE, PromptSet
+from tandem.types import GenerationRequest, Problem
+
+Q1 = "Tom has 3 apples and buys 4 more. How many apples does he have?"
+Q2 = "A box holds 6 eggs. How many eggs are in 5 boxes?"
+THOUGHT1 = " ".join(f"step{i} counting apples." for i in range(40))  # 80 word tokens
+OUT1 = THOUGHT1 + " So 3 plus 4 is 7 \\boxed{99}.</think>\n\nThe answer is \\boxed{7}."
+OUT2 = " ".join(f"eggs{i} times boxes." for i in range(100))  # never closes: hit its cap
+
+
+def write_recordings(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def recordings(tmp_path: Path) -> Path:
+    return write_recordings(tmp_path / "rec.jsonl", [
+        {"id": "p1", "question": Q1, "answer": "7", "output": OUT1, "finished_thinking": True,
+         "model": "Org/Reasoner-32B", "params_total": 32_000_000_000},
+        {"id": "p2", "question": Q2, "answer": "30", "output": OUT2, "finished_thinking": False,
+         "model": "Org/Reasoner-32B", "params_total": 32_000_000_000},
+    ])
+
+
+def backend(path: Path, **kw) -> RecordedBackend:
+    return RecordedBackend(RecordedConfig(path=str(path), tokenizer="words", **kw), WordTokenizer())
+
+
+def request(q: str, max_tokens: int = 10_000) -> GenerationRequest:
+    return GenerationRequest(PromptSet("math").solve(q), max_tokens=max_tokens)
+
+
+def test_streams_the_recording_token_by_token(recordings: Path) -> None:
+    b = backend(recordings)
+    assert b.info.name == "Org/Reasoner-32B" and b.info.n_params == 32_000_000_000 and b.info.thinks
+    assert not b.info.capabilities.stream_logprobs and b.info.capabilities.replayed
+    with b.stream(request(Q1)) as s:
+        steps = list(s)
+    assert "".join(x.text for x in steps) == OUT1
+    assert all(x.logprob is None and x.entropy is None for x in steps)
+    assert s.finish_reason == "stop" and s.usage.generated_tokens == len(steps)
+    assert s.usage.prompt_tokens == len(Q1.split())  # no template known for this name: the question alone
+    with backend(recordings, prompt_rule="chatml-think").stream(request(Q1)) as s2:
+        list(s2)
+    assert s2.usage.prompt_tokens > len(Q1.split())  # the template around the question counts too
+
+
+def test_a_thought_cut_by_the_cap_ends_as_a_token_limit(recordings: Path) -> None:
+    with backend(recordings).stream(request(Q2)) as s:
+        list(s)
+    assert s.finish_reason == "length"
+    with backend(recordings).stream(request(Q1, max_tokens=5)) as s:
+        assert len(list(s)) == 5
+    assert s.finish_reason == "length" and s.usage.generated_tokens == 5
+
+
+def test_cancel_stops_at_once_and_counts_only_what_was_streamed(recordings: Path) -> None:
+    s = backend(recordings).stream(request(Q1))
+    for i, _ in enumerate(s, 1):
+        if i == 7:
+            s.close()
+    assert s.cancelled and s.usage.generated_tokens == 7
+    assert list(s) == []
+
+
+def test_unknown_question_is_an_input_error(recordings: Path) -> None:
+    with pytest.raises(InputError, match="no recording of this question"):
+        backend(recordings).stream(request("What is 2 + 2?"))
+
+
+def test_finds_by_question_whitespace_and_by_id(recordings: Path) -> None:
+    rs = RecordingSet(recordings)
+    assert rs.find("  " + Q1.replace(" ", "  ") + "\n") is not None
+    assert rs.find(problem_id="p2") is not None and rs.find(problem_id="p3") is None
+
+
+@pytest.mark.parametrize(("rows", "message"), [
+    ([{"question": "q"}], r":1: `output` must be a non-empty string"),
+    ([{"output": "x"}], r":1: give `question`"),
+    (["[1, 2]"], r":1: a recording must be a JSON object"),
+    ([{"question": "q", "output": "a"}, {"question": "q", "output": "b"}], r":2: the same question as line 1"),
+    ([{"question": "q", "output": "a</think>b", "finished_thinking": False}], r"`finished_thinking` is false"),
+    ([{"question": "q", "output": "a", "model": "A"}, {"question": "r", "output": "b", "model": "B"}],
+     "one file holds one model"),
+    ([{"question": "q", "output": "a", "token_ids": [1, -2]}], "`token_ids` must be"),
+])
+def test_bad_recordings_are_refused_with_their_line(tmp_path: Path, rows: list, message: str) -> None:
+    p = tmp_path / "bad.jsonl"
+    p.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    with pytest.raises(InputError, match=message):
+        RecordingSet(p)
+
+
+def test_not_json_and_missing_file(tmp_path: Path) -> None:
+    p = tmp_path / "bad.jsonl"
+    p.write_text('{"question": "q", "output": "a"}\n{oops\n')
+    with pytest.raises(InputError, match=r"bad.jsonl:2: not JSON"):
+        RecordingSet(p)
+    with pytest.raises(InputError, match="not found"):
+        RecordingSet(tmp_path / "none.jsonl")
+
+
+def test_parameter_count_is_required_for_flops(tmp_path: Path) -> None:
+    p = write_recordings(tmp_path / "r.jsonl", [{"question": Q1, "output": OUT1}])
+    with pytest.raises(ConfigError, match="parameter count"):
+        backend(p)
+    assert backend(p, n_params=7).info.n_params == 7
+
+
+def test_check_recordings_summarises(recordings: Path) -> None:
+    s = check_recordings(recordings, WordTokenizer(), {"p1": Q1, "p2": "another"})
+    assert s["rows"] == 2 and s["finished_thinking"] == 1 and s["ids_in_benchmark"] == 2
+    assert s["questions_equal_benchmark"] == 1 and s["tokens_max"] >= s["tokens_median"] > 0
+
+
+# ---- the pipeline with a reasoning LLM ------------------------------------------------------------
+
+def slm(reply: str = "Therefore the total is \\boxed{7}.") -> ScriptedBackend:
+    return ScriptedBackend(reply, name="slm", n_params=1_000_000)
+
+
+def pipe(recordings: Path, slm_backend: ScriptedBackend, handover: str = "continue", **dec) -> Tandem:
+    cfg = PipelineConfig(handover=handover, stage_budgets=(16, 32, 64),  # type: ignore[arg-type]
+                         decoding=DecodingSettings(llm_max_tokens=2000, slm_max_tokens=dec.pop("slm_max", 50)))
+    return Tandem(backend(recordings), slm_backend, policy=BudgetPolicy(), rule=StopRule(), config=cfg)
+
+
+def test_handover_keeps_the_thought_and_grades_only_the_slm_part(recordings: Path) -> None:
+    t = pipe(recordings, slm("so I am done."))  # the SLM writes no answer
+    r = t.solve(Q1, method="fixed:16")
+    assert r.stop_reason == "budget" and r.handover_tokens and r.handover_tokens >= 16
+    assert r.text.startswith("<think>\n") and "</think>" in r.text
+    assert r.text.rsplit("</think>", 1)[1].strip() == "so I am done."
+    assert r.answer.answer is None  # never a number from the LLM's thought
+    assert grade_gsm8k(Problem("p1", Q1, "7"), r.text).reason == "no_answer_extracted"
+    r = pipe(recordings, slm()).solve(Q1, method="fixed:16")
+    assert r.answer.answer == "7"
+
+
+def test_the_slm_answer_budget_is_its_own(recordings: Path) -> None:
+    long_reply = " ".join(["word"] * 200)
+    r = pipe(recordings, slm(long_reply), slm_max=40).solve(Q1, method="fixed:64")
+    assert r.handover_tokens and r.handover_tokens >= 64
+    assert r.cost.models["slm"].generated_tokens == 40  # not 40 minus the hand-over length
+
+
+def test_afterthink_hands_over_where_the_thought_closes(recordings: Path) -> None:
+    s = slm()
+    r = pipe(recordings, s).solve(Q1, method="afterthink")
+    thought_tokens = len(WordTokenizer().encode(OUT1.split("</think>")[0]))
+    assert r.stop_reason == "thought_end" and r.handover_tokens is not None
+    assert abs(r.handover_tokens - thought_tokens) <= 1
+    assert "\\boxed{99}" in r.llm_text and r.answer.answer == "7"
+    assert "</think>" not in s.stats.prompts[-1].split("<|assistant|>")[-1]  # tags removed for the SLM
+
+
+def test_afterthink_needs_a_reasoning_llm() -> None:
+    t = Tandem(ScriptedBackend("x"), slm(), config=PipelineConfig())
+    with pytest.raises(ConfigError, match="reasoning LLM"):
+        t.solve(Q1, method="afterthink")
+
+
+def test_llm_alone_is_graded_after_its_thought(recordings: Path) -> None:
+    t = pipe(recordings, slm())
+    r = t.solve(Q1, method="llm")
+    assert r.answer.answer == "7"  # after </think>, not the 99 boxed in the thought
+    r2 = t.solve(Q2, method="llm")
+    assert r2.truncated and r2.answer.answer is None
+    assert grade_gsm8k(Problem("p2", Q2, "30"), r2.text).reason == "truncated"
+
+
+def test_a_thought_cut_by_the_limit_is_concluded_by_the_slm(recordings: Path) -> None:
+    # a policy that never judges the thought sufficient, with an effort that lets the LLM finish
+    rule = StopRule({"medium": EffortSetting(max_budget=64, threshold=0.99, finish=True)})
+    t = Tandem(backend(recordings), slm("So \\boxed{30}."), policy=ConstantPolicy(0.0), rule=rule,
+               config=PipelineConfig(stage_budgets=(16, 64), decoding=DecodingSettings(2000, slm_max_tokens=50)))
+    r = t.solve(Q2)
+    assert r.stop_reason == "thought_end" and r.answer.answer == "30"
+    r1 = t.solve(Q1)  # the thought closed: the LLM, let finish, answers itself
+    assert r1.stop_reason == "llm_finished" and r1.answer.answer == "7"
+
+
+def test_conclude_appends_the_nudge(recordings: Path) -> None:
+    s = slm()
+    pipe(recordings, s, handover="conclude").solve(Q1, method="fixed:32")
+    assert s.stats.prompts[-1].endswith(CONCLUDE_NUDGE)
+
+
+def test_streamed_answer_equals_the_final_text(recordings: Path) -> None:
+    for method in ("fixed:16", "afterthink", "llm"):
+        pieces: list[str] = []
+
+        def keep(event: str, payload: dict, pieces: list[str] = pieces) -> None:
+            if event == "answer_delta":
+                pieces.append(payload["text"])
+
+        r = pipe(recordings, slm()).solve(Q1, method=method, on_event=keep)
+        assert "".join(pieces) == r.text, method
+
+
+# ---- probe and replay --------------------------------------------------------------------------
+
+def test_probe_keeps_no_recorded_text_and_replays_as_live(recordings: Path) -> None:
+    rec_llm = backend(recordings)
+    cfg = ProbeConfig(stage_budgets=(16, 32, 64), decoding=DecodingSettings(2000, slm_max_tokens=50))
+    prober = Prober(rec_llm, slm(), grade_gsm8k, cfg)
+    records = {pid: prober.probe(Problem(pid, q, a)) for pid, q, a in (("p1", Q1, "7"), ("p2", Q2, "30"))}
+    dumped = json.dumps(records)
+    for out in (OUT1, OUT2):
+        pieces = [out[i:i + 64] for i in range(0, len(out) - 64, 64)]
+        assert not any(p in dumped for p in pieces)
+    r1, r2 = records["p1"], records["p2"]
+    assert r1["version"] == "probe-v2" and r1["llm"]["text"] is None
+    assert r1["llm"]["grade"]["correct"] and not r2["llm"]["grade"]["correct"]
+    assert r2["llm"]["grade"]["reason"] == "truncated"
+    ends = [ck for ck in r1["checkpoints"] if ck["event"] == "thought_end"]
+    assert len(ends) == 1 and ends[0]["thought_closed"] is True
+    assert r2["checkpoints"][-1]["event"] == "thought_end" and r2["checkpoints"][-1]["thought_closed"] is False
+    assert all("llm_n" not in ck["features"] for ck in r1["checkpoints"])  # absent, not zero
+    p = PairParams(llm=rec_llm.info.n_params, slm=1_000_000)
+    for pid, q in (("p1", Q1), ("p2", Q2)):
+        for method in ("fixed:16", "fixed:64", "afterthink", "llm", "slm"):
+            live = pipe(recordings, slm()).solve(q, method=method)
+            rep = replay(records[pid], method, p)
+            assert rep.correct == (live.answer.answer == records[pid]["gold"]), (pid, method)
+            assert rep.handover_tokens == live.handover_tokens or method in ("llm", "slm"), (pid, method)
+            assert rep.llm_generated_tokens == live.cost.models["llm"].generated_tokens, (pid, method)
