@@ -16,11 +16,21 @@ if [ ! -x .venv/bin/python ]; then
 fi
 
 STAMP=".venv/.tandem-installed-$(echo "$EXTRAS" | tr ',' '_')"
-WANT="$(cat pyproject.toml | sha256sum | cut -c1-16)"
+FIND_LINKS=()
+if [[ ",$EXTRAS," == *",llamacpp,"* || ",$EXTRAS," == *",server,"* ]]; then
+  # llama.cpp is compiled for this CPU once (the first time: ~5 minutes) and kept by CPU features
+  LLAMA_VERSION="$(grep -o 'llama-cpp-python==[0-9.]*' pyproject.toml | head -1 | cut -d= -f3)"
+  WHEELS="$(bash scripts/llama_build.sh "$LLAMA_VERSION" .venv/bin/python)"
+  FIND_LINKS=(--find-links "$WHEELS")
+fi
+WANT="$( (cat pyproject.toml; echo "${FIND_LINKS[*]}") | sha256sum | cut -c1-16)"
 if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$WANT" ]; then
-  echo "==> installing tandem[$EXTRAS] (the first time this compiles llama.cpp: ~5 minutes)"
-  export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[$EXTRAS]"
+  echo "==> installing tandem[$EXTRAS]"
+  if [ "${#FIND_LINKS[@]}" -gt 0 ]; then  # replace any llama-cpp-python built elsewhere
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --force-reinstall \
+      --no-index "${FIND_LINKS[@]}" "llama-cpp-python==$LLAMA_VERSION"
+  fi
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check "${FIND_LINKS[@]}" -e ".[$EXTRAS]"
   echo "$WANT" > "$STAMP"
 fi
 
