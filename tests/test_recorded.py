@@ -246,3 +246,26 @@ def test_probe_keeps_no_recorded_text_and_replays_as_live(recordings: Path) -> N
             assert rep.correct == (live.answer.answer == records[pid]["gold"]), (pid, method)
             assert rep.handover_tokens == live.handover_tokens or method in ("llm", "slm"), (pid, method)
             assert rep.llm_generated_tokens == live.cost.models["llm"].generated_tokens, (pid, method)
+
+
+def test_stop_at_answer_ends_the_slm_after_its_boxed_line(recordings: Path) -> None:
+    reply = "So the total is \\boxed{7}.\n" + "Let me double check this again. " * 20
+    t = pipe(recordings, slm(reply), slm_max=200)
+    full = t.solve(Q1, method="fixed:16")
+    cut = t.solve(Q1, method="fixed:16", stop_at_answer=True)
+    assert full.slm_text == reply[: len(full.slm_text)] and len(full.slm_text) > len(cut.slm_text)
+    assert cut.slm_text.startswith("So the total is \\boxed{7}.\n") and cut.answer.answer == "7"
+    assert cut.finish_reason == "stop" and not cut.truncated
+    assert cut.cost.models["slm"].generated_tokens < full.cost.models["slm"].generated_tokens
+    llm = t.solve(Q1, method="llm", stop_at_answer=True)  # the LLM's boxes in its thought do not count
+    assert llm.answer.answer == "7" and llm.text.endswith("\\boxed{7}.")
+
+
+def test_answer_complete_rules() -> None:
+    from tandem.answer import answer_complete
+
+    assert not answer_complete("so \\boxed{5}")  # the line goes on
+    assert answer_complete("so \\boxed{5}.\n") and answer_complete("\\boxed{bed}" + "x" * 60)
+    assert not answer_complete("an empty \\boxed{} box\n") and not answer_complete("\\boxed{\\frac{1}{2}\n")
+    assert not answer_complete("\\boxed{5}\n", thinks=True)  # still inside the thought
+    assert answer_complete("thought \\boxed{4}\n</think> so \\boxed{5}\n", thinks=True)

@@ -11,7 +11,7 @@ from typing import Literal
 
 from tandem.types import Extraction
 
-__all__ = ["extract_answer", "find_boxed", "looks_like_code", "looks_truncated", "strip_think"]
+__all__ = ["answer_complete", "extract_answer", "find_boxed", "looks_like_code", "looks_truncated", "strip_think"]
 
 _BOXED_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _ANSWER_IS_RE = re.compile(
@@ -61,6 +61,33 @@ def find_boxed(text: str) -> list[str]:
         found.append(text[start : i - 1])
         pos = i
     return found
+
+
+def answer_complete(text: str, *, thinks: bool = False, tail: int = 48) -> bool:
+    """Whether a math answer is finished: a ``\\boxed{}`` has closed (after the thought, for a reasoning
+    model's text) and the line it stands on has ended, or `tail` more characters have followed it.
+    The stop rule `stop_at_answer`: what a model writes after its boxed answer is not graded."""
+    if thinks:
+        if "</think>" not in text:
+            return False
+        text = text.rsplit("</think>", 1)[1]
+    m = _BOXED_RE.search(text)
+    while m is not None:
+        depth, i = 1, m.end()
+        while i < len(text) and depth:
+            c = text[i]
+            if c == "\\":
+                i += 2
+                continue
+            depth += {"{": 1, "}": -1}.get(c, 0)
+            i += 1
+        if depth:
+            return False
+        if text[m.end():i - 1].strip():  # a box with content
+            rest = text[i:]
+            return "\n" in rest or len(rest) >= tail
+        m = _BOXED_RE.search(text, i)
+    return False
 
 
 def _unwrap_boxed(ans: str) -> str:

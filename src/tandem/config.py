@@ -72,6 +72,8 @@ class PipelineSettings(_Strict):
     seed: int = 0
     llm_max_tokens: int = Field(default=512, ge=1)
     slm_max_tokens: int = Field(default=512, ge=1)
+    stop_at_answer: bool = Field(default=False, description="math: each model stops at the end of the line "
+                                 "where its boxed answer closes (what follows is not graded)")
 
 
 class ServerSettings(_Strict):

@@ -21,7 +21,7 @@ def pipeline_config(settings: TandemSettings) -> PipelineConfig:
     return PipelineConfig(
         task=p.task, handover=p.handover, effort=p.effort, stage_budgets=tuple(p.stage_budgets),
         max_unit_tokens=p.max_unit_tokens, shadow=p.shadow,
-        decoding=DecodingSettings(p.temperature, p.seed, p.llm_max_tokens, p.slm_max_tokens),
+        decoding=DecodingSettings(p.temperature, p.seed, p.llm_max_tokens, p.slm_max_tokens, p.stop_at_answer),
     )
 
 

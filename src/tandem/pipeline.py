@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from .answer import extract_answer
+from .answer import answer_complete, extract_answer
 from .cost import CostReport, ModelCost, Price
 from .errors import ConfigError, InputError
 from .features import CheckpointInputs, available_groups, compute_features
@@ -39,6 +39,7 @@ class DecodingSettings:
     seed: int = 0
     llm_max_tokens: int = 512
     slm_max_tokens: int = 512
+    stop_at_answer: bool = False  # math: a model stops at the end of the line where its boxed answer closes
 
 
 @dataclass(frozen=True)
@@ -241,8 +242,12 @@ class _Run:
     def _model_cost(self, role: str, b: Backend) -> ModelCost:
         return self.cost.model(role, b.info.name, b.info.n_params, self.t.prices.get(role))
 
+    def _answer_done(self, text: str, thinks: bool) -> bool:
+        return self.cfg.decoding.stop_at_answer and self.cfg.task == "math" and answer_complete(text, thinks=thinks)
+
     def _drain(self, role: str, stream: TokenStream, keep: list[TokenStep] | None = None) -> tuple[str, str | None]:
         t0, parts = time.perf_counter(), []
+        thinks = role == "llm" and self.thinks
         with stream:
             for step in stream:
                 parts.append(step.text)
@@ -250,6 +255,10 @@ class _Run:
                     keep.append(step)
                 self.emit(f"{role}_token", {"text": step.text})
                 self.emit("answer_delta", {"text": step.text, "role": role})
+                if self._answer_done("".join(parts), thinks):
+                    stream.close()
+                    stream.finish_reason = "stop"
+                    break
         (self.llm_cost if role == "llm" else self.slm_cost).add(stream.usage)
         self.cost.add_phase(f"{role}_generate", time.perf_counter() - t0)
         return "".join(parts), stream.finish_reason
@@ -407,6 +416,10 @@ class _Run:
                     self.emit("llm_token", {"text": step.text})
                     if finishing:  # no hand-over will come: the LLM's tokens are the answer as they arrive
                         commit(len(full_text))
+                        if self._answer_done(full_text, thinks):
+                            stream.close()
+                            stream.finish_reason = "stop"
+                            break
                         continue
                     if thinks and closed_at < 0 and THINK_CLOSE in full_text:  # the thought ends here
                         closed_at = full_text.index(THINK_CLOSE)

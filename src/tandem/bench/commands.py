@@ -117,6 +117,8 @@ def probe(
     slm_max_tokens: Annotated[int | None, typer.Option(help="SLM max new tokens")] = None,
     trial_tokens: Annotated[int, typer.Option(min=0, help="a trial answer of at most N tokens at every "
                                                           "checkpoint (reasoning LLMs, math; 0: none)")] = 0,
+    stop_at_answer: Annotated[bool | None, typer.Option(help="math: stop each model where its boxed answer's "
+                                                             "line ends")] = None,
     llm_model: LlmModel = None, slm_model: SlmModel = None, llm_recording: LlmRecording = None,
     fields: Fields = None, hf_config: HfConfig = None, hf_data_files: HfDataFiles = None, task: HfTask = None,
     grader: HfGrader = None,
@@ -133,7 +135,7 @@ def probe(
                                              hf_config=hf_config, hf_data_files=hf_data_files, task=task,
                                              grader=grader)
     st = _settings(config, llm_model, slm_model, llm_recording, handover=handover, llm_max_tokens=llm_max_tokens,
-                   slm_max_tokens=slm_max_tokens, stage_budgets=_budgets(budgets))
+                   slm_max_tokens=slm_max_tokens, stage_budgets=_budgets(budgets), stop_at_answer=stop_at_answer)
     pc = pipeline_config(st)
     cfg = ProbeConfig(handover=pc.handover, stage_budgets=pc.stage_budgets, max_unit_tokens=pc.max_unit_tokens,
                       decoding=pc.decoding, trial_tokens=trial_tokens)

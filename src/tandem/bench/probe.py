@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..answer import find_boxed
+from ..answer import answer_complete, find_boxed
 from ..features import CheckpointInputs, compute_features
 from ..pipeline import (
     THINK_CLOSE,
@@ -82,20 +82,28 @@ class Prober:
                  config: ProbeConfig) -> None:
         self.llm, self.slm, self.grade, self.cfg = llm, slm, grader, config
 
-    def _gen(self, backend: Backend, prompt: Prompt, max_tokens: int) -> tuple[list[TokenStep], list[float], Any]:
+    def _gen(self, backend: Backend, prompt: Prompt, max_tokens: int, stop_task: str | None = None,
+             thinks: bool = False) -> tuple[list[TokenStep], list[float], Any]:
+        """Generate; with `stop_at_answer` on a math task, stop where the boxed answer's line ends."""
         d = self.cfg.decoding
         req = GenerationRequest(prompt, max_tokens=max(1, max_tokens), temperature=d.temperature, seed=d.seed)
-        t0, steps, times = time.perf_counter(), [], []
+        t0, steps, times, text = time.perf_counter(), [], [], ""
         with backend.stream(req) as s:
             for st in s:
                 steps.append(st)
                 times.append(time.perf_counter() - t0)
+                text += st.text
+                if d.stop_at_answer and stop_task == "math" and answer_complete(text, thinks=thinks):
+                    s.close()
+                    s.finish_reason = "stop"
+                    break
         return steps, times, s
 
     def _solve(self, backend: Backend, problem: Problem, prompt: Prompt, max_tokens: int,
                prefix: str = "", keep_text: bool = True) -> dict[str, Any]:
         t0 = time.perf_counter()
-        steps, times, s = self._gen(backend, prompt, max_tokens)
+        thinks = backend is self.llm and self.llm.info.thinks
+        steps, times, s = self._gen(backend, prompt, max_tokens, problem.task, thinks)
         text = "".join(x.text for x in steps)
         lps = [x.logprob for x in steps if x.logprob is not None]
         return {
