@@ -233,9 +233,11 @@ def serve(
 
 def _register_subcommands() -> None:
     from .bench.commands import register
+    from .bench.recordings_cmd import register as register_recordings
     from .train.commands import register as register_train
 
     register(app)
+    register_recordings(app)
     register_train(app)
 
 
