@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import socket
 import sys
 import sysconfig
+import tempfile
 import textwrap
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -263,3 +267,74 @@ def test_humaneval_problem_without_tests_is_an_error() -> None:
         grade_humaneval(
             Problem(id="x", question="", task="code", meta={"prompt": "p", "entry_point": "f"}), "    pass"
         )
+
+
+# --- disk use ---------------------------------------------------------------------------------
+
+_FILL_DISK = """
+import os, sys, time
+written = 0
+try:
+    for i in range(25):  # 25 files of 4 MB, each under the per-file limit
+        with open("fill" + str(i), "wb") as f:
+            for _ in range(4):
+                f.write(b"x" * (1 << 20))
+                f.flush()
+                written += 1 << 20
+except OSError as exc:
+    print("error", exc.errno, written)
+else:
+    print("wrote", written)
+sys.stdout.flush()
+time.sleep(SLEEP)
+"""
+
+
+@isolated
+def test_total_disk_use_is_capped_and_stays_off_the_host_disk(monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[str] = []
+    real_mkdtemp = tempfile.mkdtemp
+
+    def spy(*args: Any, **kwargs: Any) -> str:
+        path = real_mkdtemp(*args, **kwargs)
+        made.append(path)
+        return path
+
+    monkeypatch.setattr(tempfile, "mkdtemp", spy)
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(run, _FILL_DISK.replace("SLEEP", "1.0"), max_disk_mb=8)
+        on_host = 0
+        deadline = time.monotonic() + 5
+        while not future.done() and time.monotonic() < deadline:
+            for path in made:
+                with contextlib.suppress(OSError):
+                    on_host = max(on_host, sum(e.stat().st_size for e in os.scandir(path)))
+            time.sleep(0.05)
+        result = future.result()
+    assert result.ok, result.stderr
+    status, errno_, written = result.stdout.split()
+    assert (status, int(errno_)) == ("error", errno.ENOSPC)
+    assert int(written) <= 8 << 20
+    assert on_host < 1 << 20  # the data went to the sandbox's own size-limited tmpfs
+
+
+@isolated
+def test_default_disk_cap_and_inode_cap() -> None:
+    result = run(_FILL_DISK.replace("SLEEP", "0"))
+    status, errno_, written = result.stdout.split()
+    assert (status, int(errno_)) == ("error", errno.ENOSPC) and int(written) < 64 << 20
+    result = run(
+        """
+        import os
+        n = 0
+        try:
+            while n < 100_000:
+                os.close(os.open(f"e{n}", os.O_CREAT | os.O_WRONLY))
+                n += 1
+        except OSError as exc:
+            print(exc.errno, n)
+        """
+    )
+    errno_, count = result.stdout.split()
+    assert int(errno_) == errno.ENOSPC and int(count) < 100_000
+    assert_no_leftovers(result)
