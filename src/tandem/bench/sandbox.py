@@ -45,7 +45,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Literal
 
@@ -102,6 +102,7 @@ class _Setup:
 
     files: Mapping[str, str]
     disk_bytes: int
+    pass_fds: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,7 @@ def run_sandboxed(
     max_open_files: int = 64,
     max_output_chars: int = 20_000,
     files: Mapping[str, str] | None = None,
+    pass_fds: Sequence[int] = (),
 ) -> SandboxResult:
     """Run `code` with this Python interpreter (``python -I``) in the sandbox described above.
 
@@ -135,13 +137,16 @@ def run_sandboxed(
     `max_disk_mb`, the cap on everything in the working directory (with namespaces only; the
     written data is held in memory, on top of `memory_mb`). Raises SandboxError when the sandbox
     cannot be set up; a failure of the code itself is a result, never an exception.
+
+    `pass_fds` are file descriptors the child inherits under the same numbers (pipe ends for
+    talking to it while it runs); they stay open in this process, for the caller to close.
     """
     for name in files or {}:
         if name != os.path.basename(name) or name in ("", ".", "..", _PROGRAM):
             raise ValueError(f"bad sandbox file name {name!r}")
     plan = _get_plan()
     limits = _limits(timeout_s, memory_mb, max_procs, max_file_mb, max_open_files, plan.mode)
-    setup = _Setup({**(files or {}), _PROGRAM: code}, max_disk_mb << 20)
+    setup = _Setup({**(files or {}), _PROGRAM: code}, max_disk_mb << 20, tuple(pass_fds))
     with _lease_uid(plan.mode) as uid:
         return _run(plan, setup, uid, limits, timeout_s, max_output_chars)
 
@@ -228,6 +233,7 @@ def _execute(
             stdout=out,
             stderr=err,
             start_new_session=True,
+            pass_fds=setup.pass_fds,
             preexec_fn=preexec,
         )
     except (OSError, subprocess.SubprocessError) as exc:
