@@ -533,3 +533,8 @@ def test_humaneval_candidate_sees_only_itself() -> None:
     """
     grade = grade_humaneval(synthetic(test), fenced(code))
     assert grade.correct, grade
+
+
+def test_files_larger_than_the_disk_cap_are_refused() -> None:
+    with pytest.raises(ValueError, match="max_disk_mb"):
+        run("pass", files={"big.txt": "x" * (3 << 20)}, max_disk_mb=4)

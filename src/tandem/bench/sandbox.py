@@ -98,7 +98,8 @@ class SandboxResult:
 
 @dataclass(frozen=True)
 class _Setup:
-    """What the working directory starts with, and how large it may grow."""
+    """What the child starts with: the files of its working directory, the cap on that
+    directory's size, and the descriptors it inherits."""
 
     files: Mapping[str, str]
     disk_bytes: int
@@ -147,6 +148,8 @@ def run_sandboxed(
     plan = _get_plan()
     limits = _limits(timeout_s, memory_mb, max_procs, max_file_mb, max_open_files, plan.mode)
     setup = _Setup({**(files or {}), _PROGRAM: code}, max_disk_mb << 20, tuple(pass_fds))
+    if sum(len(text.encode("utf-8")) for text in setup.files.values()) > setup.disk_bytes // 2:
+        raise ValueError(f"the program and its files take more than half of max_disk_mb={max_disk_mb}")
     with _lease_uid(plan.mode) as uid:
         return _run(plan, setup, uid, limits, timeout_s, max_output_chars)
 
