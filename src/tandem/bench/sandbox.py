@@ -2,12 +2,15 @@
 
 When running as root (as here and in CI) the child gets, before it executes any of the code:
 
-- a fresh temporary directory as its working directory and HOME, owned by an unprivileged uid
-  taken from a pool (`UID_BASE`..) that no other process uses, so that `RLIMIT_NPROC`, which
-  counts per uid, limits this run alone;
+- an unprivileged uid taken from a pool (`UID_BASE`..) that no other process uses, so that
+  `RLIMIT_NPROC`, which counts per uid, limits this run alone;
 - a private mount namespace in which /tmp, /var/tmp, /dev/shm and /run/lock (and any directory
   that hides the interpreter from other users, such as a 0700 /root) are covered by an empty,
-  root-owned tmpfs; the working directory and the interpreter are bound back at their paths;
+  root-owned tmpfs, and the interpreter is bound back at its path;
+- as working directory and HOME, a fresh tmpfs of its own, owned by that uid, capped in size
+  (`max_disk_mb`) and in files (`MAX_FILES`), and mounted nosuid, nodev, noexec: everything the
+  code writes lives there, in memory, and vanishes with the namespace; nothing reaches the host's
+  disk (the mount point is an empty directory under the host's temporary directory);
 - new network and pid namespaces through ``unshare(1)``, which then drops to the unprivileged
   uid and gid (and no supplementary groups): no network at all, not even loopback, and every
   process the code starts dies with it;
@@ -20,6 +23,8 @@ and every process left with the sandbox uid is killed before the directory is re
 Without root the code runs as the current user with the resource limits only (a warning is
 logged once); with root but without namespaces it still runs under the unprivileged uid, without
 network isolation (warned too). `SandboxResult.network_isolated` records which one was in effect.
+In both of those modes the working directory is a plain host directory: only the per-file size
+limit applies, not the total.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Literal
 
@@ -56,6 +61,8 @@ UID_COUNT = 64
 """Size of the pool: how many sandboxes can run at once on one machine."""
 COVERED_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
 """World-writable directories hidden behind an empty read-only (root-owned) tmpfs."""
+MAX_FILES = 4096
+"""Most files and directories the code can create in its working directory (tmpfs inodes)."""
 
 Mode = Literal["namespaces", "uid_only", "none"]
 
@@ -90,6 +97,16 @@ class SandboxResult:
 
 
 @dataclass(frozen=True)
+class _Setup:
+    """What the child starts with: the files of its working directory, the cap on that
+    directory's size, and the descriptors it inherits."""
+
+    files: Mapping[str, str]
+    disk_bytes: int
+    pass_fds: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
 class _Plan:
     mode: Mode
     unshare: str = ""
@@ -109,23 +126,32 @@ def run_sandboxed(
     memory_mb: int = 512,
     max_procs: int = 32,
     max_file_mb: int = 16,
+    max_disk_mb: int = 32,
     max_open_files: int = 64,
     max_output_chars: int = 20_000,
     files: Mapping[str, str] | None = None,
+    pass_fds: Sequence[int] = (),
 ) -> SandboxResult:
     """Run `code` with this Python interpreter (``python -I``) in the sandbox described above.
 
-    `files` are written next to the program (name -> text) before it starts. Raises SandboxError
-    when the sandbox cannot be set up; a failure of the code itself is a result, never an
-    exception.
+    `files` are written next to the program (name -> text) before it starts; they count towards
+    `max_disk_mb`, the cap on everything in the working directory (with namespaces only; the
+    written data is held in memory, on top of `memory_mb`). Raises SandboxError when the sandbox
+    cannot be set up; a failure of the code itself is a result, never an exception.
+
+    `pass_fds` are file descriptors the child inherits under the same numbers (pipe ends for
+    talking to it while it runs); they stay open in this process, for the caller to close.
     """
     for name in files or {}:
         if name != os.path.basename(name) or name in ("", ".", "..", _PROGRAM):
             raise ValueError(f"bad sandbox file name {name!r}")
     plan = _get_plan()
     limits = _limits(timeout_s, memory_mb, max_procs, max_file_mb, max_open_files, plan.mode)
+    setup = _Setup({**(files or {}), _PROGRAM: code}, max_disk_mb << 20, tuple(pass_fds))
+    if sum(len(text.encode("utf-8")) for text in setup.files.values()) > setup.disk_bytes // 2:
+        raise ValueError(f"the program and its files take more than half of max_disk_mb={max_disk_mb}")
     with _lease_uid(plan.mode) as uid:
-        return _run(plan, code, uid, limits, timeout_s, max_output_chars, files or {})
+        return _run(plan, setup, uid, limits, timeout_s, max_output_chars)
 
 
 def isolation_mode() -> Mode:
@@ -138,26 +164,26 @@ def isolation_mode() -> Mode:
 
 def _run(
     plan: _Plan,
-    code: str,
+    setup: _Setup,
     uid: int | None,
     limits: list[tuple[int, tuple[int, int]]],
     timeout_s: float,
     max_output_chars: int,
-    files: Mapping[str, str],
 ) -> SandboxResult:
     workdir = tempfile.mkdtemp(prefix="tandem-sandbox-")
     try:
-        for name, text in {**files, _PROGRAM: code}.items():
-            path = os.path.join(workdir, name)
-            with open(path, "w", encoding="utf-8") as f:
-                f.write(text)
+        if plan.mode != "namespaces":  # with namespaces they go to the child's own tmpfs
+            for name, text in setup.files.items():
+                path = os.path.join(workdir, name)
+                with open(path, "w", encoding="utf-8") as f:
+                    f.write(text)
+                if uid is not None:
+                    os.chown(path, uid, uid)
             if uid is not None:
-                os.chown(path, uid, uid)
-        if uid is not None:
-            os.chown(workdir, uid, uid)
+                os.chown(workdir, uid, uid)
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             start = time.perf_counter()
-            returncode, timed_out = _execute(plan, uid, workdir, limits, timeout_s, out, err)
+            returncode, timed_out = _execute(plan, setup, uid, workdir, limits, timeout_s, out, err)
             seconds = time.perf_counter() - start
             stdout = _read_bounded(out, max_output_chars)
             stderr = _read_bounded(err, max_output_chars)
@@ -182,6 +208,7 @@ def _run(
 
 def _execute(
     plan: _Plan,
+    setup: _Setup,
     uid: int | None,
     workdir: str,
     limits: list[tuple[int, tuple[int, int]]],
@@ -195,7 +222,7 @@ def _execute(
         assert uid is not None
         argv = [plan.unshare, "--net", "--pid", "--kill-child", "--mount-proc",
                 "--setuid", str(uid), "--setgid", str(uid), "--", *python]  # fmt: skip
-        preexec = _preexec_namespaces(plan, workdir, limits)
+        preexec = _preexec_namespaces(plan, setup, workdir, uid, limits)
     else:
         argv = python
         preexec = _preexec_plain(limits, uid)
@@ -209,6 +236,7 @@ def _execute(
             stdout=out,
             stderr=err,
             start_new_session=True,
+            pass_fds=setup.pass_fds,
             preexec_fn=preexec,
         )
     except (OSError, subprocess.SubprocessError) as exc:
@@ -327,13 +355,20 @@ def _check(rc: int, what: str) -> None:
 
 
 def _preexec_namespaces(
-    plan: _Plan, workdir: str, limits: list[tuple[int, tuple[int, int]]]
+    plan: _Plan, setup: _Setup, workdir: str, uid: int, limits: list[tuple[int, tuple[int, int]]]
 ) -> Callable[[], None]:
     libc = _get_libc()
     wd = os.fsencode(workdir)
     cover = [os.fsencode(d) for d in plan.cover]
     expose = [os.fsencode(p) for p in plan.expose]
     tmpfs_flags = _MS_NOSUID | _MS_NODEV | _MS_NOEXEC
+    wd_options = b"size=%d,nr_inodes=%d,mode=0700,uid=%d,gid=%d" % (
+        max(setup.disk_bytes, 1 << 16),
+        MAX_FILES,
+        uid,
+        uid,
+    )
+    files = [(os.fsencode(name), text.encode("utf-8")) for name, text in setup.files.items()]
 
     def preexec() -> None:
         _check(libc.unshare(_CLONE_NEWNS), "unshare")
@@ -346,12 +381,25 @@ def _preexec_namespaces(
             _check(libc.mount(b"/proc/self/fd/%d" % fd, p, None, _MS_BIND | _MS_REC, None), "expose")
             os.close(fd)
         os.makedirs(wd, exist_ok=True)
-        _check(libc.mount(b".", wd, None, _MS_BIND, None), "bind workdir")  # "." is the old cwd
+        _check(libc.mount(b"tmpfs", wd, b"tmpfs", tmpfs_flags, wd_options), "workdir tmpfs")
         os.chdir(wd)
+        for name, data in files:
+            _write_file(name, data, uid)
         _set_limits(limits)
         _check(libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
 
     return preexec
+
+
+def _write_file(name: bytes, data: bytes, uid: int) -> None:
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fchown(fd, uid, uid)
+    finally:
+        os.close(fd)
 
 
 def _preexec_plain(limits: list[tuple[int, tuple[int, int]]], uid: int | None) -> Callable[[], None]:
@@ -552,7 +600,7 @@ def _trial(plan: _Plan) -> str | None:
     limits = _limits(30, 512, 32, 16, 64, plan.mode)
     try:
         with _lease_uid(plan.mode) as uid:
-            result = _run(plan, code, uid, limits, 30, 2000, {})
+            result = _run(plan, _Setup({_PROGRAM: code}, 1 << 20), uid, limits, 30, 2000)
     except SandboxError as exc:
         return str(exc)
     if result.ok and result.stdout.strip() == "ok":
