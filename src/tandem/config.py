@@ -32,7 +32,12 @@ class BackendSettings(_Strict):
     n_params: int | None = Field(default=None, description="parameters, for FLOPs (openai: required)")
     n_ctx: int = 4096
     n_threads: int = 0
-    timeout_s: float = 120.0
+    timeout_s: float = Field(default=120.0, description="openai: longest wait for the answer's headers "
+                             "and first token, or for a whole non-streamed answer")
+    idle_timeout_s: float | None = Field(default=None, gt=0, description="openai: longest wait between two "
+                                         "streamed tokens (keep-alive comments do not count); unset: timeout_s")
+    min_tokens_per_s: float = Field(default=1.0, gt=0, description="openai: a stream must end within "
+                                    "timeout_s + max_tokens / min_tokens_per_s")
     max_retries: int = 2
     top_logprobs: int = 5
     tokenizer_id: str = ""

@@ -1,0 +1,297 @@
+"""Misbehaving OpenAI-compatible upstreams on loopback against the HTTP backend and the server.
+
+Each upstream is a real socket server (`servers.misbehaving_upstream`) that writes its answer byte by
+byte: SSE keep-alives forever, tokens forever, headers that never end, one endless line, an endless
+JSON body, silence, an upstream 500. Deadlines in the configs are short, so each test takes about a
+second; an upstream stops on its own after a few seconds, so a client that never lets go fails its
+test instead of hanging it. docs/security.md lists these attacks.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from servers import (
+    Conn,
+    UpstreamRequest,
+    endless_line,
+    fake_openai_app,
+    fixed_answer,
+    misbehaving_upstream,
+    silent,
+    silent_after_headers,
+    trickle_comments,
+    trickle_headers,
+    trickle_tokens,
+)
+from tandem.backends.guard import CallGuard, guarded
+from tandem.backends.openai_http import BackendHTTPError, OpenAIBackend, OpenAIBackendConfig
+from tandem.errors import BackendProtocolError, BackendTimeout, Cancelled
+from tandem.types import GenerationRequest, Message, Prompt
+from uvicorn_thread import uvicorn_thread
+
+TEMPLATE = "{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}<assistant>"
+PROMPT = Prompt((Message("user", "What is 2+3?"),))
+LIFE_S = 4.0  # an upstream that writes forever stops after this long
+
+
+def backend(base_url: str, **kw: Any) -> OpenAIBackend:
+    cfg: dict[str, Any] = dict(n_params=1000, chat_template=TEMPLATE, max_retries=0, retry_backoff_s=0.0,
+                               count_prompt_tokens=False, timeout_s=0.4, connect_timeout_s=1.0)
+    cfg.update(kw)
+    return OpenAIBackend(OpenAIBackendConfig(base_url, "m", **cfg))
+
+
+def drain(b: OpenAIBackend, max_tokens: int = 64) -> list[str]:
+    return [s.text for s in b.stream(GenerationRequest(PROMPT, max_tokens=max_tokens))]
+
+
+def elapsed(fn: Callable[[], Any]) -> tuple[float, BaseException | None]:
+    t0 = time.monotonic()
+    try:
+        fn()
+    except BaseException as exc:  # noqa: BLE001 - the test inspects it
+        return time.monotonic() - t0, exc
+    return time.monotonic() - t0, None
+
+
+def wait_until(cond: Callable[[], bool], timeout_s: float = 2.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.01)
+
+
+# ---- deadlines in the backend --------------------------------------------------------------------
+def test_sse_keep_alives_do_not_reset_the_idle_deadline():
+    with misbehaving_upstream(trickle_comments(0.05, tokens=2), max_life_s=LIFE_S) as up:
+        b = backend(up.base_url, timeout_s=5.0, idle_timeout_s=0.4)
+        got: list[str] = []
+        secs, exc = elapsed(lambda: got.extend(s.text for s in b.stream(GenerationRequest(PROMPT))))
+        assert isinstance(exc, BackendTimeout), exc
+        assert "no data" in str(exc) and got == [" tok", " tok"]
+        assert 0.35 < secs < 1.5, secs
+        wait_until(lambda: len(up.finished) == 1)  # the connection was closed, not left trickling
+        assert up.finished[0] < 2.0
+        b.close()
+
+
+def test_the_first_data_event_must_come_within_timeout_s():
+    with misbehaving_upstream(trickle_comments(0.05), max_life_s=LIFE_S) as up:
+        b = backend(up.base_url, timeout_s=0.4, idle_timeout_s=30.0)
+        secs, exc = elapsed(lambda: drain(b))
+        assert isinstance(exc, BackendTimeout) and secs < 1.5, (exc, secs)
+        b.close()
+
+
+def test_a_stream_that_never_ends_meets_its_deadline_from_max_tokens():
+    # a token every 0.05 s is never idle; the stream's deadline is timeout_s + max_tokens / min rate
+    with misbehaving_upstream(trickle_tokens(0.05), max_life_s=LIFE_S) as up:
+        b = backend(up.base_url, timeout_s=0.3, min_tokens_per_s=100.0)
+        got: list[str] = []
+        secs, exc = elapsed(lambda: got.extend(s.text for s in b.stream(GenerationRequest(PROMPT, max_tokens=50))))
+        assert isinstance(exc, BackendTimeout), exc
+        assert 0.6 < secs < 1.5 and len(got) >= 5, (secs, len(got))
+        b.close()
+
+
+def test_more_tokens_than_max_tokens_is_a_protocol_error():
+    with misbehaving_upstream(trickle_tokens(0.0), max_life_s=LIFE_S) as up:
+        b = backend(up.base_url, timeout_s=2.0)
+        secs, exc = elapsed(lambda: drain(b, max_tokens=20))
+        assert isinstance(exc, BackendProtocolError) and "max_tokens" in str(exc), exc
+        assert secs < 1.0
+        b.close()
+
+
+def test_headers_trickled_byte_by_byte_meet_the_deadline():
+    with misbehaving_upstream(trickle_headers(0.02), max_life_s=LIFE_S) as up:
+        b = backend(up.base_url, timeout_s=0.4)
+        secs, exc = elapsed(lambda: drain(b))
+        assert isinstance(exc, BackendTimeout) and secs < 1.2, (exc, secs)
+        secs, exc = elapsed(lambda: b.score("hello"))
+        assert isinstance(exc, BackendTimeout) and secs < 1.2, (exc, secs)
+        b.close()
+
+
+def test_a_json_body_trickled_byte_by_byte_meets_the_deadline():
+    def trickle_json(_req: UpstreamRequest, conn: Conn) -> None:
+        conn.head(200, "application/json", length=10_000)
+        while True:
+            conn.send(" ")
+            conn.wait(0.02)
+
+    with misbehaving_upstream(trickle_json, max_life_s=LIFE_S) as up:
+        b = backend(up.base_url, timeout_s=0.4)
+        secs, exc = elapsed(lambda: b.score("hello"))
+        assert isinstance(exc, BackendTimeout) and secs < 1.2, (exc, secs)
+        b.close()
+
+
+# ---- sizes ---------------------------------------------------------------------------------------
+def test_an_endless_line_is_a_protocol_error_after_a_bounded_read():
+    with misbehaving_upstream(endless_line(), max_life_s=LIFE_S) as up:
+        b = backend(up.base_url, timeout_s=5.0)
+        secs, exc = elapsed(lambda: drain(b))
+        assert isinstance(exc, BackendProtocolError) and "line" in str(exc), exc
+        assert secs < 2.0
+        wait_until(lambda: len(up.sent) == 1)
+        assert up.sent[0] < 8 * 2**20, up.sent  # read up to the line cap (plus socket buffers), not more
+        b.close()
+
+
+def test_endless_small_events_hit_the_cap_of_the_whole_answer():
+    def spam(_req: UpstreamRequest, conn: Conn) -> None:
+        conn.head()
+        block = b": keep-alive\n\n" * 4096
+        while True:
+            conn.send(block)
+
+    with misbehaving_upstream(spam, max_life_s=LIFE_S) as up:
+        b = backend(up.base_url, timeout_s=5.0)
+        secs, exc = elapsed(lambda: drain(b, max_tokens=16))
+        assert isinstance(exc, BackendProtocolError) and "larger than" in str(exc), exc
+        assert secs < 2.0
+        wait_until(lambda: len(up.sent) == 1)
+        assert up.sent[0] < 16 * 2**20, up.sent
+        b.close()
+
+
+def test_a_huge_json_answer_is_refused_by_length_and_while_reading():
+    with misbehaving_upstream(endless_line(prefix='{"choices": "', content_type="application/json"),
+                              max_life_s=LIFE_S) as up:
+        b = backend(up.base_url, timeout_s=5.0)
+        secs, exc = elapsed(lambda: b.score("hello"))
+        assert isinstance(exc, BackendProtocolError) and "larger than" in str(exc), exc
+        assert secs < 2.0
+        wait_until(lambda: len(up.sent) == 1)
+        assert up.sent[0] < 32 * 2**20, up.sent
+        b.close()
+
+    def declared(_req: UpstreamRequest, conn: Conn) -> None:
+        conn.head(200, "application/json", length=10**12)
+        conn.wait(10)
+
+    with misbehaving_upstream(declared, max_life_s=LIFE_S) as up:
+        b = backend(up.base_url, timeout_s=5.0)
+        secs, exc = elapsed(lambda: b.score("hello"))
+        assert isinstance(exc, BackendProtocolError) and "larger than" in str(exc) and secs < 1.0, (exc, secs)
+        b.close()
+
+
+def test_an_endless_error_body_is_read_up_to_a_cap():
+    def error_forever(_req: UpstreamRequest, conn: Conn) -> None:
+        conn.head(500, "text/plain")
+        while True:
+            conn.send(b"y" * 65536)
+
+    with misbehaving_upstream(error_forever, max_life_s=LIFE_S) as up:
+        b = backend(up.base_url, timeout_s=5.0)
+        secs, exc = elapsed(lambda: drain(b))
+        assert isinstance(exc, BackendHTTPError) and exc.status_code == 500 and secs < 1.0, (exc, secs)
+        assert len(str(exc)) < 1000
+        b.close()
+
+
+# ---- interruption from another thread and the run's deadline -------------------------------------
+def interrupt_after(guard: CallGuard, seconds: float, reason: str = "disconnect") -> threading.Timer:
+    t = threading.Timer(seconds, guard.interrupt, args=(reason,))
+    t.start()
+    return t
+
+
+@pytest.mark.parametrize("behaviour", [silent, silent_after_headers, trickle_comments(0.05)],
+                         ids=["before-headers", "after-headers", "keep-alives"])
+def test_a_guard_interrupts_a_blocked_stream_from_another_thread(behaviour):
+    with misbehaving_upstream(behaviour, max_life_s=LIFE_S) as up:
+        b = backend(up.base_url, timeout_s=30.0)
+        guard = CallGuard()
+        interrupt_after(guard, 0.2)
+        with guarded(guard):
+            secs, exc = elapsed(lambda: drain(b))
+        assert isinstance(exc, Cancelled) and "disconnect" in str(exc), exc
+        assert secs < 0.6, secs
+        wait_until(lambda: len(up.finished) == 1)  # the upstream saw the connection go
+        # the backend is still usable afterwards, outside the guard
+        with misbehaving_upstream(fixed_answer(200, '{"tokens": [1, 2]}')) as ok:
+            b2 = backend(ok.base_url)
+            assert b2._post_json("/tokenize", {"x": 1}, root=True) == {"tokens": [1, 2]}
+            b2.close()
+        b.close()
+
+
+def test_a_guard_interrupts_a_score_and_a_retry_backoff():
+    with misbehaving_upstream(silent, max_life_s=LIFE_S) as up:
+        b = backend(up.base_url, timeout_s=30.0)
+        guard = CallGuard()
+        interrupt_after(guard, 0.2)
+        with guarded(guard):
+            secs, exc = elapsed(lambda: b.score("hello"))
+        assert isinstance(exc, Cancelled) and secs < 0.6, (exc, secs)
+        b.close()
+    def retry_later(req: UpstreamRequest, conn: Conn) -> None:
+        conn.head(503, "application/json", length=2, extra="Retry-After: 8\r\n")
+        conn.send("{}")
+
+    with misbehaving_upstream(retry_later, max_life_s=LIFE_S) as up:
+        b = backend(up.base_url, timeout_s=30.0, max_retries=3)
+        guard = CallGuard()
+        interrupt_after(guard, 0.2)
+        with guarded(guard):
+            secs, exc = elapsed(lambda: drain(b))
+        assert isinstance(exc, Cancelled) and secs < 0.6, (exc, secs)
+        assert len(up.requests) == 1
+        b.close()
+
+
+def test_the_guards_deadline_bounds_every_call_of_the_run():
+    with misbehaving_upstream(trickle_comments(0.05), max_life_s=LIFE_S) as up:
+        b = backend(up.base_url, timeout_s=30.0)
+        with guarded(CallGuard(time.monotonic() + 0.3)):
+            secs, exc = elapsed(lambda: drain(b))
+        assert isinstance(exc, Cancelled) and "timeout" in str(exc) and secs < 0.7, (exc, secs)
+        b.close()
+    with misbehaving_upstream(silent, max_life_s=LIFE_S) as up:
+        b = backend(up.base_url, timeout_s=30.0)
+        with guarded(CallGuard(time.monotonic() + 0.3)):
+            secs, exc = elapsed(lambda: b.score("hello"))
+        assert isinstance(exc, Cancelled) and secs < 0.7, (exc, secs)
+        b.close()
+
+
+# ---- a well-behaved upstream under uvicorn (chunked, keep-alive) ----------------------------------
+def test_time_the_consumer_holds_a_token_is_not_counted_against_the_server():
+    app = fake_openai_app([f" t{i}" for i in range(8)], delay_s=0.02)
+    with uvicorn_thread(app) as root:
+        b = backend(root + "/v1", timeout_s=2.0, idle_timeout_s=0.3, min_tokens_per_s=1000.0)
+        got = []
+        for step in b.stream(GenerationRequest(PROMPT, max_tokens=8)):
+            got.append(step.text)
+            if len(got) in (1, 4):
+                time.sleep(0.5)  # e.g. a checkpoint: longer than the idle deadline and the stream's
+        assert got == [f" t{i}" for i in range(8)]
+        b.close()
+
+
+def test_an_interrupted_stream_leaves_the_backend_and_its_connection_pool_usable():
+    app = fake_openai_app([f" t{i}" for i in range(200)], delay_s=0.01)
+    with uvicorn_thread(app) as root:
+        b = backend(root + "/v1", timeout_s=5.0, count_prompt_tokens=True)
+        assert b.guarded_network
+        assert len(drain(b, max_tokens=3)) == 3  # connections are reused between requests
+        guard = CallGuard()
+        interrupt_after(guard, 0.2)
+        with guarded(guard):
+            got: list[str] = []
+            secs, exc = elapsed(lambda: got.extend(s.text for s in b.stream(GenerationRequest(PROMPT,
+                                                                                          max_tokens=200))))
+        assert isinstance(exc, Cancelled) and secs < 0.5 and 3 < len(got) < 200, (exc, secs, len(got))
+        s = b.stream(GenerationRequest(PROMPT, max_tokens=5))
+        assert len(list(s)) == 5 and s.usage.prompt_tokens == len(b.render(PROMPT).split())  # /extras/tokenize
+        assert app.state.streams == 3 and app.state.finished == 2
+        b.close()
