@@ -9,11 +9,13 @@ test instead of hanging it. docs/security.md lists these attacks.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import pytest
 
 from servers import (
@@ -29,10 +31,14 @@ from servers import (
     trickle_headers,
     trickle_tokens,
 )
+from tandem import Tandem
 from tandem.backends.guard import CallGuard, guarded
 from tandem.backends.openai_http import BackendHTTPError, OpenAIBackend, OpenAIBackendConfig
+from tandem.backends.scripted import ScriptedBackend
+from tandem.config import TandemSettings
 from tandem.errors import BackendProtocolError, BackendTimeout, Cancelled
-from tandem.types import GenerationRequest, Message, Prompt
+from tandem.server import create_app
+from tandem.types import GenerationRequest, Message, Prompt, TokenStep, TokenStream, Usage
 from uvicorn_thread import uvicorn_thread
 
 TEMPLATE = "{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}<assistant>"
@@ -295,3 +301,101 @@ def test_an_interrupted_stream_leaves_the_backend_and_its_connection_pool_usable
         assert len(list(s)) == 5 and s.usage.prompt_tokens == len(b.render(PROMPT).split())  # /extras/tokenize
         assert app.state.streams == 3 and app.state.finished == 2
         b.close()
+
+
+# ---- the server, through its real app ------------------------------------------------------------
+URL = "/v1/chat/completions"
+MSGS = [{"role": "user", "content": "Tom has 3 apples and buys 4 more. How many apples does he have?"}]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def client(app: Any) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test", timeout=30)
+
+
+def body(model: str = "llm", **kw: Any) -> dict[str, Any]:
+    return {"model": model, "messages": MSGS, **kw}
+
+
+def small() -> ScriptedBackend:
+    return ScriptedBackend(" So 3 + 4 = 7. The answer is \\boxed{7}.", name="small", n_params=500_000_000)
+
+
+def app_with(llm: Any, slm: Any | None = None, **server: Any) -> Any:
+    return create_app(TandemSettings(server=server), tandem=Tandem(llm, slm or small()))
+
+
+async def async_wait(cond: Callable[[], bool], timeout_s: float = 2.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.anyio
+async def test_a_trickling_upstream_times_out_and_the_worker_is_freed():
+    with misbehaving_upstream(trickle_comments(0.05), max_life_s=LIFE_S) as up:
+        llm = backend(up.base_url, timeout_s=30.0)  # only the server's request deadline applies
+        app = app_with(llm, max_queue=2, request_timeout_s=0.5)
+        runner = app.state.tandem_state.runner
+        async with client(app) as c:
+            t0 = time.monotonic()
+            r1, r2 = await asyncio.gather(c.post(URL, json=body()), c.post(URL, json=body(stream=True)))
+            assert (r1.status_code, r2.status_code) == (504, 504), (r1.text, r2.text)
+            assert time.monotonic() - t0 < 1.5
+            await async_wait(lambda: runner.active == 0, 1.0)  # the worker stopped, the slots are back
+            assert (await c.post(URL, json=body("slm"))).status_code == 200
+            health = await c.get("/health")
+            assert health.status_code == 200 and health.json()["status"] == "ok"
+        wait_until(lambda: len(up.finished) == len(up.requests) >= 1)  # no connection left trickling
+        assert max(up.finished) < 2.0
+
+
+class Stuck(ScriptedBackend):
+    """A backend whose stream blocks, deaf to cancellation, until `release` is set."""
+
+    def __init__(self) -> None:
+        super().__init__("x y z", name="stuck", n_params=1_000)
+        self.release = threading.Event()
+
+    def stream(self, request: GenerationRequest) -> TokenStream:
+        release = self.release
+
+        def gen() -> Any:
+            release.wait(10)
+            yield TokenStep("x")
+            return "stop"
+
+        return TokenStream(gen(), Usage())
+
+
+@pytest.mark.anyio
+async def test_health_is_degraded_while_a_worker_is_stuck_past_its_deadline():
+    stuck = Stuck()
+    app = app_with(stuck, request_timeout_s=0.2, stuck_grace_s=0.2)
+    async with client(app) as c:
+        assert (await c.post(URL, json=body())).status_code == 504
+        assert (await c.get("/health")).status_code == 200  # within the grace period
+        await asyncio.sleep(0.3)
+        r = await c.get("/health")
+        assert r.status_code == 503 and r.json()["status"] == "degraded" and r.json()["queue"]["stuck"] == 1
+        stuck.release.set()
+        await async_wait(lambda: app.state.tandem_state.runner.active == 0)
+        r = await c.get("/health")
+        assert r.status_code == 200 and r.json()["queue"]["stuck"] == 0
+
+
+@pytest.mark.anyio
+async def test_an_endless_upstream_line_gives_a_quick_502():
+    with misbehaving_upstream(endless_line(), max_life_s=LIFE_S) as up:
+        app = app_with(backend(up.base_url, timeout_s=5.0))
+        async with client(app) as c:
+            t0 = time.monotonic()
+            r = await c.post(URL, json=body())
+            assert r.status_code == 502 and time.monotonic() - t0 < 2.0, r.text
+            assert (await c.post(URL, json=body("slm"))).status_code == 200
+

@@ -311,7 +311,8 @@ class _State:
 def _run_error(exc: BaseException, handle: RunHandle, request_id: str) -> RequestError:
     """What a failed run becomes for the client."""
     if isinstance(exc, Cancelled):
-        return _cancel_error(handle.cancel_reason or "cancelled")
+        reason = handle.cancel_reason or ("timeout" if time.monotonic() >= handle.deadline else "cancelled")
+        return _cancel_error(reason)
     if isinstance(exc, BackendTimeout):
         log.error("request_id=%s backend timeout: %s", request_id, exc)
         return RequestError(f"a model backend timed out: {exc}"[:500], status=504, type="server_error",
@@ -457,14 +458,17 @@ def create_app(settings: TandemSettings | None = None, *, tandem: Tandem | None 
     @app.get("/health")
     async def health() -> JSONResponse:
         t = state.tandem
+        stuck = state.runner.stuck(state.srv.stuck_grace_s)
         if state.draining:
             status = "shutting_down"
-        elif t is not None:
-            status = "ok"
-        else:
+        elif t is None:
             status = "failed" if state.load_error else "loading"
+        elif stuck:  # a worker has not come back from a run past its deadline: take this replica out
+            status = "degraded"
+        else:
+            status = "ok"
         body = {"status": status, "backends": {"llm": t is not None, "slm": t is not None},
-                "queue": {"active": state.runner.active, "max": state.srv.max_queue}}
+                "queue": {"active": state.runner.active, "max": state.srv.max_queue, "stuck": stuck}}
         return JSONResponse(body, status_code=200 if status == "ok" else 503)
 
     @app.get("/metrics")
@@ -519,7 +523,7 @@ def create_app(settings: TandemSettings | None = None, *, tandem: Tandem | None 
             spec = state.spec_for(req, tandem_, rid)
             loop = asyncio.get_running_loop()
             handle = state.runner.admit(loop, lambda why: state.metrics.cancellations.labels(why).inc(),
-                                        stream=req.stream)
+                                        stream=req.stream, timeout_s=state.srv.request_timeout_s)
             if handle is None:
                 raise RequestError(f"the server is busy ({state.srv.max_queue} requests waiting or running); "
                                    "retry later", status=429, type="rate_limit_error", code="queue_full",
@@ -528,7 +532,7 @@ def create_app(settings: TandemSettings | None = None, *, tandem: Tandem | None 
             record(exc.status)
             return _error_response(exc)
 
-        deadline = handle.admitted + state.srv.request_timeout_s
+        deadline = handle.deadline
         watcher = asyncio.create_task(_watch_disconnect(request.receive, handle))
         state.runner.start(handle, lambda h: run_spec(tandem_, spec, h),
                            on_start=lambda h: state.metrics.queue_wait.observe((h.started or 0) - h.admitted))
@@ -606,7 +610,7 @@ def create_app(settings: TandemSettings | None = None, *, tandem: Tandem | None 
         scanner = StopScanner(req.stop_sequences)
         raw: list[str] = []
         sent_len, status, first_sent = 0, 499, False
-        deadline = handle.admitted + state.srv.request_timeout_s
+        deadline = handle.deadline
         item = first
         try:
             yield _chunk(cid, created, model, delta={"role": "assistant", "content": ""}, include_usage=include_usage)
