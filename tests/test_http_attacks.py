@@ -10,6 +10,7 @@ test instead of hanging it. docs/security.md lists these attacks.
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -387,6 +388,63 @@ async def test_health_is_degraded_while_a_worker_is_stuck_past_its_deadline():
         await async_wait(lambda: app.state.tandem_state.runner.active == 0)
         r = await c.get("/health")
         assert r.status_code == 200 and r.json()["queue"]["stuck"] == 0
+
+
+class AsgiRequest:
+    """One request driven at the ASGI level, whose client disconnects when `disconnect()` is called."""
+
+    def __init__(self, app: Any, payload: dict[str, Any]) -> None:
+        data = json.dumps(payload).encode()
+        self.sent: list[dict[str, Any]] = []
+        self._gone = asyncio.Event()
+        given = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal given
+            if not given:
+                given = True
+                return {"type": "http.request", "body": data, "more_body": False}
+            await self._gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            self.sent.append(message)
+
+        scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
+                 "method": "POST", "scheme": "http", "path": URL, "raw_path": URL.encode(), "query_string": b"",
+                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())],
+                 "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 80), "root_path": ""}
+        self.task = asyncio.create_task(app(scope, receive, send))
+
+    def disconnect(self) -> None:
+        self._gone.set()
+
+    @property
+    def status(self) -> int | None:
+        return next((int(m["status"]) for m in self.sent if m["type"] == "http.response.start"), None)
+
+
+@pytest.mark.anyio
+async def test_a_queued_request_that_disconnects_gives_its_slot_back_at_once():
+    slow = ScriptedBackend(" ".join(["step"] * 400), name="big", n_params=1_500_000_000, token_delay_s=0.01)
+    app = app_with(slow, max_queue=2, request_timeout_s=30)
+    runner = app.state.tandem_state.runner
+    async with client(app) as c:
+        running = AsgiRequest(app, body("llm"))
+        await async_wait(lambda: slow.stats.tokens_yielded > 0)
+        queued = AsgiRequest(app, body("slm"))
+        await async_wait(lambda: runner.active == 2)
+        queued.disconnect()
+        await async_wait(lambda: runner.active == 1, 0.5)  # while the running request still runs
+        assert not running.task.done()
+        later = asyncio.create_task(c.post(URL, json=body("slm")))
+        await async_wait(lambda: runner.active == 2, 0.5)  # admitted, not 429
+        running.disconnect()
+        r = await later
+        assert r.status_code == 200, r.text
+        await asyncio.wait_for(asyncio.gather(running.task, queued.task), 5)
+        assert queued.status is None or queued.status == 499
+    await async_wait(lambda: runner.active == 0)
 
 
 @pytest.mark.anyio

@@ -8,9 +8,9 @@ checks at every event (it then raises `Cancelled`, which closes every model stre
 
 A pipeline blocked inside a backend call sees no event, so each run also carries a `CallGuard` with
 the request's deadline, set for the worker thread while it runs: network backends wait no longer
-than that deadline, and cancelling the run interrupts the call they are blocked in. A run that has
-not returned `stuck_grace_s` after its deadline (or its cancellation) counts as stuck (`/health`
-says so).
+than that deadline, and cancelling the run interrupts the call they are blocked in. A run cancelled
+before it started gives its admission slot back at once. A run that has not returned
+`stuck_grace_s` after its deadline (or its cancellation) counts as stuck (`/health` says so).
 """
 
 from __future__ import annotations
@@ -79,6 +79,7 @@ class RunHandle:
         self._units_now = False  # the latest LLM token closed an insight unit
         self._cancel = threading.Event()
         self._on_cancel = on_cancel
+        self._abandon: Callable[[], None] | None = None  # gives the slot back if the run has not started
 
     # ---- loop side ------------------------------------------------------------------------------
     def cancel(self, reason: str) -> bool:
@@ -92,6 +93,8 @@ class RunHandle:
         self.queue.put_nowait(("cancelled", reason, ""))
         if self._on_cancel is not None:
             self._on_cancel(reason)
+        if self._abandon is not None:
+            self._abandon()
         return True
 
     def stuck(self, grace_s: float, now: float | None = None) -> bool:
@@ -218,15 +221,23 @@ class PipelineRunner:
                 handle.done = True
                 handle.push(("end", "", ""))
 
-        fut = asyncio.wrap_future(self.executor.submit(work), loop=handle.loop)
+        cfut = self.executor.submit(work)
+        fut = asyncio.wrap_future(cfut, loop=handle.loop)
         handle.future = fut
 
-        def release(f: asyncio.Future[Outcome]) -> None:
-            self.handles.discard(handle)
-            self._on_depth(len(self.handles))
-            if not f.cancelled():
+        def release(f: asyncio.Future[Outcome] | None = None) -> None:
+            if handle in self.handles:
+                self.handles.discard(handle)
+                self._on_depth(len(self.handles))
+            if f is not None and not f.cancelled():
                 f.exception()  # retrieved here: the request may have stopped listening
 
+        def abandon() -> None:  # on the loop, when the run is cancelled
+            if cfut.cancel():  # it had not started, and now never will
+                handle.done = True
+                release()
+
+        handle._abandon = abandon
         fut.add_done_callback(release)
 
     async def call(self, fn: Callable[[], T]) -> T:
