@@ -447,6 +447,40 @@ async def test_a_queued_request_that_disconnects_gives_its_slot_back_at_once():
     await async_wait(lambda: runner.active == 0)
 
 
+SECRET_DETAIL = "pg at 10.1.2.3:5432 refused: password for admin"
+
+
+@pytest.mark.anyio
+async def test_an_upstream_failure_reaches_the_client_without_its_url_or_text(caplog):
+    error = json.dumps({"error": {"message": SECRET_DETAIL}})
+    with misbehaving_upstream(fixed_answer(500, error)) as up:
+        llm = backend(up.base_url, timeout_s=5.0)
+        app = app_with(llm)
+        port = up.base_url.split(":")[2].split("/")[0]
+        caplog.set_level("ERROR", logger="tandem.server")
+        async with client(app) as c:
+            r = await c.post(URL, json=body())
+            streamed = await c.post(URL, json=body(stream=True))
+        assert r.status_code == 502 and r.json()["error"]["code"] == "backend_error"
+        assert streamed.status_code == 502
+        for text in (r.text, streamed.text):
+            assert "10.1.2.3" not in text and "password" not in text and "127.0.0.1" not in text and port not in text
+        assert "BackendHTTPError" in r.json()["error"]["message"]
+        rid = r.headers["x-request-id"]
+        assert rid in r.json()["error"]["message"]
+        assert SECRET_DETAIL in caplog.text and rid in caplog.text  # the details are in the server's log
+        app = app_with(backend(up.base_url, timeout_s=5.0), fallback="slm")
+        async with client(app) as c:
+            d = (await c.post(URL, json=body("llm"))).json()
+        assert d["tandem"]["fallback"] == {"used": True, "model": "slm", "reason": "BackendHTTPError"}
+    with misbehaving_upstream(silent, max_life_s=LIFE_S) as up:
+        app = app_with(backend(up.base_url, timeout_s=0.3))
+        async with client(app) as c:
+            r = await c.post(URL, json=body())
+        assert r.status_code == 504 and r.json()["error"]["code"] == "backend_timeout"
+        assert "127.0.0.1" not in r.text and up.base_url.split(":")[2].split("/")[0] not in r.text
+
+
 @pytest.mark.anyio
 async def test_an_endless_upstream_line_gives_a_quick_502():
     with misbehaving_upstream(endless_line(), max_life_s=LIFE_S) as up:

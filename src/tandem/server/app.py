@@ -309,18 +309,19 @@ class _State:
 
 
 def _run_error(exc: BaseException, handle: RunHandle, request_id: str) -> RequestError:
-    """What a failed run becomes for the client."""
+    """What a failed run becomes for the client. Backend failures are described by their kind only:
+    their messages name the upstream's URL and quote its own error text, which go to the log."""
     if isinstance(exc, Cancelled):
         reason = handle.cancel_reason or ("timeout" if time.monotonic() >= handle.deadline else "cancelled")
         return _cancel_error(reason)
     if isinstance(exc, BackendTimeout):
         log.error("request_id=%s backend timeout: %s", request_id, exc)
-        return RequestError(f"a model backend timed out: {exc}"[:500], status=504, type="server_error",
-                            code="backend_timeout")
+        return RequestError(f"a model backend timed out; the details are in the server log (request "
+                            f"{request_id})", status=504, type="server_error", code="backend_timeout")
     if isinstance(exc, BackendError):
         log.error("request_id=%s backend error: %s: %s", request_id, type(exc).__name__, exc)
-        return RequestError(f"a model backend failed ({type(exc).__name__}): {exc}"[:500], status=502,
-                            type="server_error", code="backend_error")
+        return RequestError(f"a model backend failed ({type(exc).__name__}); the details are in the server "
+                            f"log (request {request_id})", status=502, type="server_error", code="backend_error")
     if isinstance(exc, (InputError, ConfigError, UnsupportedError)):
         return RequestError(str(exc), code="invalid_request")
     log.error("request_id=%s pipeline failed", request_id, exc_info=exc)

@@ -175,12 +175,14 @@ def run_spec(tandem: Tandem, spec: RunSpec, handle: RunHandle) -> Outcome:
         fb = spec.fallback
         if fb is None or fb == spec.method or handle.cancelled or (spec.stream and handle.emitted):
             raise
-        reason = f"{type(exc).__name__}: {exc}"[:300]
-        log.warning("request_id=%s backend failed, retrying with the %s alone: %s", spec.request_id, fb, reason)
+        log.warning("request_id=%s backend failed, retrying with the %s alone: %s: %s", spec.request_id, fb,
+                    type(exc).__name__, exc)
         handle.deltas.clear()
         handle.continue_mode = False
         result = tandem.solve(spec.question, method=fb, on_event=handle.hook, **spec.overrides)
-        return Outcome(result, list(handle.deltas), {"used": True, "model": fb, "reason": reason})
+        # the client learns what kind of failure it was; the details (upstream URLs, its own error
+        # text) stay in the log
+        return Outcome(result, list(handle.deltas), {"used": True, "model": fb, "reason": type(exc).__name__})
 
 
 class PipelineRunner:
