@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import select
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -491,3 +493,32 @@ async def test_an_endless_upstream_line_gives_a_quick_502():
             assert r.status_code == 502 and time.monotonic() - t0 < 2.0, r.text
             assert (await c.post(URL, json=body("slm"))).status_code == 200
 
+
+def test_a_request_body_sent_byte_by_byte_gets_408_and_the_connection_closes():
+    app = app_with(small(), body_timeout_s=0.3)
+    payload = json.dumps(body("slm")).encode()
+    with uvicorn_thread(app) as root:
+        host, port = root.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=5) as sock:
+            sock.sendall(f"POST {URL} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         f"Content-Length: {len(payload)}\r\n\r\n".encode())
+            t0 = time.monotonic()
+            for byte in payload:  # one byte every 50 ms, until the server answers
+                try:
+                    sock.sendall(bytes([byte]))
+                except OSError:
+                    break
+                if select.select([sock], [], [], 0.05)[0] or time.monotonic() - t0 > 3:
+                    break
+            answer = b""
+            sock.settimeout(2)
+            try:
+                while part := sock.recv(65536):  # to the end: the server closes the connection
+                    answer += part
+            except ConnectionResetError:
+                pass
+            secs = time.monotonic() - t0
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert b'"code":"request_timeout"' in answer and secs < 1.5, secs
+        # the server still serves a well-behaved client
+        assert httpx.post(root + URL, json=body("slm"), timeout=10).status_code == 200

@@ -82,6 +82,8 @@ class ServerSettings(_Strict):
     max_tokens_cap: int = Field(default=4096, ge=1, description="largest max_tokens a request may ask for")
     max_queue: int = Field(default=8, ge=1, description="requests waiting + running; beyond it 429")
     request_timeout_s: float = Field(default=600.0, gt=0, description="from admission to the last byte; 504")
+    body_timeout_s: float = Field(default=30.0, gt=0, description="the request body must arrive within this; "
+                                  "408 and the connection closed")
     stuck_grace_s: float = Field(default=30.0, ge=0, description="a run whose worker has not returned this long "
                                  "after its deadline or cancellation is stuck: /health says 503 degraded")
     shutdown_grace_s: float = Field(default=30.0, ge=0, description="in-flight requests may finish this long")

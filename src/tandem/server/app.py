@@ -26,6 +26,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..config import TandemSettings
@@ -241,6 +242,8 @@ class _State:
         return self.tandem
 
     async def read_body(self, request: Request) -> bytes:
+        """The request body: at most `max_body_bytes` (413), whole within `body_timeout_s` (408, and the
+        connection is closed: a client that sends its body slowly holds nothing longer than that)."""
         limit = self.srv.max_body_bytes
         too_large = RequestError(f"the request body exceeds {limit} bytes", status=413, code="request_too_large")
         length = request.headers.get("content-length")
@@ -250,13 +253,23 @@ class _State:
                     raise too_large
             except ValueError:
                 raise RequestError("invalid Content-Length header", code="invalid_request") from None
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise too_large
-            chunks.append(chunk)
-        return b"".join(chunks)
+
+        async def read() -> bytes:
+            chunks, size = [], 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise too_large
+                chunks.append(chunk)
+            return b"".join(chunks)
+
+        try:
+            return await asyncio.wait_for(read(), self.srv.body_timeout_s)
+        except asyncio.TimeoutError:
+            raise RequestError(f"the request body did not arrive within {self.srv.body_timeout_s:g} s",
+                               status=408, code="request_timeout", headers={"Connection": "close"}) from None
+        except ClientDisconnect:
+            raise RequestError("the client disconnected", status=499, code="client_disconnected") from None
 
     def spec_for(self, req: ChatCompletionRequest, tandem: Tandem, request_id: str) -> RunSpec:
         method, fixed_effort = SERVED_MODELS[req.model]
