@@ -147,15 +147,15 @@ def _token_bytes(k: int) -> int:
     return 1024 + 128 * max(0, k)
 
 
-def stream_cap(max_tokens: int, k: int) -> int:
+def _stream_cap(max_tokens: int, k: int) -> int:
     return _BASE_BYTES + (max(0, max_tokens) + _TOKEN_SLACK) * _token_bytes(k)
 
 
-def line_cap(k: int) -> int:
+def _line_cap(k: int) -> int:
     return _LINE_BASE_BYTES + 16 * _token_bytes(k)
 
 
-def score_cap(text: str, k: int, *, max_tokens: int, prompt_logprobs: bool) -> int:
+def _score_cap(text: str, k: int, *, max_tokens: int, prompt_logprobs: bool) -> int:
     n_tokens = len(text.encode("utf-8")) + max_tokens + _TOKEN_SLACK  # a token holds at least one byte
     return _BASE_BYTES + n_tokens * _token_bytes(k) * (2 if prompt_logprobs else 1)
 
@@ -171,8 +171,9 @@ class OpenAIBackendConfig:
     `timeout_s` is the longest wait for an answer: its headers and first streamed token, or a
     whole non-streamed answer; `idle_timeout_s` (default: `timeout_s`) the longest wait between two
     streamed data events (keep-alive comments do not count); a stream must end within
-    `timeout_s + max_tokens / min_tokens_per_s` (see the module docstring). Retries (`max_retries`, exponential backoff from `retry_backoff_s`, capped at
-    8 s, or the server's `Retry-After`) happen only for connection errors, 5xx and 429, and never
+    `timeout_s + max_tokens / min_tokens_per_s` (see the module docstring). Retries
+    (`max_retries`, exponential backoff from `retry_backoff_s`, capped at 8 s, or the server's
+    `Retry-After`) happen only for connection errors, 5xx and 429, and never
     once a token was streamed. `tokenizer_id` / `chat_template_id` are free strings that say
     whether two endpoints share tokenizer and template (the pipeline compares them);
     `chat_template` (Jinja, with `bos_token` / `eos_token`) renders prompts locally instead of
@@ -586,7 +587,8 @@ class OpenAIBackend:
         if self.config.prompt_logprobs:
             body["prompt_logprobs"] = k
         t0 = time.perf_counter()
-        cap = score_cap(text, k, max_tokens=self.config.score_max_tokens, prompt_logprobs=self.config.prompt_logprobs)
+        cap = _score_cap(text, k, max_tokens=self.config.score_max_tokens,
+                         prompt_logprobs=self.config.prompt_logprobs)
         data = self._post_json("/completions", self._merge(body), cap=cap)
         choice = self._first_choice(data)
         usage = Usage()
@@ -652,7 +654,7 @@ class OpenAIBackend:
         done = reported = ended_well = cancelled = False
         n_tokens = 0
         try:
-            lines = split_lines(self._chunks(resp, watch, stream_cap(max_tokens, k)), line_cap(k))
+            lines = split_lines(self._chunks(resp, watch, _stream_cap(max_tokens, k)), _line_cap(k))
             for data in iter_sse_data(lines):
                 watch.data()
                 if data.strip() == "[DONE]":
