@@ -3,7 +3,8 @@
 Endpoints, options, errors and metrics are described in docs/server.md. The pipeline is synchronous:
 each request's run goes through one worker thread (see `runner`), its answer deltas come back to the
 event loop through a queue, and a run is cancelled through the pipeline's event hook when the client
-goes away, the request times out or the server shuts down.
+goes away, the request times out or the server shuts down; a backend call the run is blocked in is
+interrupted through the run's `CallGuard`.
 """
 
 from __future__ import annotations
