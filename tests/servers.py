@@ -9,22 +9,30 @@ build on it; import them into a test module to use them.
 The model is SmolLM2-135M (`tandem.models.resolve_model("smollm2-135m")`, else
 `~/.cache/tandem/models/smollm2-135m.gguf`). When it or the server's dependencies are missing the
 tests skip, unless TANDEM_REQUIRE_REAL=1, where they fail.
+
+`misbehaving_upstream(behaviour)` is an OpenAI-compatible endpoint on loopback whose answers are
+written byte by byte by a behaviour: well-behaved (`answer_sse`), trickling SSE comments or tokens,
+trickling headers, one endless line, silent, or any fixed answer (an upstream 500, a huge body).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import select
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -155,3 +163,302 @@ def fresh_llama_server() -> Iterator[Callable[[], Server]]:
     path = smol_model_path()
     with ExitStack() as stack:
         yield lambda: stack.enter_context(llama_cpp_server(path))
+
+
+# ---- misbehaving OpenAI-compatible upstreams on loopback --------------------------------------------
+@dataclass
+class UpstreamRequest:
+    """One request an upstream received: its request line, headers (lower-case names) and body."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body or b"null")
+
+
+class UpstreamGone(Exception):
+    """The client closed the connection (or the upstream is stopping): the behaviour ends."""
+
+
+class Conn:
+    """The socket of one upstream connection, for a behaviour: writes that notice a client that went
+    away, and waits that end early when the upstream stops."""
+
+    def __init__(self, sock: socket.socket, stop: threading.Event, life_deadline: float) -> None:
+        self.sock, self._stop, self._life = sock, stop, life_deadline
+        self.sent = 0
+
+    def send(self, data: bytes | str) -> None:
+        if self._stop.is_set() or time.monotonic() > self._life:
+            raise UpstreamGone("the upstream stops")
+        raw = data.encode() if isinstance(data, str) else data
+        try:
+            self.sock.sendall(raw)
+        except OSError as exc:
+            raise UpstreamGone(str(exc)) from exc
+        self.sent += len(raw)
+
+    def wait(self, seconds: float) -> None:
+        """Sleep; end the behaviour when the client closes the connection or the upstream stops."""
+        until = time.monotonic() + seconds
+        while True:
+            if self._stop.is_set() or time.monotonic() > self._life:
+                raise UpstreamGone("the upstream stops")
+            left = until - time.monotonic()
+            if left <= 0:
+                return
+            readable, _, _ = select.select([self.sock], [], [], min(left, 0.05))
+            if readable:
+                try:
+                    data = self.sock.recv(65536)
+                except OSError as exc:
+                    raise UpstreamGone(str(exc)) from exc
+                if not data:
+                    raise UpstreamGone("the client closed the connection")
+
+    def head(self, status: int = 200, content_type: str = "text/event-stream", *,
+             length: int | None = None, extra: str = "") -> None:
+        """A status line and headers; without `length` the body ends when the connection closes."""
+        lines = [f"HTTP/1.1 {status} X", f"Content-Type: {content_type}", "Connection: close"]
+        if length is not None:
+            lines.append(f"Content-Length: {length}")
+        self.send("\r\n".join(lines) + "\r\n" + extra + "\r\n")
+
+
+Behaviour = Callable[[UpstreamRequest, Conn], None]
+
+
+@dataclass
+class Upstream:
+    """A raw HTTP/1.1 server on loopback whose answers a `Behaviour` writes byte by byte; one request
+    per connection. `requests` and `finished` (seconds each connection lasted, appended when the
+    behaviour ended: the client went away or the behaviour returned) say what happened."""
+
+    base_url: str
+    requests: list[UpstreamRequest]
+    finished: list[float]
+    sent: list[int]
+
+    @property
+    def root(self) -> str:
+        return self.base_url[: -len("/v1")]
+
+
+def _read_request(sock: socket.socket) -> UpstreamRequest | None:
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        part = sock.recv(65536)
+        if not part:
+            return None
+        buf += part
+    head, _, body = buf.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    method, path, _ = lines[0].split(" ", 2)
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    length = int(headers.get("content-length", "0"))
+    while len(body) < length:
+        part = sock.recv(65536)
+        if not part:
+            return None
+        body += part
+    return UpstreamRequest(method, path, headers, body[:length])
+
+
+@contextmanager
+def misbehaving_upstream(behaviour: Behaviour, *, max_life_s: float = 20.0) -> Iterator[Upstream]:
+    """Run `behaviour` for every request on 127.0.0.1 and a free port until the block ends. A
+    behaviour that writes forever stops `max_life_s` after its connection opened (so that a test of
+    a client that never lets go fails instead of hanging)."""
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(64)
+    srv.settimeout(0.1)
+    stop = threading.Event()
+    up = Upstream(f"http://127.0.0.1:{srv.getsockname()[1]}/v1", [], [], [])
+    conns: list[socket.socket] = []
+    threads: list[threading.Thread] = []
+
+    def serve(sock: socket.socket) -> None:
+        t0 = time.monotonic()
+        conn = Conn(sock, stop, t0 + max_life_s)
+        try:
+            req = _read_request(sock)
+            if req is not None:
+                up.requests.append(req)
+                behaviour(req, conn)
+        except (UpstreamGone, OSError):
+            pass
+        finally:
+            up.finished.append(time.monotonic() - t0)
+            up.sent.append(conn.sent)
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                sock, _ = srv.accept()
+            except OSError:
+                continue
+            sock.settimeout(None)
+            conns.append(sock)
+            t = threading.Thread(target=serve, args=(sock,), daemon=True)
+            threads.append(t)
+            t.start()
+
+    acceptor = threading.Thread(target=accept, daemon=True)
+    acceptor.start()
+    try:
+        yield up
+    finally:
+        stop.set()
+        acceptor.join(timeout=2)
+        srv.close()
+        for t in threads:
+            t.join(timeout=2)
+
+
+def sse_event(payload: Any) -> str:
+    return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"
+
+
+def completion_chunk(text: str, finish: str | None = None) -> dict[str, Any]:
+    return {"choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]}
+
+
+def answer_sse(tokens: list[str], *, delay_s: float = 0.0) -> Behaviour:
+    """A well-behaved streaming completion: the tokens (one event each), a finish reason, [DONE]."""
+
+    def run(_req: UpstreamRequest, conn: Conn) -> None:
+        conn.head()
+        for i, tok in enumerate(tokens):
+            if delay_s:
+                conn.wait(delay_s)
+            conn.send(sse_event(completion_chunk(tok, "stop" if i == len(tokens) - 1 else None)))
+        conn.send(sse_event("[DONE]"))
+
+    return run
+
+
+def trickle_comments(interval_s: float, *, tokens: int = 0) -> Behaviour:
+    """200 text/event-stream, `tokens` data events, then an SSE comment every `interval_s`, forever."""
+
+    def run(_req: UpstreamRequest, conn: Conn) -> None:
+        conn.head()
+        for _ in range(tokens):
+            conn.send(sse_event(completion_chunk(" tok")))
+        while True:
+            conn.send(": ping\n\n")
+            conn.wait(interval_s)
+
+    return run
+
+
+def trickle_tokens(interval_s: float) -> Behaviour:
+    """A data event (one token) every `interval_s`, forever: never idle, never done."""
+
+    def run(_req: UpstreamRequest, conn: Conn) -> None:
+        conn.head()
+        while True:
+            conn.send(sse_event(completion_chunk(" tok")))
+            conn.wait(interval_s)
+
+    return run
+
+
+def trickle_headers(interval_s: float) -> Behaviour:
+    """The status line, then header bytes one at a time every `interval_s`: the headers never end."""
+
+    def run(_req: UpstreamRequest, conn: Conn) -> None:
+        conn.send("HTTP/1.1 200 OK\r\n")
+        while True:
+            for byte in "X-Pad: aaaa\r\n":
+                conn.send(byte)
+                conn.wait(interval_s)
+
+    return run
+
+
+def endless_line(chunk_bytes: int = 65536, *, prefix: str = "data: ", content_type: str = "text/event-stream",
+                 interval_s: float = 0.0) -> Behaviour:
+    """200 and then one line that never ends (`prefix` + "x" forever), as fast as the client reads."""
+
+    def run(_req: UpstreamRequest, conn: Conn) -> None:
+        conn.head(content_type=content_type)
+        conn.send(prefix)
+        block = b"x" * chunk_bytes
+        while True:
+            conn.send(block)
+            if interval_s:
+                conn.wait(interval_s)
+
+    return run
+
+
+def silent(_req: UpstreamRequest, conn: Conn) -> None:
+    """Reads the request and never answers."""
+    while True:
+        conn.wait(0.05)
+
+
+def silent_after_headers(_req: UpstreamRequest, conn: Conn) -> None:
+    """200 text/event-stream, then nothing."""
+    conn.head()
+    while True:
+        conn.wait(0.05)
+
+
+def fixed_answer(status: int, body: bytes | str, content_type: str = "application/json") -> Behaviour:
+    """One complete answer with a Content-Length."""
+
+    raw = body.encode() if isinstance(body, str) else body
+
+    def run(_req: UpstreamRequest, conn: Conn) -> None:
+        conn.head(status, content_type, length=len(raw))
+        conn.send(raw)
+
+    return run
+
+
+def fake_openai_app(tokens: list[str], *, delay_s: float = 0.0) -> Any:
+    """A well-behaved OpenAI-compatible ASGI app (Starlette) to run under uvicorn (`uvicorn_thread`):
+    `POST /v1/completions` streams `tokens` (chunked, keep-alive), one every `delay_s`, then a finish
+    reason and [DONE]; `POST /extras/tokenize` counts a prompt's words. `app.state.streams` counts
+    the streams started, `app.state.finished` those that sent everything."""
+    import asyncio
+
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, StreamingResponse
+    from starlette.routing import Route
+
+    async def completions(request: Request) -> StreamingResponse:
+        body = await request.json()
+        n = min(len(tokens), int(body.get("max_tokens", len(tokens))))
+        request.app.state.streams += 1
+
+        async def events() -> Any:
+            for i, tok in enumerate(tokens[:n]):
+                if delay_s:
+                    await asyncio.sleep(delay_s)
+                yield sse_event(completion_chunk(tok, "length" if i == n - 1 else None))
+            yield sse_event("[DONE]")
+            request.app.state.finished += 1
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    async def tokenize(request: Request) -> JSONResponse:
+        body = await request.json()
+        return JSONResponse({"tokens": list(range(len(str(body.get("input", "")).split())))})
+
+    app = Starlette(routes=[Route("/v1/completions", completions, methods=["POST"]),
+                            Route("/extras/tokenize", tokenize, methods=["POST"])])
+    app.state.streams = app.state.finished = 0
+    return app

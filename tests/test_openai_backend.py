@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from servers import free_port, fresh_llama_server, llama_server  # noqa: F401  (fixtures)
+from tandem.backends._sse import LineTooLong, split_lines
 from tandem.backends.openai_http import (
     BackendHTTPError,
     OpenAIBackend,
@@ -99,6 +100,25 @@ def test_sse_parser_handles_comments_fields_multiline_and_crlf():
     assert list(iter_sse_data(["data: [DONE]"])) == ["[DONE]"]
 
 
+def test_split_lines_handles_every_line_end_across_chunks_and_caps_a_line():
+    import random
+    import re
+
+    rng = random.Random(0)
+    for _ in range(2000):
+        data = bytes(rng.choice(b"ab\r\n") for _ in range(rng.randint(0, 30)))
+        cuts = sorted(rng.sample(range(len(data) + 1), min(len(data) + 1, rng.randint(0, 5))))
+        chunks = [data[i:j] for i, j in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+        want = [p.decode() for p in re.split(rb"\r\n|\r|\n", data)]
+        if want and want[-1] == "":
+            want.pop()
+        assert list(split_lines(chunks, 100)) == want, (data, chunks)
+    assert list(split_lines([b"x" * 100 + b"\n", "é".encode()[:1]], 100)) == ["x" * 100, "\ufffd"]
+    endless = split_lines(iter(lambda: b"x" * 60, None), 100)  # never a line end: refused at the cap
+    with pytest.raises(LineTooLong):
+        next(endless)
+
+
 def test_topk_entropy_is_exact_for_a_full_distribution_and_a_lower_bound_otherwise():
     p = np.array([0.5, 0.25, 0.125, 0.125])
     exact = float(-(p * np.log(p)).sum())
@@ -139,6 +159,23 @@ def test_config_validation_and_the_key_never_shows(monkeypatch):
     b = backend(rec, api_key_env="TANDEM_TEST_KEY")
     run(b)
     assert rec.requests[0].headers["authorization"] == f"Bearer {SECRET}"
+
+
+def test_deadline_options_are_checked_and_come_from_the_settings_file():
+    with pytest.raises(ConfigError, match="idle_timeout_s"):
+        OpenAIBackendConfig("http://127.0.0.1:1/v1", "m", n_params=1, idle_timeout_s=0)
+    with pytest.raises(ConfigError, match="min_tokens_per_s"):
+        OpenAIBackendConfig("http://127.0.0.1:1/v1", "m", n_params=1, min_tokens_per_s=0)
+    from tandem.config import BackendSettings
+
+    old = BackendSettings(kind="openai", model="m", base_url="http://h/v1", n_params=5)  # a file without them
+    cfg = OpenAIBackendConfig.from_settings(old)
+    assert (cfg.timeout_s, cfg.idle_timeout_s, cfg.min_tokens_per_s) == (120.0, None, 1.0)
+    new = BackendSettings(kind="openai", model="m", base_url="http://h/v1", n_params=5, timeout_s=30,
+                          idle_timeout_s=10, min_tokens_per_s=4)
+    cfg = OpenAIBackendConfig.from_settings(new)
+    assert (cfg.base_url, cfg.model, cfg.n_params, cfg.timeout_s, cfg.idle_timeout_s, cfg.min_tokens_per_s) == (
+        "http://h/v1", "m", 5, 30, 10, 4)
 
 
 def test_info_and_capabilities_follow_the_config():

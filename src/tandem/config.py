@@ -34,7 +34,12 @@ class BackendSettings(_Strict):
     n_params: int | None = Field(default=None, description="parameters, for FLOPs (openai: required)")
     n_ctx: int = 4096
     n_threads: int = 0
-    timeout_s: float = 120.0
+    timeout_s: float = Field(default=120.0, description="openai: longest wait for the answer's headers "
+                             "and first token, or for a whole non-streamed answer")
+    idle_timeout_s: float | None = Field(default=None, gt=0, description="openai: longest wait between two "
+                                         "streamed tokens (keep-alive comments do not count); unset: timeout_s")
+    min_tokens_per_s: float = Field(default=1.0, gt=0, description="openai: a stream must end within "
+                                    "timeout_s + max_tokens / min_tokens_per_s")
     max_retries: int = 2
     top_logprobs: int = 5
     tokenizer_id: str = ""
@@ -88,6 +93,10 @@ class ServerSettings(_Strict):
     max_tokens_cap: int = Field(default=4096, ge=1, description="largest max_tokens a request may ask for")
     max_queue: int = Field(default=8, ge=1, description="requests waiting + running; beyond it 429")
     request_timeout_s: float = Field(default=600.0, gt=0, description="from admission to the last byte; 504")
+    body_timeout_s: float = Field(default=30.0, gt=0, description="the request body must arrive within this; "
+                                  "408 and the connection closed")
+    stuck_grace_s: float = Field(default=30.0, ge=0, description="a run whose worker has not returned this long "
+                                 "after its deadline or cancellation is stuck: /health says 503 degraded")
     shutdown_grace_s: float = Field(default=30.0, ge=0, description="in-flight requests may finish this long")
     fallback: Literal["slm", "llm"] | None = Field(
         default=None, description="after a backend failure, retry once with this model alone")

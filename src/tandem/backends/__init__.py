@@ -34,14 +34,7 @@ def build_backend(settings: BackendSettings, *, models_dir: str | None = None) -
 
         if settings.api_key_env and settings.api_key_env not in os.environ:
             raise ConfigError(f"environment variable {settings.api_key_env} (API key) is not set")
-        return OpenAIBackend(
-            OpenAIBackendConfig(
-                base_url=settings.base_url or "", model=settings.model, api_key_env=settings.api_key_env,
-                n_params=settings.n_params or 0, n_ctx=settings.n_ctx, timeout_s=settings.timeout_s,
-                max_retries=settings.max_retries, top_logprobs=settings.top_logprobs, api=settings.api,
-                tokenizer_id=settings.tokenizer_id, chat_template_id=settings.chat_template_id,
-            )
-        )
+        return OpenAIBackend(OpenAIBackendConfig.from_settings(settings))
     if settings.kind == "scripted":
         from .scripted import ScriptedBackend
 

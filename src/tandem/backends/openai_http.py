@@ -4,14 +4,37 @@ One `httpx.Client` per backend, created in the constructor; every library error 
 the boundary (`raise ... from exc`) into the project's types:
 
 - connection refused, DNS failure, connection lost before an answer -> `BackendUnavailable`;
-- connect timeout, or no data for `timeout_s` while waiting for an answer or between two stream
-  chunks -> `BackendTimeout`;
+- a deadline passed -> `BackendTimeout` (see "Deadlines" below);
 - a non-2xx answer -> `BackendHTTPError` (a `BackendProtocolError`) with the status and the
-  server's own error message; malformed JSON or SSE -> `BackendProtocolError`;
+  server's own error message; malformed JSON or SSE, an answer or a line larger than its cap, more
+  tokens than `max_tokens` -> `BackendProtocolError`;
+- the run's `CallGuard` (`tandem.backends.guard`) interrupted, or its deadline passed ->
+  `Cancelled`;
 - a stream that ends with neither `[DONE]` nor a finish reason (server killed mid-stream) ->
   `BackendError("stream ended unexpectedly ...")`.
 
 The API key is sent as a bearer token and appears in no message, log or repr.
+
+Deadlines (monotonic clock; time the consumer spends between two tokens, e.g. on a checkpoint, is
+not counted against the server):
+
+- the answer's headers and, for a stream, its first data event within `timeout_s` of the request;
+  a non-streamed answer whole within `timeout_s`;
+- between two data events at most `idle_timeout_s` (default `timeout_s`): SSE comments and other
+  keep-alive lines do not count as data;
+- the whole stream within `timeout_s + max_tokens / min_tokens_per_s`, so that long reasoning
+  survives while a server that trickles tokens forever does not.
+
+Every network operation (connect, each read and write) waits at most until the nearest deadline,
+also when the server trickles bytes (httpx's own read timeout restarts with every byte), and a
+run's `CallGuard` may interrupt it from another thread (the server does when a request times out
+or its client goes away): see `tandem.backends._net`.
+
+Sizes: a streamed answer may hold `1 MiB + (max_tokens + 16) x (1 KiB + 128 B x top_logprobs)`,
+one SSE line `256 KiB + 16 x (1 KiB + 128 B x top_logprobs)`; a scoring echo
+`1 MiB + (bytes of the text + score_max_tokens + 16) x (1 KiB + 128 B x k)` (twice that with
+`prompt_logprobs`); other JSON answers `1 MiB + 16 x` the request's size; an error body is read up
+to 64 KiB. Reading stops at the cap (a protocol error) whatever the server sends next.
 
 Two APIs, chosen in the config:
 
@@ -66,7 +89,7 @@ import os
 import time
 from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 
@@ -75,6 +98,7 @@ from ..errors import (
     BackendProtocolError,
     BackendTimeout,
     BackendUnavailable,
+    Cancelled,
     ConfigError,
     UnsupportedError,
 )
@@ -89,6 +113,12 @@ from ..types import (
     TokenStream,
     Usage,
 )
+from ._net import guard_client
+from ._sse import LineTooLong, iter_sse_data, split_lines
+from .guard import DeadlineExceeded, Interrupted, bounded, current_guard
+
+if TYPE_CHECKING:
+    from ..config import BackendSettings
 
 __all__ = [
     "BackendHTTPError",
@@ -104,6 +134,30 @@ _MAX_BACKOFF_S = 8.0
 # statuses with which a probe learns that the server has no such endpoint or field
 _ABSENT = frozenset({400, 404, 405, 422, 501})
 _ALIGN_TOL = 0.3  # nats: batched and one-token decoding differ by up to ~0.1 on quantised models
+# size caps (see the module docstring): what any answer may hold besides its tokens, and per token
+_BASE_BYTES = 1 << 20
+_LINE_BASE_BYTES = 256 << 10
+_ERROR_BODY_BYTES = 64 << 10
+_TOKEN_SLACK = 16  # tokens a stream may send beyond max_tokens before it is a protocol error
+
+
+def _token_bytes(k: int) -> int:
+    """Generous bytes of JSON per token with `k` alternatives (a chat-API alternative with its
+    `bytes` array is ~60-120 bytes; a completions-API one ~30)."""
+    return 1024 + 128 * max(0, k)
+
+
+def _stream_cap(max_tokens: int, k: int) -> int:
+    return _BASE_BYTES + (max(0, max_tokens) + _TOKEN_SLACK) * _token_bytes(k)
+
+
+def _line_cap(k: int) -> int:
+    return _LINE_BASE_BYTES + 16 * _token_bytes(k)
+
+
+def _score_cap(text: str, k: int, *, max_tokens: int, prompt_logprobs: bool) -> int:
+    n_tokens = len(text.encode("utf-8")) + max_tokens + _TOKEN_SLACK  # a token holds at least one byte
+    return _BASE_BYTES + n_tokens * _token_bytes(k) * (2 if prompt_logprobs else 1)
 
 
 @dataclass(frozen=True)
@@ -114,9 +168,12 @@ class OpenAIBackendConfig:
     server's own endpoints (`/tokenize`, `/apply-template`) are looked up beside its `/v1`.
     `api_key` or `api_key_env` (the name of an environment variable, read at construction: an
     error if it is unset) give the bearer token. `n_params` is required: the cost model needs it.
-    `timeout_s` is the read timeout, i.e. the longest wait for the answer's headers or between two
-    stream chunks. Retries (`max_retries`, exponential backoff from `retry_backoff_s`, capped at
-    8 s, or the server's `Retry-After`) happen only for connection errors, 5xx and 429, and never
+    `timeout_s` is the longest wait for an answer: its headers and first streamed token, or a
+    whole non-streamed answer; `idle_timeout_s` (default: `timeout_s`) the longest wait between two
+    streamed data events (keep-alive comments do not count); a stream must end within
+    `timeout_s + max_tokens / min_tokens_per_s` (see the module docstring). Retries
+    (`max_retries`, exponential backoff from `retry_backoff_s`, capped at 8 s, or the server's
+    `Retry-After`) happen only for connection errors, 5xx and 429, and never
     once a token was streamed. `tokenizer_id` / `chat_template_id` are free strings that say
     whether two endpoints share tokenizer and template (the pipeline compares them);
     `chat_template` (Jinja, with `bos_token` / `eos_token`) renders prompts locally instead of
@@ -137,6 +194,8 @@ class OpenAIBackendConfig:
     api_key_env: str | None = None
     timeout_s: float = 120.0
     connect_timeout_s: float = 10.0
+    idle_timeout_s: float | None = None
+    min_tokens_per_s: float = 1.0
     max_retries: int = 2
     retry_backoff_s: float = 0.5
     top_logprobs: int = 5
@@ -170,6 +229,10 @@ class OpenAIBackendConfig:
             raise ConfigError("give api_key or api_key_env, not both")
         if self.timeout_s <= 0 or self.connect_timeout_s <= 0:
             raise ConfigError("timeouts must be positive")
+        if self.idle_timeout_s is not None and self.idle_timeout_s <= 0:
+            raise ConfigError("idle_timeout_s must be positive")
+        if not self.min_tokens_per_s > 0:
+            raise ConfigError("min_tokens_per_s must be positive")
         if not 0 <= self.max_retries <= 10:
             raise ConfigError("max_retries must be between 0 and 10")
         if self.retry_backoff_s < 0:
@@ -191,6 +254,17 @@ class OpenAIBackendConfig:
         except TypeError as exc:
             raise ConfigError(f"invalid OpenAI backend options: {exc}") from exc
 
+    @classmethod
+    def from_settings(cls, settings: BackendSettings) -> OpenAIBackendConfig:
+        """The config a settings file's `[llm]` / `[slm]` section with `kind = "openai"` describes."""
+        return cls(
+            base_url=settings.base_url or "", model=settings.model, api_key_env=settings.api_key_env,
+            n_params=settings.n_params or 0, n_ctx=settings.n_ctx, timeout_s=settings.timeout_s,
+            idle_timeout_s=settings.idle_timeout_s, min_tokens_per_s=settings.min_tokens_per_s,
+            max_retries=settings.max_retries, top_logprobs=settings.top_logprobs, api=settings.api,
+            tokenizer_id=settings.tokenizer_id, chat_template_id=settings.chat_template_id,
+        )
+
 
 class BackendHTTPError(BackendProtocolError):
     """The server answered with a non-2xx status."""
@@ -198,6 +272,60 @@ class BackendHTTPError(BackendProtocolError):
     def __init__(self, message: str, status_code: int) -> None:
         super().__init__(message)
         self.status_code = status_code
+
+
+class _Watch:
+    """The deadlines of one request to the server (`time.monotonic()` seconds): its answer (the
+    headers, then a stream's first data event, or a whole non-streamed answer) by `first_s`; with
+    `idle_s`, each next data event within `idle_s` of the previous one; with `total_s`, the end.
+    Time the consumer holds a streamed token (between `pause` and `resume`) is not counted."""
+
+    def __init__(self, first_s: float, idle_s: float | None = None, total_s: float | None = None,
+                 *, stream: bool = False) -> None:
+        self.first_s, self.idle_s, self.total_s, self.stream = first_s, idle_s, total_s, stream
+        self.restart()
+
+    def restart(self) -> None:
+        now = time.monotonic()
+        self.data_by = now + self.first_s
+        self.end_by = None if self.total_s is None else now + self.total_s
+        self.got_data = False
+        self._paused: float | None = None
+
+    def deadline(self) -> float:
+        return self.data_by if self.end_by is None else min(self.data_by, self.end_by)
+
+    def data(self) -> None:
+        """A data event arrived: the idle deadline starts again."""
+        self.got_data = True
+        if self.idle_s is not None:
+            self.data_by = time.monotonic() + self.idle_s
+
+    def pause(self) -> None:
+        self._paused = time.monotonic()
+
+    def resume(self) -> None:
+        if self._paused is not None:
+            held = time.monotonic() - self._paused
+            self._paused = None
+            self.data_by += held
+            if self.end_by is not None:
+                self.end_by += held
+
+    def check(self) -> None:
+        if time.monotonic() >= self.deadline():
+            raise DeadlineExceeded("deadline reached")
+
+    def describe(self) -> str:
+        """Which deadline passed."""
+        if self.end_by is not None and self.end_by <= self.data_by:
+            return (f"the stream did not end within {self.total_s:g} s "
+                    "(timeout_s + max_tokens / min_tokens_per_s)")
+        if not self.stream:
+            return f"no complete answer within {self.first_s:g} s"
+        if not self.got_data:
+            return f"no data within {self.first_s:g} s of the request"
+        return f"no data for {self.idle_s:g} s (keep-alive comments do not count)"
 
 
 # ---- pure helpers --------------------------------------------------------------------------------
@@ -216,26 +344,6 @@ def topk_entropy(logprobs: Iterable[float | None]) -> float | None:
     if rest > 1e-12:
         h -= rest * math.log(rest)
     return max(0.0, h)
-
-
-def iter_sse_data(lines: Iterable[str]) -> Iterator[str]:
-    """The `data` payloads of a server-sent event stream, one per event (multi-line data joined
-    with newlines). Comments, `event:`, `id:` and `retry:` fields are skipped. An event cut off by
-    the end of the stream is dropped, as the SSE specification says, except a bare `[DONE]`."""
-    data: list[str] = []
-    for line in lines:
-        if line == "":
-            if data:
-                yield "\n".join(data)
-                data = []
-            continue
-        if line.startswith(":"):
-            continue
-        name, _, value = line.partition(":")
-        if name == "data":
-            data.append(value[1:] if value.startswith(" ") else value)
-    if data and "\n".join(data).strip() == "[DONE]":
-        yield "[DONE]"
 
 
 def _sha16(text: str) -> str:
@@ -354,12 +462,12 @@ def _apply_usage(usage: Usage, u: Any) -> bool:
     return True
 
 
-def _error_message(resp: httpx.Response) -> str:
+def _error_message(raw: bytes) -> str:
     """The server's own error message, from the usual shapes of error bodies."""
     try:
-        body = resp.json()
+        body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
-        return resp.text.strip()[:500]
+        return raw[:500].decode("utf-8", "replace").strip()
     msg: Any = body
     if isinstance(body, Mapping):
         msg = body.get("error", body.get("detail", body.get("message", body)))
@@ -386,19 +494,22 @@ class OpenAIBackend:
             if not key:
                 raise ConfigError(f"environment variable {config.api_key_env} (API key) is not set")
         self._secret = key or ""
-        headers = {"Accept": "application/json"}
+        headers = {"Accept": "application/json", "Accept-Encoding": "identity"}
         if key:
             headers["Authorization"] = f"Bearer {key}"
         api_base = config.base_url.rstrip("/")
         self._api_base = api_base
         self._root = api_base[: -len("/v1")] if api_base.endswith("/v1") else api_base
         self._timeout_s = config.timeout_s
+        self._idle_s = config.idle_timeout_s if config.idle_timeout_s is not None else config.timeout_s
         self._client = httpx.Client(
             headers=headers,
             timeout=httpx.Timeout(config.timeout_s, connect=config.connect_timeout_s),
             transport=transport,
             follow_redirects=False,
         )
+        # every connect / read / write obeys the deadlines and the run's guard (False with a mock)
+        self.guarded_network = guard_client(self._client)
         self._render_via: str | None = None  # "apply-template", "tokenize" or "none", once probed
         self._template: Any = None
         self._count_via: int | None = None  # index into the tokenize probes, -1: none works
@@ -476,7 +587,9 @@ class OpenAIBackend:
         if self.config.prompt_logprobs:
             body["prompt_logprobs"] = k
         t0 = time.perf_counter()
-        data = self._post_json("/completions", self._merge(body))
+        cap = _score_cap(text, k, max_tokens=self.config.score_max_tokens,
+                         prompt_logprobs=self.config.prompt_logprobs)
+        data = self._post_json("/completions", self._merge(body), cap=cap)
         choice = self._first_choice(data)
         usage = Usage()
         has_usage = _apply_usage(usage, data.get("usage"))
@@ -531,13 +644,19 @@ class OpenAIBackend:
     def _generate(
         self, path: str, body: dict[str, Any], count_body: dict[str, Any], usage: Usage
     ) -> Generator[TokenStep, None, str]:
-        resp = self._send(path, body, stream=True)
+        cfg = self.config
+        max_tokens = int(body["max_tokens"])
+        chat = cfg.api == "chat"
+        k = int(body.get("top_logprobs", 0) if chat else body.get("logprobs", 0))
+        watch = _Watch(cfg.timeout_s, self._idle_s, cfg.timeout_s + max_tokens / cfg.min_tokens_per_s, stream=True)
+        resp = self._send(path, body, watch=watch)
         finish: str | None = None
         done = reported = ended_well = cancelled = False
-        chat = self.config.api == "chat"
-        k = int(body.get("top_logprobs", 0) if chat else body.get("logprobs", 0))
+        n_tokens = 0
         try:
-            for data in iter_sse_data(self._lines(resp)):
+            lines = split_lines(self._chunks(resp, watch, _stream_cap(max_tokens, k)), _line_cap(k))
+            for data in iter_sse_data(lines):
+                watch.data()
                 if data.strip() == "[DONE]":
                     done = True
                     break
@@ -560,9 +679,18 @@ class OpenAIBackend:
                     if not isinstance(text, str):
                         raise BackendProtocolError(f"{self._info.name}: malformed stream chunk (text)")
                     steps = _steps_for_chunk(text, entries, with_entropy=k > 0)
+                    n_tokens += len(entries) or len(steps)
+                    if n_tokens > max_tokens + _TOKEN_SLACK:
+                        raise BackendProtocolError(
+                            f"{self._info.name}: the server sent more than {n_tokens - 1} tokens for "
+                            f"max_tokens={max_tokens}"
+                        )
                     if not reported:
                         usage.generated_tokens += len(entries) or len(steps)
-                    yield from steps
+                    for step in steps:
+                        watch.pause()
+                        yield step
+                        watch.resume()
                     if choice.get("finish_reason"):
                         finish = str(choice["finish_reason"])
             if not done and finish is None:
@@ -570,6 +698,8 @@ class OpenAIBackend:
                     f"{self._info.name}: stream ended unexpectedly (neither [DONE] nor a finish reason)"
                 )
             ended_well = True
+        except LineTooLong as exc:
+            raise BackendProtocolError(f"{self._info.name}: malformed stream: {exc}") from exc
         except GeneratorExit:
             cancelled = True
             raise
@@ -579,20 +709,60 @@ class OpenAIBackend:
                 self._count_prompt(count_body, usage)
         return finish or "stop"
 
-    def _lines(self, resp: httpx.Response) -> Iterator[str]:
-        """The response's lines, with transport errors translated (the stream has started)."""
-        try:
-            yield from resp.iter_lines()
-        except httpx.TimeoutException as exc:
-            raise BackendTimeout(
-                f"{self._info.name}: no data from {self._api_base} for {self._timeout_s:g} s mid-stream"
-            ) from exc
-        except (httpx.RemoteProtocolError, httpx.NetworkError) as exc:
-            raise BackendError(
-                self._redact(f"{self._info.name}: stream ended unexpectedly (connection lost: {exc})")
-            ) from exc
-        except httpx.HTTPError as exc:
-            raise BackendError(self._redact(f"{self._info.name}: stream failed: {exc}")) from exc
+    def _chunks(self, resp: httpx.Response, watch: _Watch, cap: int) -> Iterator[bytes]:
+        """The response's body as it arrives, at most `cap` bytes, each read bounded by the watch's
+        deadline (and the run's guard); errors translated (the answer has started)."""
+        it = resp.iter_bytes()
+        total = 0
+        while True:
+            try:
+                watch.check()
+                with bounded(watch.deadline()):
+                    chunk = next(it, None)
+                watch.check()  # bytes trickled in until past the deadline
+            except (DeadlineExceeded, Interrupted) as exc:
+                raise self._limit_error(exc, watch, self._api_base) from exc
+            except httpx.TimeoutException as exc:
+                raise BackendTimeout(
+                    f"{self._info.name}: no data from {self._api_base} for {self._timeout_s:g} s"
+                ) from exc
+            except (httpx.RemoteProtocolError, httpx.NetworkError) as exc:
+                raise BackendError(
+                    self._redact(f"{self._info.name}: stream ended unexpectedly (connection lost: {exc})")
+                ) from exc
+            except httpx.HTTPError as exc:
+                raise BackendError(self._redact(f"{self._info.name}: stream failed: {exc}")) from exc
+            if chunk is None:
+                return
+            total += len(chunk)
+            if total > cap:
+                raise BackendProtocolError(f"{self._info.name}: the answer is larger than {cap} bytes")
+            yield chunk
+
+    def _read_body(self, resp: httpx.Response, watch: _Watch, cap: int, *, truncate: bool = False) -> bytes:
+        """A whole body of at most `cap` bytes (a protocol error beyond, or with `truncate` the
+        first `cap` bytes)."""
+        length = resp.headers.get("content-length")
+        if not truncate and length is not None and length.isdigit() and int(length) > cap:
+            raise BackendProtocolError(f"{self._info.name}: the answer is larger than {cap} bytes ({length})")
+        parts: list[bytes] = []
+        size = 0
+        for chunk in self._chunks(resp, watch, cap if not truncate else 1 << 62):
+            parts.append(chunk)
+            size += len(chunk)
+            if truncate and size >= cap:
+                break
+        return b"".join(parts)[:cap] if truncate else b"".join(parts)
+
+    def _limit_error(self, exc: Exception, watch: _Watch, url: str) -> Exception:
+        """What a passed deadline or an interrupt becomes: the run's (Cancelled) or this call's
+        (BackendTimeout)."""
+        guard = current_guard()
+        if guard is not None and (guard.interrupted or isinstance(exc, Interrupted)):
+            return Cancelled(f"run cancelled ({guard.reason or 'interrupted'})")
+        if guard is not None and guard.expired():
+            return Cancelled("run cancelled (timeout)")
+        return BackendTimeout(f"{self._info.name}: {watch.describe()} ({url})")
 
     def _count_prompt(self, count_body: dict[str, Any], usage: Usage) -> None:
         """Prompt tokens when the server reported no usage (no usage chunk, or a cancelled stream):
@@ -600,6 +770,9 @@ class OpenAIBackend:
         0 when the server has no such endpoint."""
         if not self.config.count_prompt_tokens or self._count_via == -1:
             return
+        guard = current_guard()
+        if guard is not None and (guard.interrupted or guard.expired()):
+            return  # the run is over: no more calls for it
         if "messages" in count_body:
             probes = [("/tokenize", {"model": self.config.model, **count_body})]
         else:
@@ -622,7 +795,7 @@ class OpenAIBackend:
                 if exc.status_code in _ABSENT:
                     continue
                 return
-            except BackendError:
+            except (BackendError, Cancelled):
                 return
             n = data.get("count")
             tokens = data.get("tokens")
@@ -834,38 +1007,50 @@ class OpenAIBackend:
                 pass
         return min(_MAX_BACKOFF_S, self.config.retry_backoff_s * 2 ** (attempt - 1))
 
-    def _send(self, path: str, body: dict[str, Any], *, stream: bool, root: bool = False,
+    def _pause(self, seconds: float, watch: _Watch) -> None:
+        """Back off before a retry: no longer than the deadlines allow, interrupted by the guard."""
+        seconds = min(seconds, max(0.0, watch.deadline() - time.monotonic()))
+        guard = current_guard()
+        if guard is None:
+            time.sleep(seconds)
+        elif guard.wait(seconds):
+            raise Cancelled(f"run cancelled ({guard.reason or 'interrupted'})")
+
+    def _send(self, path: str, body: dict[str, Any], *, watch: _Watch, root: bool = False,
               retry: bool = True) -> httpx.Response:
-        """POST `body`; a 2xx response (streaming: headers read, body not). Retries connection
-        errors, 5xx and 429 up to `max_retries` times with backoff."""
+        """POST `body`; a 2xx response with its headers read and its body not. Retries connection
+        errors, 5xx and 429 up to `max_retries` times with backoff; each attempt restarts `watch`."""
         url = self._url(path, root)
         retries = self.config.max_retries if retry else 0
         attempt = 0
         while True:
             attempt += 1
+            watch.restart()
             try:
                 req = self._client.build_request("POST", url, json=body)
-                resp = self._client.send(req, stream=stream)
+                with bounded(watch.deadline()):
+                    resp = self._client.send(req, stream=True)
+            except (DeadlineExceeded, Interrupted) as exc:
+                raise self._limit_error(exc, watch, url) from exc
             except httpx.HTTPError as exc:
                 retryable = isinstance(
                     exc, httpx.NetworkError | httpx.RemoteProtocolError | httpx.ConnectTimeout | httpx.PoolTimeout
                 )
                 if retryable and attempt <= retries:
-                    time.sleep(self._backoff(attempt, None))
+                    self._pause(self._backoff(attempt, None), watch)
                     continue
                 raise self._translate(exc, url) from exc
             if 200 <= resp.status_code < 300:
                 return resp
             status = resp.status_code
             try:
-                resp.read()
-                message = _error_message(resp)
-            except httpx.HTTPError:
+                message = _error_message(self._read_body(resp, watch, _ERROR_BODY_BYTES, truncate=True))
+            except (BackendTimeout, BackendError):
                 message = "(the error body could not be read)"
             finally:
                 resp.close()
             if (status == 429 or status >= 500) and attempt <= retries:
-                time.sleep(self._backoff(attempt, resp))
+                self._pause(self._backoff(attempt, resp), watch)
                 continue
             raise BackendHTTPError(
                 self._redact(f"{self._info.name}: {url} answered HTTP {status}: {message}"), status
@@ -893,9 +1078,19 @@ class OpenAIBackend:
             raise BackendProtocolError(f"{self._info.name}: malformed {what}: not a JSON object")
         return data
 
-    def _post_json(self, path: str, body: dict[str, Any], *, root: bool = False, retry: bool = True) -> dict[str, Any]:
-        resp = self._send(path, body, stream=False, root=root, retry=retry)
-        return self._parse_json(resp.content, f"answer from {path}")
+    def _post_json(self, path: str, body: dict[str, Any], *, root: bool = False, retry: bool = True,
+                   cap: int | None = None) -> dict[str, Any]:
+        """POST and parse a JSON answer that must come whole within `timeout_s` and hold at most
+        `cap` bytes (default: 1 MiB + 16 x the request's size)."""
+        if cap is None:
+            cap = _BASE_BYTES + 16 * len(json.dumps(body))
+        watch = _Watch(self.config.timeout_s)
+        resp = self._send(path, body, watch=watch, root=root, retry=retry)
+        try:
+            raw = self._read_body(resp, watch, cap)
+        finally:
+            resp.close()
+        return self._parse_json(raw, f"answer from {path}")
 
     def _first_choice(self, data: Mapping[str, Any]) -> Mapping[str, Any]:
         choices = data.get("choices")

@@ -3,7 +3,8 @@
 Endpoints, options, errors and metrics are described in docs/server.md. The pipeline is synchronous:
 each request's run goes through one worker thread (see `runner`), its answer deltas come back to the
 event loop through a queue, and a run is cancelled through the pipeline's event hook when the client
-goes away, the request times out or the server shuts down.
+goes away, the request times out or the server shuts down; a backend call the run is blocked in is
+interrupted through the run's `CallGuard`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..config import TandemSettings
@@ -241,6 +243,8 @@ class _State:
         return self.tandem
 
     async def read_body(self, request: Request) -> bytes:
+        """The request body: at most `max_body_bytes` (413), whole within `body_timeout_s` (408, and the
+        connection is closed: a client that sends its body slowly holds nothing longer than that)."""
         limit = self.srv.max_body_bytes
         too_large = RequestError(f"the request body exceeds {limit} bytes", status=413, code="request_too_large")
         length = request.headers.get("content-length")
@@ -250,13 +254,23 @@ class _State:
                     raise too_large
             except ValueError:
                 raise RequestError("invalid Content-Length header", code="invalid_request") from None
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise too_large
-            chunks.append(chunk)
-        return b"".join(chunks)
+
+        async def read() -> bytes:
+            chunks, size = [], 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise too_large
+                chunks.append(chunk)
+            return b"".join(chunks)
+
+        try:
+            return await asyncio.wait_for(read(), self.srv.body_timeout_s)
+        except asyncio.TimeoutError:
+            raise RequestError(f"the request body did not arrive within {self.srv.body_timeout_s:g} s",
+                               status=408, code="request_timeout", headers={"Connection": "close"}) from None
+        except ClientDisconnect:
+            raise RequestError("the client disconnected", status=499, code="client_disconnected") from None
 
     def spec_for(self, req: ChatCompletionRequest, tandem: Tandem, request_id: str) -> RunSpec:
         method, fixed_effort = SERVED_MODELS[req.model]
@@ -309,17 +323,19 @@ class _State:
 
 
 def _run_error(exc: BaseException, handle: RunHandle, request_id: str) -> RequestError:
-    """What a failed run becomes for the client."""
+    """What a failed run becomes for the client. Backend failures are described by their kind only:
+    their messages name the upstream's URL and quote its own error text, which go to the log."""
     if isinstance(exc, Cancelled):
-        return _cancel_error(handle.cancel_reason or "cancelled")
+        reason = handle.cancel_reason or ("timeout" if time.monotonic() >= handle.deadline else "cancelled")
+        return _cancel_error(reason)
     if isinstance(exc, BackendTimeout):
         log.error("request_id=%s backend timeout: %s", request_id, exc)
-        return RequestError(f"a model backend timed out: {exc}"[:500], status=504, type="server_error",
-                            code="backend_timeout")
+        return RequestError(f"a model backend timed out; the details are in the server log (request "
+                            f"{request_id})", status=504, type="server_error", code="backend_timeout")
     if isinstance(exc, BackendError):
         log.error("request_id=%s backend error: %s: %s", request_id, type(exc).__name__, exc)
-        return RequestError(f"a model backend failed ({type(exc).__name__}): {exc}"[:500], status=502,
-                            type="server_error", code="backend_error")
+        return RequestError(f"a model backend failed ({type(exc).__name__}); the details are in the server "
+                            f"log (request {request_id})", status=502, type="server_error", code="backend_error")
     if isinstance(exc, (InputError, ConfigError, UnsupportedError)):
         return RequestError(str(exc), code="invalid_request")
     log.error("request_id=%s pipeline failed", request_id, exc_info=exc)
@@ -457,14 +473,17 @@ def create_app(settings: TandemSettings | None = None, *, tandem: Tandem | None 
     @app.get("/health")
     async def health() -> JSONResponse:
         t = state.tandem
+        stuck = state.runner.stuck(state.srv.stuck_grace_s)
         if state.draining:
             status = "shutting_down"
-        elif t is not None:
-            status = "ok"
-        else:
+        elif t is None:
             status = "failed" if state.load_error else "loading"
+        elif stuck:  # a worker has not come back from a run past its deadline: take this replica out
+            status = "degraded"
+        else:
+            status = "ok"
         body = {"status": status, "backends": {"llm": t is not None, "slm": t is not None},
-                "queue": {"active": state.runner.active, "max": state.srv.max_queue}}
+                "queue": {"active": state.runner.active, "max": state.srv.max_queue, "stuck": stuck}}
         return JSONResponse(body, status_code=200 if status == "ok" else 503)
 
     @app.get("/metrics")
@@ -519,7 +538,7 @@ def create_app(settings: TandemSettings | None = None, *, tandem: Tandem | None 
             spec = state.spec_for(req, tandem_, rid)
             loop = asyncio.get_running_loop()
             handle = state.runner.admit(loop, lambda why: state.metrics.cancellations.labels(why).inc(),
-                                        stream=req.stream)
+                                        stream=req.stream, timeout_s=state.srv.request_timeout_s)
             if handle is None:
                 raise RequestError(f"the server is busy ({state.srv.max_queue} requests waiting or running); "
                                    "retry later", status=429, type="rate_limit_error", code="queue_full",
@@ -528,7 +547,7 @@ def create_app(settings: TandemSettings | None = None, *, tandem: Tandem | None 
             record(exc.status)
             return _error_response(exc)
 
-        deadline = handle.admitted + state.srv.request_timeout_s
+        deadline = handle.deadline
         watcher = asyncio.create_task(_watch_disconnect(request.receive, handle))
         state.runner.start(handle, lambda h: run_spec(tandem_, spec, h),
                            on_start=lambda h: state.metrics.queue_wait.observe((h.started or 0) - h.admitted))
@@ -606,7 +625,7 @@ def create_app(settings: TandemSettings | None = None, *, tandem: Tandem | None 
         scanner = StopScanner(req.stop_sequences)
         raw: list[str] = []
         sent_len, status, first_sent = 0, 499, False
-        deadline = handle.admitted + state.srv.request_timeout_s
+        deadline = handle.deadline
         item = first
         try:
             yield _chunk(cid, created, model, delta={"role": "assistant", "content": ""}, include_usage=include_usage)

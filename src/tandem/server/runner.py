@@ -5,12 +5,19 @@ serialised), a bounded admission count in front of it (requests waiting + runnin
 run: the worker pushes the run's answer deltas (streamed runs only) and its end to the loop with
 `loop.call_soon_threadsafe`, and the loop cancels a run by setting an event that the pipeline's hook
 checks at every event (it then raises `Cancelled`, which closes every model stream).
+
+A pipeline blocked inside a backend call sees no event, so each run also carries a `CallGuard` with
+the request's deadline, set for the worker thread while it runs: network backends wait no longer
+than that deadline, and cancelling the run interrupts the call they are blocked in. A run cancelled
+before it started gives its admission slot back at once. A run that has not returned
+`stuck_grace_s` after its deadline (or its cancellation) counts as stuck (`/health` says so).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -18,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from ..backends.guard import CallGuard, guarded
 from ..errors import BackendError, Cancelled
 from ..pipeline import Tandem
 from ..result import TandemResult
@@ -51,13 +59,16 @@ class RunHandle:
     """One admitted request's run. `cancel` and the queue belong to the loop; `hook` to the worker."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, on_cancel: Callable[[str], None] | None = None,
-                 *, stream: bool = True) -> None:
+                 *, stream: bool = True, timeout_s: float | None = None) -> None:
         self.loop = loop
         self.stream = stream  # push each answer delta to the loop; else only the end (one wake-up per run)
         self.queue: asyncio.Queue[Item] = asyncio.Queue()
         self.admitted = time.monotonic()
+        self.deadline = math.inf if timeout_s is None else self.admitted + timeout_s
+        self.guard = CallGuard(None if timeout_s is None else self.deadline)  # for the backends' calls
         self.started: float | None = None
         self.cancel_reason: str | None = None
+        self.cancelled_at: float | None = None
         self.done = False  # the worker finished with this run
         self.emitted = False  # some answer text was pushed to the loop
         self.deltas: list[tuple[str, str]] = []
@@ -68,6 +79,7 @@ class RunHandle:
         self._units_now = False  # the latest LLM token closed an insight unit
         self._cancel = threading.Event()
         self._on_cancel = on_cancel
+        self._abandon: Callable[[], None] | None = None  # gives the slot back if the run has not started
 
     # ---- loop side ------------------------------------------------------------------------------
     def cancel(self, reason: str) -> bool:
@@ -75,11 +87,22 @@ class RunHandle:
         if self.done or self.cancel_reason is not None:
             return False
         self.cancel_reason = reason
+        self.cancelled_at = time.monotonic()
         self._cancel.set()
+        self.guard.interrupt(reason)  # wakes a backend call the worker is blocked in
         self.queue.put_nowait(("cancelled", reason, ""))
         if self._on_cancel is not None:
             self._on_cancel(reason)
+        if self._abandon is not None:
+            self._abandon()
         return True
+
+    def stuck(self, grace_s: float, now: float | None = None) -> bool:
+        """The worker has not returned `grace_s` after this run's deadline or cancellation."""
+        if self.done or self.started is None:
+            return False
+        limit = min(self.deadline, self.cancelled_at if self.cancelled_at is not None else math.inf)
+        return (time.monotonic() if now is None else now) > limit + grace_s
 
     async def next(self, deadline: float) -> Item:
         """The next item, or ("cancelled", "timeout", "") once `deadline` (monotonic) has passed."""
@@ -152,12 +175,14 @@ def run_spec(tandem: Tandem, spec: RunSpec, handle: RunHandle) -> Outcome:
         fb = spec.fallback
         if fb is None or fb == spec.method or handle.cancelled or (spec.stream and handle.emitted):
             raise
-        reason = f"{type(exc).__name__}: {exc}"[:300]
-        log.warning("request_id=%s backend failed, retrying with the %s alone: %s", spec.request_id, fb, reason)
+        log.warning("request_id=%s backend failed, retrying with the %s alone: %s: %s", spec.request_id, fb,
+                    type(exc).__name__, exc)
         handle.deltas.clear()
         handle.continue_mode = False
         result = tandem.solve(spec.question, method=fb, on_event=handle.hook, **spec.overrides)
-        return Outcome(result, list(handle.deltas), {"used": True, "model": fb, "reason": reason})
+        # the client learns what kind of failure it was; the details (upstream URLs, its own error
+        # text) stay in the log
+        return Outcome(result, list(handle.deltas), {"used": True, "model": fb, "reason": type(exc).__name__})
 
 
 class PipelineRunner:
@@ -174,12 +199,13 @@ class PipelineRunner:
         return len(self.handles)
 
     def admit(self, loop: asyncio.AbstractEventLoop, on_cancel: Callable[[str], None] | None = None,
-              *, stream: bool = True) -> RunHandle | None:
-        """A handle for a new run, or None when `max_queue` runs are waiting or running. A run that is not
-        streamed wakes the loop once, at its end: every wake-up costs the worker the GIL."""
+              *, stream: bool = True, timeout_s: float | None = None) -> RunHandle | None:
+        """A handle for a new run (its deadline `timeout_s` from now), or None when `max_queue` runs are
+        waiting or running. A run that is not streamed wakes the loop once, at its end: every wake-up
+        costs the worker the GIL."""
         if len(self.handles) >= self.max_queue:
             return None
-        handle = RunHandle(loop, on_cancel, stream=stream)
+        handle = RunHandle(loop, on_cancel, stream=stream, timeout_s=timeout_s)
         self.handles.add(handle)
         self._on_depth(len(self.handles))
         return handle
@@ -191,20 +217,29 @@ class PipelineRunner:
             if on_start is not None:
                 on_start(handle)
             try:
-                return fn(handle)
+                with guarded(handle.guard):
+                    return fn(handle)
             finally:
                 handle.done = True
                 handle.push(("end", "", ""))
 
-        fut = asyncio.wrap_future(self.executor.submit(work), loop=handle.loop)
+        cfut = self.executor.submit(work)
+        fut = asyncio.wrap_future(cfut, loop=handle.loop)
         handle.future = fut
 
-        def release(f: asyncio.Future[Outcome]) -> None:
-            self.handles.discard(handle)
-            self._on_depth(len(self.handles))
-            if not f.cancelled():
+        def release(f: asyncio.Future[Outcome] | None = None) -> None:
+            if handle in self.handles:
+                self.handles.discard(handle)
+                self._on_depth(len(self.handles))
+            if f is not None and not f.cancelled():
                 f.exception()  # retrieved here: the request may have stopped listening
 
+        def abandon() -> None:  # on the loop, when the run is cancelled
+            if cfut.cancel():  # it had not started, and now never will
+                handle.done = True
+                release()
+
+        handle._abandon = abandon
         fut.add_done_callback(release)
 
     async def call(self, fn: Callable[[], T]) -> T:
@@ -213,6 +248,11 @@ class PipelineRunner:
 
     def cancel_all(self, reason: str) -> int:
         return sum(1 for h in list(self.handles) if h.cancel(reason))
+
+    def stuck(self, grace_s: float) -> int:
+        """Runs whose worker has not returned `grace_s` after their deadline or cancellation."""
+        now = time.monotonic()
+        return sum(1 for h in self.handles if h.stuck(grace_s, now))
 
     async def wait_idle(self, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
