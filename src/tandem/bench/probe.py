@@ -310,6 +310,8 @@ class Prober:
             slm = self._solve(self.slm, problem, prompt, cfg.decoding.slm_max_tokens)
             slm.pop("_steps"), slm.pop("_times")
             slm["grade"] = _grade_dict(self.grade(problem, THINK_OPEN + thought + THINK_SEP + slm["text"]))
+            if self.llm.info.capabilities.replayed:  # the SLM may quote the thought it read: keep no text
+                slm["chars"], slm["text"] = len(slm["text"]), None
             checkpoints.append({
                 "stage": stage, "llm_tokens": k, "n_insights": n_units, "features": feats,
                 "event": "budget" if end is None else "thought_end", "thought_closed": end,

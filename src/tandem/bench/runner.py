@@ -159,7 +159,8 @@ def run_live(problems: Sequence[Problem], tandem: Tandem, methods: Iterable[str]
         task = bar.add_task(f"eval {dataset}", total=len(problems) * len(methods),
                             completed=len(problems) * len(methods) - len(todo), status="")
         for (p, m), solved in _in_flight(todo, one, concurrency):
-            out = _graded(p, m, solved, grader)  # here, in this thread: graders may rely on signals
+            out = _graded(p, m, solved, grader,  # here, in this thread: graders may rely on signals
+                          tandem.llm.info.capabilities.replayed)
             store.append(f"{p.id}|{m}", out.to_dict())
             added += 1
             if out.error is None:
@@ -186,7 +187,17 @@ def _solve_one(tandem: Tandem, p: Problem, method: str, effort: str | None) -> T
         return exc
 
 
-def _graded(p: Problem, method: str, r: TandemResult | TandemError, grader: Grader) -> Outcome:
+def _texts(r: TandemResult, replayed: bool) -> dict[str, Any]:
+    """The texts a live record keeps: where the LLM replays a recording, none of them (the SLM may quote
+    the thought it read), only their lengths."""
+    if not replayed or r.method == "slm":
+        return {"text": r.text, "llm_text": r.llm_text, "slm_text": r.slm_text}
+    return {"text": None, "llm_text": None, "slm_text": None, "text_chars": len(r.text),
+            "llm_chars": len(r.llm_text), "slm_chars": len(r.slm_text)}
+
+
+def _graded(p: Problem, method: str, r: TandemResult | TandemError, grader: Grader,
+            replayed: bool = False) -> Outcome:
     try:
         if isinstance(r, TandemError):
             raise r
@@ -202,7 +213,7 @@ def _graded(p: Problem, method: str, r: TandemResult | TandemError, grader: Grad
         llm_prompt_tokens=llm.input_tokens if llm else 0, llm_generated_tokens=llm.generated_tokens if llm else 0,
         slm_prompt_tokens=slm.input_tokens if slm else 0, slm_generated_tokens=slm.generated_tokens if slm else 0,
         flops_total=c.flops_total, flops_generated=c.flops_generated, wall_seconds=c.wall_seconds,
-        extra={"text": r.text, "llm_text": r.llm_text, "slm_text": r.slm_text,
+        extra={**_texts(r, replayed),
                "checkpoints": [{"stage": ck.stage, "llm_tokens": ck.llm_tokens, "p": ck.probability,
                                 "handover": ck.handover, "reason": ck.reason} for ck in r.checkpoints],
                "phases": c.phases, "cancel_latency_s": r.cancel_latency_s},
