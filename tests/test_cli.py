@@ -156,3 +156,18 @@ def test_solve_says_when_the_effort_runs_as_the_llm_alone(scripted_config, tmp_p
     assert "effort medium runs as the LLM alone" in note and "--effort low" in note
     res = run("solve", "--config", str(scripted_config), "--classifier", str(clf), "--effort", "low", "q: 3 + 4?")
     assert res.returncode == 0 and "runs as the LLM alone" not in res.stderr
+
+
+def assert_one_line_error(res, *needles: str) -> None:
+    """Exit 2, no traceback, and exactly one line on stderr holding each needle as it is."""
+    assert res.returncode == 2, (res.returncode, res.stderr)
+    assert "Traceback" not in res.stderr and "Traceback" not in res.stdout
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_errors_are_one_line_and_shown_as_they_are(scripted_config, tmp_path):
+    odd = tmp_path / "[bold]x[/]" / ("long-" * 30 + ".txt")  # markup-like and longer than a terminal line
+    assert_one_line_error(run("solve", "--config", str(scripted_config), "-f", str(odd)), str(odd))

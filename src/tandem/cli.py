@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from .errors import InputError, TandemError
 
@@ -38,8 +39,14 @@ def _root(
     """LLM + SLM in tandem for cheaper reasoning."""
 
 
+def _print_error(message: str) -> None:
+    """One line on stderr, however long or whatever it holds (no wrapping, no markup read from it)."""
+    line = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+    err.print(Text.assemble(("error:", "bold red"), " ", line), soft_wrap=True, highlight=False)
+
+
 def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    _print_error(message)
     raise typer.Exit(code)
 
 
@@ -247,7 +254,7 @@ def main() -> None:
     try:
         app(prog_name="tandem")
     except TandemError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        _print_error(str(exc))
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted")
