@@ -3,6 +3,11 @@
 Every finished record is appended and fsynced at once, so a run killed at any point (Ctrl-C,
 kill -9) resumes without recomputing, losing or duplicating anything: a torn last line is
 dropped on open. A run resumed with a different manifest is refused.
+
+One process writes a run at a time: `open` takes an exclusive `flock` on `run.lock` in the run
+directory and holds it until `close` (or the process ends, however it ends), so a second writer
+is refused at once instead of appending duplicates beside the first. Readers (`read_records`,
+reports) take no lock: records are whole lines, appended.
 """
 
 from __future__ import annotations
@@ -13,12 +18,13 @@ import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from ..errors import ConfigError, InputError
 
 MANIFEST = "manifest.json"
 RECORDS = "records.jsonl"
+LOCK = "run.lock"
 
 
 def git_revision(repo: Path | None = None) -> str:
@@ -59,6 +65,7 @@ _EXTENSIBLE = ("git_revision", "created", "notes", "problem_ids", "dataset")
 class RunStore:
     def __init__(self, path: str | Path) -> None:
         self.dir = Path(path)
+        self._lock: IO[bytes] | None = None
 
     @property
     def manifest_path(self) -> Path:
@@ -69,8 +76,17 @@ class RunStore:
         return self.dir / RECORDS
 
     def open(self, manifest: dict[str, Any]) -> set[str]:
-        """Create or resume the run; return the keys of the records already done."""
+        """Create or resume the run and lock it for this process until `close`; return the keys of
+        the records already done."""
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._acquire()
+        try:
+            return self._open(manifest)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, manifest: dict[str, Any]) -> set[str]:
         if self.manifest_path.exists():
             old = json.loads(self.manifest_path.read_text())
             a, b = _identity(old), _identity(json.loads(json.dumps(manifest)))
@@ -93,6 +109,46 @@ class RunStore:
                 self.records_path.write_bytes(fi.read())
         self._repair()
         return {r["key"] for r in self.records()}
+
+    def close(self) -> None:
+        """Release the run (the lock file stays: removing it could let two writers lock two files)."""
+        if self._lock is not None:
+            self._lock.close()  # closing the descriptor releases the flock
+            self._lock = None
+
+    def __enter__(self) -> RunStore:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def _acquire(self) -> None:
+        if self._lock is not None:  # this store holds it already
+            return
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: concurrent writers are not guarded
+            return
+        path = self.dir / LOCK
+        try:
+            fh = open(path, "a+b")  # noqa: SIM115 (held until close)
+        except OSError as exc:
+            raise InputError(f"cannot lock run directory {self.dir}: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read(32).decode("ascii", "replace").strip()
+            fh.close()
+            raise InputError(
+                f"{self.dir} is being written by another tandem process"
+                + (f" (pid {holder})" if holder.isdigit() else "")
+                + ": wait for it to finish, or use another --out"
+            ) from None
+        fh.truncate(0)
+        fh.write(f"{os.getpid()}\n".encode())
+        fh.flush()
+        self._lock = fh
 
     def _write_manifest(self, manifest: dict[str, Any]) -> None:
         tmp = self.manifest_path.with_suffix(".tmp")
