@@ -574,3 +574,55 @@ def test_two_evals_on_one_run_directory_never_both_write(tmp_path, data_dir):
     assert sorted(code for _, _, code in results) in ([0, 0], [0, 2]), results
     keys = [r["key"] for r in read_records(tmp_path / "both")]
     assert len(keys) == 12 and len(set(keys)) == 12
+
+
+@pytest.mark.parametrize(
+    ("records", "manifest", "needle"),
+    [
+        ("[1, 2, 3]\n", None, "records.jsonl:1: corrupt record (not a JSON object)"),
+        ('{"problem_id": "0"}\n', None, "records.jsonl:1: corrupt record (no string 'key')"),
+        ("", "", "manifest.json: corrupt run manifest"),
+        ("", "{not json", "manifest.json: corrupt run manifest"),
+        ("", "[]", "manifest.json: corrupt run manifest (not a JSON object)"),
+        ("", "\xff\xfe", "manifest.json: corrupt run manifest"),
+    ],
+    ids=["record-list", "record-without-key", "manifest-empty", "manifest-invalid", "manifest-list",
+         "manifest-binary"],
+)
+def test_a_corrupt_run_store_is_refused_in_one_line(tmp_path, data_dir, records, manifest, needle):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(SCRIPTED_CONFIG.format())
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "tandem.cli", "eval", "gsm8k", "--split", "train", "--limit", "2", "--config",
+           str(cfg), "--methods", "slm", "--out", str(run), "--data-dir", str(data_dir)]
+    assert subprocess.run(cmd, capture_output=True, timeout=120).returncode == 0
+    if manifest is not None:
+        (run / "manifest.json").write_bytes(manifest.encode("latin-1"))
+    (run / "records.jsonl").write_text(records + (run / "records.jsonl").read_text())
+    for args in (cmd, [sys.executable, "-m", "tandem.cli", "report", str(run), "--out", str(tmp_path / "rep")]):
+        res = subprocess.run(args, capture_output=True, text=True, timeout=120)
+        assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+        text = " ".join(res.stderr.split())
+        assert len(res.stderr.strip().splitlines()) == 1 and needle in text, res.stderr
+
+
+def test_a_run_directory_that_is_a_file_is_refused(tmp_path):
+    llm, slm = pair()
+    out = tmp_path / "out"
+    out.write_text("not a directory")
+    with pytest.raises(InputError, match="is a file, not a directory"):
+        run_live(PROBLEMS[:1], Tandem(llm, slm), ["slm"], get_grader("gsm8k"), RunStore(out), dataset="d",
+                 grader_name="gsm8k")
+    assert out.read_text() == "not a directory"
+
+
+def test_a_live_record_that_is_no_outcome_is_refused_by_report(tmp_path):
+    run = tmp_path / "run"
+    run_live(PROBLEMS[:1], Tandem(*pair()), ["slm"], get_grader("gsm8k"), RunStore(run), dataset="d",
+             grader_name="gsm8k")
+    with (run / "records.jsonl").open("a") as f:
+        f.write('{"key": "9|slm", "score": 1}\n')
+    res = subprocess.run([sys.executable, "-m", "tandem.cli", "report", str(run), "--out", str(tmp_path / "rep")],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and "'9|slm' is not an evaluation outcome" in res.stderr

@@ -16,6 +16,7 @@ import gzip
 import json
 import os
 import subprocess
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -62,6 +63,31 @@ def _identity(manifest: dict[str, Any]) -> dict[str, Any]:
 _EXTENSIBLE = ("git_revision", "created", "notes", "problem_ids", "dataset")
 
 
+def _differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted names of the entries that differ, one level into nested mappings ("llm.checksum")."""
+    out: list[str] = []
+    for k in sorted(set(a) | set(b)):
+        x, y = a.get(k), b.get(k)
+        if x == y:
+            continue
+        if isinstance(x, dict) and isinstance(y, dict) and not prefix:
+            out += _differences(x, y, f"{k}.")
+        else:
+            out.append(f"{prefix}{k}")
+    return out
+
+
+def _load_manifest(path: Path) -> dict[str, Any]:
+    """The manifest at `path`; a file that is not a JSON object is refused in one line."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as exc:  # JSONDecodeError, UnicodeDecodeError, unreadable
+        raise InputError(f"{path}: corrupt run manifest ({exc}): restore it, or use a new run directory") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: corrupt run manifest (not a JSON object): restore it, or use a new run directory")
+    return data
+
+
 class RunStore:
     def __init__(self, path: str | Path) -> None:
         self.dir = Path(path)
@@ -78,7 +104,12 @@ class RunStore:
     def open(self, manifest: dict[str, Any]) -> set[str]:
         """Create or resume the run and lock it for this process until `close`; return the keys of
         the records already done."""
-        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise InputError(f"run directory {self.dir} is a file, not a directory") from None
+        except OSError as exc:
+            raise InputError(f"cannot create run directory {self.dir}: {exc.strerror or exc}") from None
         self._acquire()
         try:
             return self._open(manifest)
@@ -88,12 +119,11 @@ class RunStore:
 
     def _open(self, manifest: dict[str, Any]) -> set[str]:
         if self.manifest_path.exists():
-            old = json.loads(self.manifest_path.read_text())
+            old = _load_manifest(self.manifest_path)
             a, b = _identity(old), _identity(json.loads(json.dumps(manifest)))
             if a != b:
-                diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
                 raise ConfigError(
-                    f"{self.dir} holds a run with another manifest (differs in: {', '.join(diff)}); "
+                    f"{self.dir} holds a run with another manifest (differs in: {', '.join(_differences(a, b))}); "
                     "use a new run directory"
                 )
             ids = list(dict.fromkeys([*old.get("problem_ids", []), *manifest.get("problem_ids", [])]))
@@ -105,8 +135,12 @@ class RunStore:
             self._write_manifest(manifest)
         packed = self.dir / (RECORDS + ".gz")
         if not self.records_path.exists() and packed.exists():  # resuming a committed, packed run
-            with gzip.open(packed, "rb") as fi:
-                self.records_path.write_bytes(fi.read())
+            try:
+                with gzip.open(packed, "rb") as fi:
+                    data = fi.read()
+            except (OSError, EOFError, zlib.error) as exc:
+                raise InputError(f"{packed}: unreadable run records: {exc}") from None
+            self.records_path.write_bytes(data)
         self._repair()
         return {r["key"] for r in self.records()}
 
@@ -177,11 +211,12 @@ class RunStore:
         yield from read_records(self.dir)
 
     def manifest(self) -> dict[str, Any]:
-        return dict(json.loads(self.manifest_path.read_text()))
+        return _load_manifest(self.manifest_path)
 
 
 def read_records(path: str | Path) -> Iterator[dict[str, Any]]:
-    """Records of a run directory (records.jsonl or records.jsonl.gz) or of such a file."""
+    """Records of a run directory (records.jsonl or records.jsonl.gz) or of such a file. Every
+    record is a JSON object with a string `key`; anything else is refused as corrupt."""
     p = Path(path)
     if p.is_dir():
         plain, packed = p / RECORDS, p / (RECORDS + ".gz")
@@ -191,14 +226,22 @@ def read_records(path: str | Path) -> Iterator[dict[str, Any]]:
     if not p.exists():
         raise InputError(f"no run records at {path}")
     opener = gzip.open if p.suffix == ".gz" else open
-    with opener(p, "rt", encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.endswith("\n"):
-                break  # torn last line
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{p}:{i}: corrupt record: {exc}") from None
+    i = 0
+    try:
+        with opener(p, "rt", encoding="utf-8") as f:
+            for i, line in enumerate(f, 1):
+                if not line.endswith("\n"):
+                    break  # torn last line
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise InputError(f"{p}:{i}: corrupt record: {exc}") from None
+                if not isinstance(rec, dict) or not isinstance(rec.get("key"), str):
+                    what = "not a JSON object" if not isinstance(rec, dict) else "no string 'key'"
+                    raise InputError(f"{p}:{i}: corrupt record ({what})")
+                yield rec
+    except (UnicodeDecodeError, OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        raise InputError(f"{p}:{i + 1}: unreadable run records: {exc}") from None
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
@@ -206,7 +249,7 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     m = p / MANIFEST if p.is_dir() else p.parent / MANIFEST
     if not m.exists():
         raise InputError(f"no manifest at {m}")
-    return dict(json.loads(m.read_text()))
+    return _load_manifest(m)
 
 
 def pack(run_dir: str | Path) -> Path:
