@@ -84,7 +84,7 @@ class LlamaCppBackend:
         self._info = ModelInfo(
             name=config.name or path.stem,
             n_params=config.n_params or self._matmul_params(),
-            n_ctx=llama.n_ctx(),
+            n_ctx=self._adapter.n_ctx,
             tokenizer_id=self._tokenizer_id(meta),
             chat_template_id=self._template_id(),
             capabilities=Capabilities(stream_logprobs=True, entropy="exact", score=True, raw_prompt=True),
@@ -146,7 +146,10 @@ class LlamaCppBackend:
 
         with self._lock:
             t0 = time.perf_counter()
-            tokens, lps, ents, computed = self._adapter.score(text)
+            try:
+                tokens, lps, ents, computed = self._adapter.score(text)
+            except (ValueError, RuntimeError) as exc:
+                raise BackendError(f"llama.cpp failed to score a text with {self._info.name}: {exc}") from exc
             secs = time.perf_counter() - t0
             steps, offsets, pos = [], [], 0
             for i, tok in enumerate(tokens):
@@ -159,14 +162,17 @@ class LlamaCppBackend:
         return ScoreResult(steps=steps, offsets=offsets, usage=usage)
 
     def stream(self, request: GenerationRequest) -> TokenStream:
+        """A prompt that does not fit the context is refused here, before the stream starts."""
         text = self.render(request.prompt)
+        tokens = self._adapter.tokenize(text)  # reads the vocabulary only: no lock, no cache change
+        self._adapter.fit(len(tokens), "the prompt", generating=True)
         usage = Usage()
-        return TokenStream(self._generate(text, request, usage), usage)
+        return TokenStream(self._generate(tokens, request, usage), usage)
 
-    def _generate(self, text: str, req: GenerationRequest, usage: Usage) -> Generator[TokenStep, None, str]:
+    def _generate(self, tokens: list[int], req: GenerationRequest, usage: Usage) -> Generator[TokenStep, None, str]:
         with self._lock:
             gen = self._adapter.generate(
-                text, usage, max_tokens=req.max_tokens, temperature=req.temperature, seed=req.seed,
+                tokens, usage, max_tokens=req.max_tokens, temperature=req.temperature, seed=req.seed,
                 stop=req.stop,
             )
             try:
@@ -176,6 +182,8 @@ class LlamaCppBackend:
                         tok = next(gen)
                     except StopIteration as done:
                         return str(done.value)
+                    except (ValueError, RuntimeError) as exc:
+                        raise BackendError(f"llama.cpp failed to generate with {self._info.name}: {exc}") from exc
                     yield TokenStep(tok.text, tok.logprob, tok.entropy, tok.token_id)
             finally:
                 gen.close()
