@@ -117,3 +117,21 @@ def test_missing_model_file_is_a_clear_error(tmp_path):
     bad.write_bytes(b"GGUF" + b"\0" * 64)
     with pytest.raises(ModelError):
         LlamaCppBackend(LlamaCppConfig(str(bad)))
+
+
+def test_text_the_template_or_utf8_refuses_is_an_input_error(fresh_smol):
+    from tandem.errors import BackendError, InputError
+    from tandem.types import Message, Prompt
+
+    b = fresh_smol()
+    with pytest.raises(InputError, match="cannot be encoded as UTF-8"):
+        b.stream(GenerationRequest(PS.solve("x \ud800 y"), max_tokens=2))  # a lone surrogate, as JSON allows
+    with pytest.raises(InputError, match="cannot be encoded as UTF-8"):
+        b.score("x \udfff")
+    user_only = Prompt(messages=(Message("user", "hi"),))
+    b._template = "{% if messages[0]['role'] != 'system' %}{{ raise_exception('system first') }}{% endif %}ok"
+    with pytest.raises(InputError, match="refuses this conversation: system first"):
+        b.render(user_only)
+    b._template = "{{ messages[0].content.nope.deeper }}"
+    with pytest.raises(BackendError, match="chat template of .* failed"):
+        b.render(user_only)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import BackendError, ModelError
+from ..errors import BackendError, InputError, ModelError
 from ..types import (
     Capabilities,
     GenerationRequest,
@@ -132,14 +132,23 @@ class LlamaCppBackend:
     def render(self, prompt: Prompt) -> str:
         if not self._template:
             raise BackendError(f"{self._info.name} has no chat template in its GGUF metadata")
+        from jinja2 import TemplateError
         from jinja2.sandbox import ImmutableSandboxedEnvironment
 
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        env.globals["raise_exception"] = self._template_refuses
         messages = [{"role": m.role, "content": m.content} for m in prompt.messages]
-        text = env.from_string(self._template).render(
-            messages=messages, add_generation_prompt=True, bos_token=self._bos, eos_token=self._eos
-        )
+        try:
+            text = env.from_string(self._template).render(
+                messages=messages, add_generation_prompt=True, bos_token=self._bos, eos_token=self._eos
+            )
+        except TemplateError as exc:
+            raise BackendError(f"the chat template of {self._info.name} failed: {exc}") from exc
         return text + prompt.assistant_prefix
+
+    def _template_refuses(self, message: str) -> None:
+        """`raise_exception` of Hugging Face chat templates: the conversation is not one it accepts."""
+        raise InputError(f"the chat template of {self._info.name} refuses this conversation: {message}")
 
     def score(self, text: str) -> ScoreResult:
         import time
