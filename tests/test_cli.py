@@ -171,3 +171,25 @@ def assert_one_line_error(res, *needles: str) -> None:
 def test_errors_are_one_line_and_shown_as_they_are(scripted_config, tmp_path):
     odd = tmp_path / "[bold]x[/]" / ("long-" * 30 + ".txt")  # markup-like and longer than a terminal line
     assert_one_line_error(run("solve", "--config", str(scripted_config), "-f", str(odd)), str(odd))
+
+
+def test_models_verify_full_hashes_again(tmp_path):
+    from tandem.models import DEFAULT_MODELS
+
+    spec = DEFAULT_MODELS["smollm2-135m"]
+    models = tmp_path / "models"
+    models.mkdir()
+    f = models / spec.filename
+    f.write_bytes(b"GGUF" + b"\0" * 100)
+    st = f.stat()  # a sidecar that vouches for the file as it is now, as a forged or stale one would
+    (models / (spec.filename + ".json")).write_text(json.dumps(
+        {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "sha256": spec.sha256}))
+    res = run("models", "verify", "--models-dir", str(models))
+    assert res.returncode == 0 and res.stdout.split()[:2] == ["ok", "smollm2-135m"], res.stdout + res.stderr
+    res = run("models", "verify", "--full", "--models-dir", str(models))
+    assert "mismatch  smollm2-135m" in res.stdout
+    assert_one_line_error(res, "smollm2-135m (sha256 mismatch)", "tandem models pull --force")
+    assert_one_line_error(run("models", "verify", "qwen2.5-coder-0.5b", "--models-dir", str(models)),
+                          "qwen2.5-coder-0.5b (not installed)")
+    res = run("models", "verify", "--models-dir", str(tmp_path / "empty"))
+    assert res.returncode == 0 and "no model is installed" in res.stdout

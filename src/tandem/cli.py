@@ -78,6 +78,28 @@ def models_list(models_dir: Annotated[str | None, typer.Option(help="models dire
     out.print(table)
 
 
+@models_app.command("verify")
+def models_verify(
+    names: Annotated[list[str] | None, typer.Argument(help="models to check (default: every installed one)")] = None,
+    models_dir: Annotated[str | None, typer.Option(help="models directory")] = None,
+    full: Annotated[bool, typer.Option(help="hash every file again, trusting no recorded checksum")] = False,
+) -> None:
+    """Check installed models against their pinned sha256; exit 2 if one does not match."""
+    from .errors import ModelError
+    from .models import verify_installed
+
+    found = verify_installed(names or (), models_dir, full=full)
+    for m in found:
+        out.print(Text.assemble((m.status, "green" if m.status == "ok" else "red"), f"  {m.name}  {m.path}"),
+                  highlight=False, soft_wrap=True)
+    if not found:
+        out.print("no model is installed")
+    bad = [m for m in found if m.status != "ok"]
+    if bad:
+        what = ", ".join(f"{m.name} ({'not installed' if m.status == 'missing' else 'sha256 mismatch'})" for m in bad)
+        raise ModelError(f"{what}: run `tandem models pull --force NAME` to install it again")
+
+
 # ---- solve --------------------------------------------------------------------------------------
 def _read_question(question: str | None, file: Path | None) -> str:
     if file is not None:

