@@ -22,6 +22,7 @@ from tandem.models import (
     ModelSpec,
     default_cache_dir,
     list_models,
+    local_sha256,
     pull,
     resolve_model,
     spec_for,
@@ -450,3 +451,30 @@ def test_verify_full_trusts_no_recorded_checksum(installed: Path) -> None:
     assert [(m.name, m.status) for m in named] == [(SPEC.name, "mismatch"), (SINGLE_SPEC.name, "missing")]
     with pytest.raises(ModelError, match="unknown model 'gpt-17'"):
         verify_installed(["gpt-17"], cache, registry=REGISTRY)
+
+
+def test_a_path_to_an_installed_model_is_checked_as_its_name(installed: Path) -> None:
+    cache = installed.parent
+    assert resolve_model(str(installed), cache, registry=REGISTRY) == installed
+    _flip_byte_keep_times(installed)
+    with pytest.raises(ModelError, match="does not match the sha256 of model 'fake-model'"):
+        resolve_model(str(installed), cache, registry=REGISTRY)
+
+
+def test_a_model_given_by_path_is_hashed_once_per_change(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    own = tmp_path / "mine.gguf"
+    own.write_bytes(SINGLE)
+    cache = tmp_path / "models"
+    assert local_sha256(own, cache) == hashlib.sha256(SINGLE).hexdigest()
+    (record,) = (cache / "checksums").iterdir()
+    assert json.loads(record.read_text())["path"] == str(own.resolve())
+    hashed: list[object] = []
+    real = models.file_sha256
+    monkeypatch.setattr(models, "file_sha256", lambda p: hashed.append(p) or real(p))
+    assert local_sha256(str(own), cache) == hashlib.sha256(SINGLE).hexdigest() and hashed == []
+    _flip_byte_keep_times(own)
+    altered = own.read_bytes()
+    assert local_sha256(own, cache) == hashlib.sha256(altered).hexdigest() and len(hashed) == 1
+    assert not own.with_name(own.name + ".json").exists()  # nothing is written beside the user's file
+    with pytest.raises(ModelError, match="cannot read model file"):
+        local_sha256(tmp_path / "gone.gguf", cache)

@@ -14,6 +14,10 @@ change time (ctime) is what makes the record trustworthy: writing to the file an
 its mtime (`touch -d`, `os.utime`) moves the ctime, which no unprivileged call can set back. Against
 what does not go through the file system (a raw write to the block device, a clock set back),
 `verify_installed(full=True)` (`tandem models verify --full`) hashes every file again.
+
+A model given by path rather than by name is hashed the same way (`local_sha256`), its record kept
+under `<cache>/checksums/` (never beside the user's file), so that a run's manifest names the
+exact weights it used and a resume on a changed file is refused.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ __all__ = [
     "default_cache_dir",
     "file_sha256",
     "list_models",
+    "local_sha256",
     "model_path",
     "pull",
     "resolve_model",
@@ -265,26 +270,31 @@ def _stamp(st: os.stat_result) -> dict[str, int]:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns}
 
 
-def _recorded_sha256(path: Path, st: os.stat_result) -> str | None:
-    """The sha256 the sidecar records, if it still describes the file as it is."""
+def _recorded_sha256(path: Path, st: os.stat_result, record: Path | None = None) -> str | None:
+    """The sha256 a record (default: the sidecar) holds, if it still describes the file as it is."""
     try:
-        data = json.loads(_sidecar(path).read_text(encoding="utf-8"))
+        data = json.loads((record or _sidecar(path)).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if not isinstance(data, dict):
         return None
     if any(data.get(k) != v for k, v in _stamp(st).items()):
         return None
+    if record is not None and data.get("path") != str(path):
+        return None
     sha = data.get("sha256")
     return sha if isinstance(sha, str) else None
 
 
-def _record_sha256(path: Path, sha256: str, st: os.stat_result) -> None:
-    """Write the sidecar atomically. It is only a cache: failing to write it is not an error."""
-    side = _sidecar(path)
+def _record_sha256(path: Path, sha256: str, st: os.stat_result, record: Path | None = None) -> None:
+    """Write the record (default: the sidecar) atomically. It is only a cache: failing to write it is not
+    an error."""
+    side = record or _sidecar(path)
     tmp = side.with_name(side.name + ".tmp")
+    data = {**_stamp(st), "sha256": sha256, **({"path": str(path)} if record is not None else {})}
     try:
-        tmp.write_text(json.dumps({**_stamp(st), "sha256": sha256}), encoding="utf-8")
+        side.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(data), encoding="utf-8")
         os.replace(tmp, side)
     except OSError:
         tmp.unlink(missing_ok=True)
@@ -302,6 +312,25 @@ def _status(path: Path, spec: ModelSpec, *, check: bool, full: bool = False) -> 
         sha = file_sha256(path)
         _record_sha256(path, sha, st)  # stat taken before hashing: a file changed meanwhile stays stale
     return "ok" if sha == spec.sha256 else "mismatch"
+
+
+def local_sha256(path: PathArg, cache_dir: PathArg | None = None) -> str:
+    """The sha256 of a model file given by path, hashed once per change of the file.
+
+    The result is recorded in `<cache>/checksums/`, keyed by the file's resolved path and checked
+    against its size, mtime and ctime as sidecars are.
+    """
+    target = Path(path).expanduser().resolve()
+    record = _cache(cache_dir) / "checksums" / f"{hashlib.sha256(str(target).encode()).hexdigest()[:32]}.json"
+    try:
+        st = target.stat()
+        sha = _recorded_sha256(target, st, record)
+        if sha is None:
+            sha = file_sha256(target)
+            _record_sha256(target, sha, st, record)
+    except OSError as exc:
+        raise ModelError(f"cannot read model file {target}: {exc.strerror or exc}") from exc
+    return sha
 
 
 def _installed(spec: ModelSpec, cache_dir: PathArg | None, *, check: bool, full: bool = False) -> InstalledModel:
@@ -347,6 +376,10 @@ def resolve_model(
         return _checked(models[key], cache_dir)
     path = Path(key).expanduser()
     if path.is_file():
+        spec = spec_for_path(path, cache_dir, registry=models)
+        if spec is not None:  # an installed model named by its path is checked as by its name
+            _checked(spec, cache_dir)
+            return path
         if path.suffix.lower() == ".gguf" or _has_gguf_magic(path):
             return path
         raise ModelError(f"{path} is not a GGUF model file")

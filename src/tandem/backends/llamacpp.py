@@ -8,7 +8,7 @@ import math
 import os
 import threading
 from collections.abc import Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ class LlamaCppConfig:
     n_threads: int = 0  # 0: all cores
     n_batch: int = 512
     seed: int = 0
-    checksum: str = ""
+    checksum: str = ""  # sha256 of the file; "" (a file given by path): hashed at load, once per change
     n_params: int = 0  # 0: read from the GGUF (parameters that cost FLOPs per token)
 
 
@@ -65,6 +65,10 @@ class LlamaCppBackend:
             raise BackendError(
                 f"llama-cpp-python {llama_cpp.__version__} found, tandem needs =={LLAMA_CPP_VERSION}"
             )
+        if not config.checksum:  # a GGUF given by path: the manifest must still name these exact weights
+            from ..models import local_sha256
+
+            config = replace(config, checksum=local_sha256(path))
         try:
             llama = llama_cpp.Llama(
                 model_path=str(path), n_ctx=config.n_ctx, n_threads=config.n_threads or os.cpu_count(),
