@@ -193,3 +193,39 @@ def test_models_verify_full_hashes_again(tmp_path):
                           "qwen2.5-coder-0.5b (not installed)")
     res = run("models", "verify", "--models-dir", str(tmp_path / "empty"))
     assert res.returncode == 0 and "no model is installed" in res.stdout
+
+
+def test_text_that_is_not_utf8_is_refused_in_one_line(scripted_config, tmp_path):
+    q = tmp_path / "q.txt"
+    q.write_bytes(b"What is 3 + 4?\xff\xfe")
+    assert_one_line_error(run("solve", "--config", str(scripted_config), "-f", str(q)), "q.txt", "not UTF-8")
+    res = subprocess.run([sys.executable, "-m", "tandem.cli", "solve", "--config", str(scripted_config)],
+                         input=b"\xc3(", capture_output=True, timeout=120)
+    assert_one_line_error(subprocess.CompletedProcess(res.args, res.returncode, res.stdout.decode(),
+                                                      res.stderr.decode()), "stdin", "not UTF-8")
+    cfg = tmp_path / "latin1.toml"
+    cfg.write_bytes(SCRIPTED.replace('"big"', '"gro\xdf"').encode("latin-1"))
+    assert_one_line_error(run("solve", "--config", str(cfg), "q"), "latin1.toml", "not UTF-8")
+    bom = tmp_path / "bom.txt"
+    bom.write_bytes("\ufeffWhat is 3 + 4?".encode())  # a byte-order mark is no part of the question
+    res = run("solve", "--config", str(scripted_config), "--json", "-f", str(bom))
+    assert res.returncode == 0 and json.loads(res.stdout)["question"] == "What is 3 + 4?"
+
+
+def test_question_files_directories_pipes_and_devices(scripted_config, tmp_path):
+    assert_one_line_error(run("solve", "--config", str(scripted_config), "-f", str(tmp_path)), "is a directory")
+    assert_one_line_error(run("solve", "--config", str(scripted_config), "-f", str(tmp_path / "no.txt")),
+                          "question file not found")
+    assert_one_line_error(run("solve", "--config", str(scripted_config), "-f", "/dev/zero"), "larger than 16 MiB")
+    assert_one_line_error(run("solve", "--config", str(tmp_path), "q"), "is a directory")
+    r, w = os.pipe()  # -f <(echo ...) hands over a pipe
+    os.write(w, b"What is 3 + 4?\n")
+    os.close(w)
+    try:
+        res = subprocess.run([sys.executable, "-m", "tandem.cli", "solve", "--config", str(scripted_config),
+                              "--json", "-f", f"/dev/fd/{r}"], pass_fds=(r,), capture_output=True, text=True,
+                             timeout=120)
+    finally:
+        os.close(r)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["question"] == "What is 3 + 4?\n"

@@ -101,15 +101,41 @@ def models_verify(
 
 
 # ---- solve --------------------------------------------------------------------------------------
+MAX_QUESTION_BYTES = 16 << 20  # a question read from a file or stdin (/dev/zero would never end)
+
+
+def _decode_question(data: bytes, source: str) -> str:
+    if len(data) > MAX_QUESTION_BYTES:
+        raise InputError(f"the question in {source} is larger than {MAX_QUESTION_BYTES >> 20} MiB")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"the question in {source} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+
+
+def _read_question_file(file: Path) -> str:
+    """A regular file, or a pipe such as `-f <(command)`; not a directory."""
+    if file.is_dir():
+        raise InputError(f"question file {file} is a directory")
+    try:
+        with open(file, "rb") as fh:
+            data = fh.read(MAX_QUESTION_BYTES + 1)
+    except FileNotFoundError:
+        raise InputError(f"question file not found: {file}") from None
+    except OSError as exc:
+        raise InputError(f"cannot read question file {file}: {exc.strerror or exc}") from None
+    return _decode_question(data, str(file))
+
+
 def _read_question(question: str | None, file: Path | None) -> str:
     if file is not None:
-        if not file.is_file():
-            raise InputError(f"question file not found: {file}")
-        text = file.read_text(encoding="utf-8")
+        text = _read_question_file(file)
     elif question is not None and question != "-":
         text = question
     elif not sys.stdin.isatty():
-        text = sys.stdin.read()
+        stdin = getattr(sys.stdin, "buffer", None)
+        text = (_decode_question(stdin.read(MAX_QUESTION_BYTES + 1), "stdin") if stdin is not None
+                else sys.stdin.read())
     else:
         raise InputError("no question: pass it as an argument, with --file, or on stdin")
     if not text.strip():

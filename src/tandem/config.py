@@ -100,9 +100,16 @@ class TandemSettings(_Strict):
 
 
 def _read(path: Path) -> dict[str, Any]:
-    if not path.is_file():
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a directory")
+    if not path.exists():
         raise ConfigError(f"config file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     try:
         if path.suffix.lower() == ".toml":
             if sys.version_info >= (3, 11):
