@@ -229,3 +229,24 @@ def test_question_files_directories_pipes_and_devices(scripted_config, tmp_path)
         os.close(r)
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["question"] == "What is 3 + 4?\n"
+
+
+def test_a_malformed_endpoint_url_is_a_configuration_error(scripted_config):
+    for url, needle in (("http://[::1", "not a valid URL"), ("http://h:99999/v1", "not a valid URL"),
+                        ("localhost:8000", "http(s) URL with a host"), ("http:///v1", "http(s) URL with a host")):
+        res = run("solve", "--config", str(scripted_config), "--llm-base-url", url, "--llm-model", "m",
+                  "--llm-params", "1000", "q")
+        assert_one_line_error(res, "llm.base_url", needle)
+
+
+@pytest.mark.parametrize("budgets", ["[-5, 64]", "[0]", "[]"])
+def test_stage_budgets_must_be_positive(tmp_path, budgets):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(SCRIPTED.replace("stage_budgets = [2, 4]", f"stage_budgets = {budgets}"))
+    assert_one_line_error(run("solve", "--config", str(cfg), "q"), "pipeline.stage_budgets")
+
+
+def test_stage_budgets_are_ordered_once_each():
+    from tandem.config import load_settings
+
+    assert load_settings(None, {"pipeline": {"stage_budgets": [64, 8, 64]}}).pipeline.stage_budgets == (8, 64)

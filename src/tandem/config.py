@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 
@@ -29,18 +29,40 @@ class BackendSettings(_Strict):
     base_url: str | None = None
     api_key_env: str | None = None
     api: Literal["completions", "chat"] = "completions"
-    n_params: int | None = Field(default=None, description="parameters, for FLOPs (openai: required)")
-    n_ctx: int = 4096
-    n_threads: int = 0
-    timeout_s: float = 120.0
-    max_retries: int = 2
-    top_logprobs: int = 5
+    n_params: int | None = Field(default=None, ge=1, description="parameters, for FLOPs (openai: required)")
+    n_ctx: int = Field(default=4096, ge=1)
+    n_threads: int = Field(default=0, ge=0, description="0: all cores")
+    timeout_s: float = Field(default=120.0, gt=0)
+    max_retries: int = Field(default=2, ge=0)
+    top_logprobs: int = Field(default=5, ge=0)
     tokenizer_id: str = ""
     chat_template_id: str = ""
-    price_input_per_mtok: float = 0.0
-    price_output_per_mtok: float = 0.0
+    price_input_per_mtok: float = Field(default=0.0, ge=0)
+    price_output_per_mtok: float = Field(default=0.0, ge=0)
     reply: str | None = Field(default=None, description="scripted backend: the reply text")
     token_delay_s: float = Field(default=0.0, ge=0.0, description="scripted backend: seconds per token")
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        """Parsed now as the HTTP client will parse it, so that a malformed URL is a configuration error
+        and not a failure of the first request."""
+        if value is None:
+            return value
+        from urllib.parse import urlsplit
+
+        import httpx
+
+        try:
+            parts = urlsplit(value)
+            port = parts.port  # out of range: ValueError
+            httpx.URL(value)
+        except (ValueError, httpx.InvalidURL) as exc:
+            raise ValueError(f"not a valid URL ({exc})") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname or port == 0 or any(
+                c.isspace() for c in parts.netloc):
+            raise ValueError("must be an http(s) URL with a host, e.g. http://127.0.0.1:8000/v1")
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> BackendSettings:
@@ -56,13 +78,21 @@ class PipelineSettings(_Strict):
     task: Literal["math", "code"] = "math"
     handover: Literal["continue", "hint"] = "continue"
     effort: Literal["low", "medium", "high"] = "medium"
-    stage_budgets: tuple[int, ...] = (32, 64, 128, 192, 256)
-    max_unit_tokens: int = 32
+    stage_budgets: tuple[int, ...] = Field(default=(32, 64, 128, 192, 256), min_length=1)
+    max_unit_tokens: int = Field(default=32, ge=1)
     shadow: bool = True
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     seed: int = 0
     llm_max_tokens: int = Field(default=512, ge=1)
     slm_max_tokens: int = Field(default=512, ge=1)
+
+    @field_validator("stage_budgets")
+    @classmethod
+    def _positive_budgets(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        """LLM token counts, as the server takes them: positive, in increasing order, each once."""
+        if min(value) < 1:
+            raise ValueError("stage budgets must be positive token counts")
+        return tuple(sorted(set(value)))
 
 
 class ServerSettings(_Strict):
