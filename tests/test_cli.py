@@ -239,6 +239,13 @@ def test_a_malformed_endpoint_url_is_a_configuration_error(scripted_config):
         assert_one_line_error(res, "llm.base_url", needle)
 
 
+def test_a_negative_fixed_budget_is_refused(scripted_config):
+    assert_one_line_error(run("solve", "--config", str(scripted_config), "--mode", "fixed:-5", "q"),
+                          "fixed:-5", "at least 0")
+    res = run("solve", "--config", str(scripted_config), "--mode", "fixed:0", "--json", "What is 3 + 4?")
+    assert res.returncode == 0 and json.loads(res.stdout)["method"] == "fixed:0", res.stderr  # the SLM at once
+
+
 @pytest.mark.parametrize("budgets", ["[-5, 64]", "[0]", "[]"])
 def test_stage_budgets_must_be_positive(tmp_path, budgets):
     cfg = tmp_path / "c.toml"
