@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh llamacpp,server,eval,train,dev smollm2-135m
+echo "==> models verify --full"  # hash the test model again: trust no checksum recorded in the cache
+.venv/bin/tandem models verify --full smollm2-135m
 export TANDEM_REQUIRE_REAL="${TANDEM_REQUIRE_REAL:-1}"
 export TANDEM_DATA_DIR="${TANDEM_DATA_DIR:-$(cd .. && pwd)/shared/data}"
 echo "==> ruff"

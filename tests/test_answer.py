@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from typing import Literal
+
 import pytest
 
 from tandem.answer import extract_answer, find_boxed, looks_like_code, looks_truncated, strip_think
@@ -96,3 +99,40 @@ def test_looks_like_code() -> None:
 def test_unknown_task() -> None:
     with pytest.raises(ValueError, match="unknown task"):
         extract_answer("1", "poetry")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("text", "task"),
+    [
+        ("\n" * 80_000, "math"),
+        (" \n" * 40_000, "math"),
+        (" \t\r\n" * 20_000, "math"),
+        ("x" + "\n" * 80_000 + "y", "code"),
+        ("x" + "\t\n" * 40_000 + "y", "code"),
+    ],
+    ids=["newlines", "space-lines", "mixed", "code-newlines", "code-tab-lines"],
+)
+def test_extraction_is_linear_on_whitespace_heavy_text(text: str, task: Literal["math", "code"]) -> None:
+    """Line-start patterns skip only the line's own indentation: a whitespace run spanning many lines
+    is scanned once, not once per line (80,000 characters took seconds when it was)."""
+    t0 = time.perf_counter()
+    extract_answer(text, task)
+    looks_like_code(text)
+    assert time.perf_counter() - t0 < 1.0
+
+
+@pytest.mark.parametrize(
+    ("text", "answer"),
+    [
+        ("Work.\n\n   \n#### 72", "72"),
+        ("Work.\n \u00a0#### 9", "9"),
+        ("Work.\r\n\t####: 4", "4"),
+    ],
+)
+def test_hash_answer_after_blank_and_indented_lines(text: str, answer: str) -> None:
+    assert extract_answer(text, "math") == Extraction(answer, "answer_is")
+
+
+def test_code_keyword_after_blank_lines_is_code() -> None:
+    assert looks_like_code("\n\n   \n    return x")
+    assert looks_like_code("text\n\n\t@decorator")

@@ -510,3 +510,119 @@ def test_replay_equals_live_when_the_llm_is_let_finish():
     # hint hand-over cannot let the LLM finish: the budget hands over, live and replayed
     assert replay(rec, "tandem:medium", p, policy=policy, rule=rule, handover="hint") == replay(
         rec, "tandem:medium", p, policy=policy, rule=rule.without_finish(), handover="hint")
+
+
+HOLD_LOCK = """
+import sys
+from tandem.bench.store import RunStore
+store = RunStore(sys.argv[1])
+store.open({"kind": "live", "problem_ids": []})
+print("locked", flush=True)
+sys.stdin.read()  # hold the run until the test closes our stdin
+"""
+
+
+def hold_run(run: Path) -> subprocess.Popen:
+    """Another process that holds `run` open, as a running `tandem eval` would."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_a_run_store_has_one_writer_at_a_time(tmp_path):
+    run = tmp_path / "run"
+    holder = hold_run(run)
+    try:
+        with pytest.raises(InputError, match=rf"being written by another tandem process \(pid {holder.pid}\)"):
+            RunStore(run).open({"kind": "live", "problem_ids": []})
+    finally:
+        holder.communicate("", timeout=30)
+    # the holder is gone (however it ended, the kernel released its lock): the run opens, and holds it
+    first = RunStore(run)
+    assert first.open({"kind": "live", "problem_ids": []}) == set()
+    with pytest.raises(InputError, match="another tandem process"):
+        RunStore(run).open({"kind": "live", "problem_ids": []})
+    first.close()
+    with RunStore(run) as again:
+        assert again.open({"kind": "live", "problem_ids": []}) == set()
+
+
+def test_two_evals_on_one_run_directory_never_both_write(tmp_path, data_dir):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(SCRIPTED_CONFIG.format())
+    run = tmp_path / "run"
+    base = [sys.executable, "-m", "tandem.cli"]
+    common = ["gsm8k", "--split", "train", "--limit", "6", "--config", str(cfg), "--out", str(run),
+              "--data-dir", str(data_dir)]
+    holder = hold_run(run)
+    try:
+        for cmd in (["eval", *common, "--methods", "slm,llm"], ["probe", *common]):
+            res = subprocess.run(base + cmd, capture_output=True, text=True, timeout=120)
+            assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+            assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+            assert "another tandem process" in res.stderr and "--out" in res.stderr
+    finally:
+        holder.communicate("", timeout=30)
+    assert not (run / "records.jsonl").exists()
+    # two evals started together on a new directory: the one that comes second either finds the run done
+    # or is refused; the records are those of one run, each once
+    common[common.index(str(run))] = str(tmp_path / "both")
+    procs = [subprocess.Popen(base + ["eval", *common, "--methods", "slm,llm"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [p.communicate(timeout=120) + (p.returncode,) for p in procs]
+    assert sorted(code for _, _, code in results) in ([0, 0], [0, 2]), results
+    keys = [r["key"] for r in read_records(tmp_path / "both")]
+    assert len(keys) == 12 and len(set(keys)) == 12
+
+
+@pytest.mark.parametrize(
+    ("records", "manifest", "needle"),
+    [
+        ("[1, 2, 3]\n", None, "records.jsonl:1: corrupt record (not a JSON object)"),
+        ('{"problem_id": "0"}\n', None, "records.jsonl:1: corrupt record (no string 'key')"),
+        ("", "", "manifest.json: corrupt run manifest"),
+        ("", "{not json", "manifest.json: corrupt run manifest"),
+        ("", "[]", "manifest.json: corrupt run manifest (not a JSON object)"),
+        ("", "\xff\xfe", "manifest.json: corrupt run manifest"),
+    ],
+    ids=["record-list", "record-without-key", "manifest-empty", "manifest-invalid", "manifest-list",
+         "manifest-binary"],
+)
+def test_a_corrupt_run_store_is_refused_in_one_line(tmp_path, data_dir, records, manifest, needle):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(SCRIPTED_CONFIG.format())
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "tandem.cli", "eval", "gsm8k", "--split", "train", "--limit", "2", "--config",
+           str(cfg), "--methods", "slm", "--out", str(run), "--data-dir", str(data_dir)]
+    assert subprocess.run(cmd, capture_output=True, timeout=120).returncode == 0
+    if manifest is not None:
+        (run / "manifest.json").write_bytes(manifest.encode("latin-1"))
+    (run / "records.jsonl").write_text(records + (run / "records.jsonl").read_text())
+    for args in (cmd, [sys.executable, "-m", "tandem.cli", "report", str(run), "--out", str(tmp_path / "rep")]):
+        res = subprocess.run(args, capture_output=True, text=True, timeout=120)
+        assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+        text = " ".join(res.stderr.split())
+        assert len(res.stderr.strip().splitlines()) == 1 and needle in text, res.stderr
+
+
+def test_a_run_directory_that_is_a_file_is_refused(tmp_path):
+    llm, slm = pair()
+    out = tmp_path / "out"
+    out.write_text("not a directory")
+    with pytest.raises(InputError, match="is a file, not a directory"):
+        run_live(PROBLEMS[:1], Tandem(llm, slm), ["slm"], get_grader("gsm8k"), RunStore(out), dataset="d",
+                 grader_name="gsm8k")
+    assert out.read_text() == "not a directory"
+
+
+def test_a_live_record_that_is_no_outcome_is_refused_by_report(tmp_path):
+    run = tmp_path / "run"
+    run_live(PROBLEMS[:1], Tandem(*pair()), ["slm"], get_grader("gsm8k"), RunStore(run), dataset="d",
+             grader_name="gsm8k")
+    with (run / "records.jsonl").open("a") as f:
+        f.write('{"key": "9|slm", "score": 1}\n')
+    res = subprocess.run([sys.executable, "-m", "tandem.cli", "report", str(run), "--out", str(tmp_path / "rep")],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and "'9|slm' is not an evaluation outcome" in res.stderr

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tandem import ConfigError, GenerationRequest, PipelineConfig, Tandem
+from tandem import ConfigError, DecodingSettings, GenerationRequest, PipelineConfig, Tandem
 from tandem.backends.scripted import ScriptedBackend
 from tandem.errors import ModelError
 from tandem.prompts import PromptSet
@@ -117,3 +117,61 @@ def test_missing_model_file_is_a_clear_error(tmp_path):
     bad.write_bytes(b"GGUF" + b"\0" * 64)
     with pytest.raises(ModelError):
         LlamaCppBackend(LlamaCppConfig(str(bad)))
+
+
+def test_text_the_template_or_utf8_refuses_is_an_input_error(fresh_smol):
+    from tandem.errors import BackendError, InputError
+    from tandem.types import Message, Prompt
+
+    b = fresh_smol()
+    with pytest.raises(InputError, match="cannot be encoded as UTF-8"):
+        b.stream(GenerationRequest(PS.solve("x \ud800 y"), max_tokens=2))  # a lone surrogate, as JSON allows
+    with pytest.raises(InputError, match="cannot be encoded as UTF-8"):
+        b.score("x \udfff")
+    user_only = Prompt(messages=(Message("user", "hi"),))
+    b._template = "{% if messages[0]['role'] != 'system' %}{{ raise_exception('system first') }}{% endif %}ok"
+    with pytest.raises(InputError, match="refuses this conversation: system first"):
+        b.render(user_only)
+    b._template = "{{ messages[0].content.nope.deeper }}"
+    with pytest.raises(BackendError, match="chat template of .* failed"):
+        b.render(user_only)
+
+
+def test_a_run_on_a_model_given_by_path_is_not_resumed_once_the_file_changed(smol_path, tmp_path, monkeypatch):
+    import os
+    import shutil
+
+    from tandem.backends.llamacpp import LlamaCppBackend, LlamaCppConfig
+    from tandem.bench.graders import get_grader
+    from tandem.bench.runner import run_live
+    from tandem.bench.store import RunStore
+    from tandem.models import file_sha256
+    from tandem.types import Problem
+
+    monkeypatch.setenv("TANDEM_HOME", str(tmp_path / "home"))  # where the checksum records go
+    own = tmp_path / "mine.gguf"
+    shutil.copyfile(smol_path, own)
+    problems = [Problem(id="0", question="2 + 3?", answer="5")]
+
+    def eval_once() -> int:
+        b = LlamaCppBackend(LlamaCppConfig(str(own), n_ctx=256, n_threads=2))
+        try:
+            t = Tandem(b, b, config=PipelineConfig(decoding=DecodingSettings(slm_max_tokens=2)))
+            return run_live(problems, t, ["slm"], get_grader("gsm8k"), RunStore(tmp_path / "run"), dataset="d",
+                            grader_name="gsm8k")
+        finally:
+            b.close()
+
+    assert eval_once() == 1
+    man = RunStore(tmp_path / "run").manifest()
+    assert man["slm"]["checksum"] == man["llm"]["checksum"] == file_sha256(own)
+    # the last byte of the file is tensor data: the model still loads, with other weights
+    st = own.stat()
+    with open(own, "r+b") as fh:
+        fh.seek(st.st_size - 1)
+        last = fh.read(1)
+        fh.seek(st.st_size - 1)
+        fh.write(bytes([last[0] ^ 0x01]))
+    os.utime(own, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with pytest.raises(ConfigError, match=r"another manifest \(differs in: llm.checksum, slm.checksum\)"):
+        eval_once()

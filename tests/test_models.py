@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
+import json
 import os
 import shutil
 import zipfile
@@ -21,11 +22,13 @@ from tandem.models import (
     ModelSpec,
     default_cache_dir,
     list_models,
+    local_sha256,
     pull,
     resolve_model,
     spec_for,
     spec_for_path,
     verify,
+    verify_installed,
 )
 
 N_PARTS = 12  # >= 10, so that lexical order (part10 before part2) would be wrong
@@ -125,7 +128,7 @@ def cache(tmp_path: Path) -> Path:
 def installed(template: Path, cache: Path) -> Path:
     cache.mkdir()
     for name in (SPEC.filename, SPEC.filename + ".json"):
-        shutil.copy2(template / name, cache / name)  # copy2 keeps mtime_ns, so the sidecar stays valid
+        shutil.copy2(template / name, cache / name)  # the copy's ctime is new: its first check hashes it
     return cache / SPEC.filename
 
 
@@ -410,3 +413,68 @@ def test_resolve_default_registry_uses_default_cache(default_models_home: Path) 
 def test_spec_for_path(installed: Path, tmp_path: Path) -> None:
     assert spec_for_path(installed, installed.parent, registry=REGISTRY) is SPEC
     assert spec_for_path(tmp_path / "elsewhere.gguf", installed.parent, registry=REGISTRY) is None
+
+
+def _flip_byte_keep_times(path: Path) -> None:
+    """Change one byte in place and set the mtime back, as `touch -d` or `os.utime` would."""
+    st = path.stat()
+    with open(path, "r+b") as fh:
+        fh.seek(st.st_size // 2)
+        byte = fh.read(1)
+        fh.seek(st.st_size // 2)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+
+
+def test_a_byte_changed_in_place_with_its_mtime_restored_is_caught(installed: Path) -> None:
+    cache = installed.parent
+    assert _status(cache) == "ok"
+    _flip_byte_keep_times(installed)  # the inode's change time moved, and cannot be set back
+    assert _status(cache, check=False) == "unverified"
+    assert _status(cache) == "mismatch"
+    with pytest.raises(ModelError, match="does not match the sha256"):
+        resolve_model(SPEC.name, cache, registry=REGISTRY)
+
+
+def test_verify_full_trusts_no_recorded_checksum(installed: Path) -> None:
+    cache = installed.parent
+    _flip_byte_keep_times(installed)
+    st = installed.stat()  # a record forged to describe the altered file (raw device write, clock set back)
+    sidecar = installed.with_name(installed.name + ".json")
+    sidecar.write_text(json.dumps({"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
+                                   "sha256": SPEC.sha256}))
+    assert [(m.name, m.status) for m in verify_installed((), cache, registry=REGISTRY)] == [(SPEC.name, "ok")]
+    assert [m.status for m in verify_installed((), cache, registry=REGISTRY, full=True)] == ["mismatch"]
+    assert _status(cache, check=False) == "mismatch"  # what the full check found is recorded
+    named = verify_installed([SPEC.name, SINGLE_SPEC.name], cache, registry=REGISTRY, full=True)
+    assert [(m.name, m.status) for m in named] == [(SPEC.name, "mismatch"), (SINGLE_SPEC.name, "missing")]
+    with pytest.raises(ModelError, match="unknown model 'gpt-17'"):
+        verify_installed(["gpt-17"], cache, registry=REGISTRY)
+
+
+def test_a_path_to_an_installed_model_is_checked_as_its_name(installed: Path) -> None:
+    cache = installed.parent
+    assert resolve_model(str(installed), cache, registry=REGISTRY) == installed
+    _flip_byte_keep_times(installed)
+    with pytest.raises(ModelError, match="does not match the sha256 of model 'fake-model'"):
+        resolve_model(str(installed), cache, registry=REGISTRY)
+
+
+def test_a_model_given_by_path_is_hashed_once_per_change(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    own = tmp_path / "mine.gguf"
+    own.write_bytes(SINGLE)
+    cache = tmp_path / "models"
+    assert local_sha256(own, cache) == hashlib.sha256(SINGLE).hexdigest()
+    (record,) = (cache / "checksums").iterdir()
+    assert json.loads(record.read_text())["path"] == str(own.resolve())
+    hashed: list[object] = []
+    real = models.file_sha256
+    monkeypatch.setattr(models, "file_sha256", lambda p: hashed.append(p) or real(p))
+    assert local_sha256(str(own), cache) == hashlib.sha256(SINGLE).hexdigest() and hashed == []
+    _flip_byte_keep_times(own)
+    altered = own.read_bytes()
+    assert local_sha256(own, cache) == hashlib.sha256(altered).hexdigest() and len(hashed) == 1
+    assert not own.with_name(own.name + ".json").exists()  # nothing is written beside the user's file
+    with pytest.raises(ModelError, match="cannot read model file"):
+        local_sha256(tmp_path / "gone.gguf", cache)

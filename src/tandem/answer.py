@@ -14,15 +14,17 @@ from tandem.types import Extraction
 __all__ = ["answer_complete", "extract_answer", "find_boxed", "looks_like_code", "looks_truncated", "strip_think"]
 
 _BOXED_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
+# At a line start, `[^\S\n]*` skips that line's own indentation only: `\s*` there would rescan a
+# whitespace run spanning many lines once per line it spans (quadratic time on blank-line floods).
 _ANSWER_IS_RE = re.compile(
-    r"(?:\b(?:the\s+)?(?:final\s+)?answer\s*(?:is|:|=)|^\s*#{4})[ \t]*:?[ \t]*(?P<ans>[^\n]*)",
+    r"(?:\b(?:the\s+)?(?:final\s+)?answer\s*(?:is|:|=)|^[^\S\n]*#{4})[ \t]*:?[ \t]*(?P<ans>[^\n]*)",
     re.IGNORECASE | re.MULTILINE,
 )
 _NUMBER_RE = re.compile(r"(?<![\w.])\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+(?:\.\d+)?)?(?![\w])")
 _FENCE_RE = re.compile(r"^[ \t]*```[ \t]*([\w+.-]*)[^\n]*$", re.MULTILINE)
 _PYTHON_TAGS = {"", "python", "py", "python3", "py3"}
 _CODE_LINE_RE = re.compile(
-    r"^\s*(?:def\s+\w+\s*\(|class\s+\w+|import\s+\w|from\s+[\w.]+\s+import\s|return\b|for\s+.+:\s*$"
+    r"^[^\S\n]*(?:def\s+\w+\s*\(|class\s+\w+|import\s+\w|from\s+[\w.]+\s+import\s|return\b|for\s+.+:\s*$"
     r"|while\s+.+:\s*$|if\s+.+:\s*$|@\w)",
     re.MULTILINE,
 )

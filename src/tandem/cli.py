@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from .errors import InputError, TandemError
 
@@ -38,8 +39,14 @@ def _root(
     """LLM + SLM in tandem for cheaper reasoning."""
 
 
+def _print_error(message: str) -> None:
+    """One line on stderr, however long or whatever it holds (no wrapping, no markup read from it)."""
+    line = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+    err.print(Text.assemble(("error:", "bold red"), " ", line), soft_wrap=True, highlight=False)
+
+
 def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    _print_error(message)
     raise typer.Exit(code)
 
 
@@ -71,16 +78,64 @@ def models_list(models_dir: Annotated[str | None, typer.Option(help="models dire
     out.print(table)
 
 
+@models_app.command("verify")
+def models_verify(
+    names: Annotated[list[str] | None, typer.Argument(help="models to check (default: every installed one)")] = None,
+    models_dir: Annotated[str | None, typer.Option(help="models directory")] = None,
+    full: Annotated[bool, typer.Option(help="hash every file again, trusting no recorded checksum")] = False,
+) -> None:
+    """Check installed models against their pinned sha256; exit 2 if one does not match."""
+    from .errors import ModelError
+    from .models import verify_installed
+
+    found = verify_installed(names or (), models_dir, full=full)
+    for m in found:
+        out.print(Text.assemble((m.status, "green" if m.status == "ok" else "red"), f"  {m.name}  {m.path}"),
+                  highlight=False, soft_wrap=True)
+    if not found:
+        out.print("no model is installed")
+    bad = [m for m in found if m.status != "ok"]
+    if bad:
+        what = ", ".join(f"{m.name} ({'not installed' if m.status == 'missing' else 'sha256 mismatch'})" for m in bad)
+        raise ModelError(f"{what}: run `tandem models pull --force NAME` to install it again")
+
+
 # ---- solve --------------------------------------------------------------------------------------
+MAX_QUESTION_BYTES = 16 << 20  # a question read from a file or stdin (/dev/zero would never end)
+
+
+def _decode_question(data: bytes, source: str) -> str:
+    if len(data) > MAX_QUESTION_BYTES:
+        raise InputError(f"the question in {source} is larger than {MAX_QUESTION_BYTES >> 20} MiB")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"the question in {source} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+
+
+def _read_question_file(file: Path) -> str:
+    """A regular file, or a pipe such as `-f <(command)`; not a directory."""
+    if file.is_dir():
+        raise InputError(f"question file {file} is a directory")
+    try:
+        with open(file, "rb") as fh:
+            data = fh.read(MAX_QUESTION_BYTES + 1)
+    except FileNotFoundError:
+        raise InputError(f"question file not found: {file}") from None
+    except OSError as exc:
+        raise InputError(f"cannot read question file {file}: {exc.strerror or exc}") from None
+    return _decode_question(data, str(file))
+
+
 def _read_question(question: str | None, file: Path | None) -> str:
     if file is not None:
-        if not file.is_file():
-            raise InputError(f"question file not found: {file}")
-        text = file.read_text(encoding="utf-8")
+        text = _read_question_file(file)
     elif question is not None and question != "-":
         text = question
     elif not sys.stdin.isatty():
-        text = sys.stdin.read()
+        stdin = getattr(sys.stdin, "buffer", None)
+        text = (_decode_question(stdin.read(MAX_QUESTION_BYTES + 1), "stdin") if stdin is not None
+                else sys.stdin.read())
     else:
         raise InputError("no question: pass it as an argument, with --file, or on stdin")
     if not text.strip():
@@ -249,7 +304,7 @@ def main() -> None:
     try:
         app(prog_name="tandem")
     except TandemError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        _print_error(str(exc))
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted")

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 
@@ -31,21 +31,21 @@ class BackendSettings(_Strict):
     base_url: str | None = None
     api_key_env: str | None = None
     api: Literal["completions", "chat"] = "completions"
-    n_params: int | None = Field(default=None, description="parameters, for FLOPs (openai: required)")
-    n_ctx: int = 4096
-    n_threads: int = 0
-    timeout_s: float = Field(default=120.0, description="openai: longest wait for the answer's headers "
+    n_params: int | None = Field(default=None, ge=1, description="parameters, for FLOPs (openai: required)")
+    n_ctx: int = Field(default=4096, ge=1)
+    n_threads: int = Field(default=0, ge=0, description="0: all cores")
+    timeout_s: float = Field(default=120.0, gt=0, description="openai: longest wait for the answer's headers "
                              "and first token, or for a whole non-streamed answer")
     idle_timeout_s: float | None = Field(default=None, gt=0, description="openai: longest wait between two "
                                          "streamed tokens (keep-alive comments do not count); unset: timeout_s")
     min_tokens_per_s: float = Field(default=1.0, gt=0, description="openai: a stream must end within "
                                     "timeout_s + max_tokens / min_tokens_per_s")
-    max_retries: int = 2
-    top_logprobs: int = 5
+    max_retries: int = Field(default=2, ge=0)
+    top_logprobs: int = Field(default=5, ge=0)
     tokenizer_id: str = ""
     chat_template_id: str = ""
-    price_input_per_mtok: float = 0.0
-    price_output_per_mtok: float = 0.0
+    price_input_per_mtok: float = Field(default=0.0, ge=0)
+    price_output_per_mtok: float = Field(default=0.0, ge=0)
     reply: str | None = Field(default=None, description="scripted backend: the reply text")
     token_delay_s: float = Field(default=0.0, ge=0.0, description="scripted backend: seconds per token")
     tokenizer: str = Field(default="qwen2.5-coder-0.5b", description="recorded: the tokenizer that cuts the "
@@ -55,6 +55,28 @@ class BackendSettings(_Strict):
                                     "(chatml-think, deepseek-r1, question; default: by the model's name)")
     tokens_per_second: float | None = Field(default=None, gt=0, description="recorded: pace the stream at "
                                             "this rate (modelled wall time); unset: wall time unknown")
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        """Parsed now as the HTTP client will parse it, so that a malformed URL is a configuration error
+        and not a failure of the first request."""
+        if value is None:
+            return value
+        from urllib.parse import urlsplit
+
+        import httpx
+
+        try:
+            parts = urlsplit(value)
+            port = parts.port  # out of range: ValueError
+            httpx.URL(value)
+        except (ValueError, httpx.InvalidURL) as exc:
+            raise ValueError(f"not a valid URL ({exc})") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname or port == 0 or any(
+                c.isspace() for c in parts.netloc):
+            raise ValueError("must be an http(s) URL with a host, e.g. http://127.0.0.1:8000/v1")
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> BackendSettings:
@@ -70,8 +92,8 @@ class PipelineSettings(_Strict):
     task: Literal["math", "code"] = "math"
     handover: Literal["continue", "conclude", "hint"] = "continue"
     effort: Literal["low", "medium", "high"] = "medium"
-    stage_budgets: tuple[int, ...] = (32, 64, 128, 192, 256)
-    max_unit_tokens: int = 32
+    stage_budgets: tuple[int, ...] = Field(default=(32, 64, 128, 192, 256), min_length=1)
+    max_unit_tokens: int = Field(default=32, ge=1)
     shadow: bool = True
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     seed: int = 0
@@ -79,6 +101,14 @@ class PipelineSettings(_Strict):
     slm_max_tokens: int = Field(default=512, ge=1)
     stop_at_answer: bool = Field(default=False, description="math: each model stops at the end of the line "
                                  "where its boxed answer closes (what follows is not graded)")
+
+    @field_validator("stage_budgets")
+    @classmethod
+    def _positive_budgets(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        """LLM token counts, as the server takes them: positive, in increasing order, each once."""
+        if min(value) < 1:
+            raise ValueError("stage budgets must be positive token counts")
+        return tuple(sorted(set(value)))
 
 
 class ServerSettings(_Strict):
@@ -120,9 +150,16 @@ class TandemSettings(_Strict):
 
 
 def _read(path: Path) -> dict[str, Any]:
-    if not path.is_file():
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a directory")
+    if not path.exists():
         raise ConfigError(f"config file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     try:
         if path.suffix.lower() == ".toml":
             if sys.version_info >= (3, 11):

@@ -15,6 +15,10 @@ class InputError(TandemError):
     """The user's input (question, file, request) is invalid."""
 
 
+class ContextOverflow(InputError):
+    """The prompt (or a text to score) does not fit the model's context window."""
+
+
 class ModelError(TandemError):
     """A model file is missing, corrupt, or cannot be installed."""
 

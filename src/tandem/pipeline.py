@@ -127,9 +127,11 @@ class Tandem:
             return
         if method.startswith("fixed:"):
             try:
-                int(method.split(":", 1)[1])
+                n = int(method.split(":", 1)[1])
             except ValueError:
                 raise ConfigError(f"bad method {method!r}: use fixed:N with N an integer") from None
+            if n < 0:
+                raise ConfigError(f"bad method {method!r}: N is the LLM tokens before the hand-over, at least 0")
         elif method == "route":
             self._route_threshold()
         elif method == "cascade" or method.startswith("cascade:"):

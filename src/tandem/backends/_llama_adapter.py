@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ContextOverflow, InputError
 from ..types import Usage
 
 SCORE_CHUNK = 64  # rows of logits held at once while scoring (64 x vocab floats)
@@ -55,7 +56,9 @@ class LlamaAdapter:
 
     def __init__(self, llama: Any) -> None:
         self.llama = llama
-        n_ctx = llama.n_ctx()
+        # llama.cpp pads the context to a multiple of 256 and reports that; llama-cpp-python's token
+        # record (`input_ids`) has the size asked for. Positions past the smaller do not exist.
+        self.n_ctx = n_ctx = min(int(llama.n_ctx()), len(llama.input_ids))
         self._lp = np.full(n_ctx + 1, np.nan)
         self._ent = np.full(n_ctx + 1, np.nan)
         self._has = np.zeros(n_ctx + 1, dtype=bool)  # records valid for position i (token i)
@@ -73,7 +76,11 @@ class LlamaAdapter:
 
     # ---- tokens --------------------------------------------------------------------------------
     def tokenize(self, text: str) -> list[int]:
-        return list(self.llama.tokenize(text.encode("utf-8"), add_bos=True, special=True))
+        try:
+            data = text.encode("utf-8")
+        except UnicodeEncodeError as exc:  # lone surrogates, e.g. "\ud800" escaped in a JSON request
+            raise InputError(f"the text cannot be encoded as UTF-8: {exc.reason} at position {exc.start}") from None
+        return list(self.llama.tokenize(data, add_bos=True, special=True))
 
     def cached_tokens(self) -> list[int]:
         return [int(t) for t in self.llama.input_ids[: self.llama.n_tokens]]
@@ -85,6 +92,16 @@ class LlamaAdapter:
             return 0
         diff = np.nonzero(np.asarray(cached[:n]) != np.asarray(tokens[:n]))[0]
         return int(diff[0]) if len(diff) else n
+
+    def fit(self, n_tokens: int, what: str, *, generating: bool) -> None:
+        """Refuse `n_tokens` that do not fit the context (leaving a position free for the first new
+        token when `generating`), before any engine call: past the context's end llama.cpp fails in
+        decode, or worse, with the cache half written."""
+        n_ctx = self.n_ctx
+        if n_tokens + generating > n_ctx:
+            room = " and leave room for an answer" if generating else ""
+            raise ContextOverflow(f"{what} has {n_tokens} tokens: too long to fit the model's context "
+                                  f"of {n_ctx} tokens{room}")
 
     def is_eog(self, token: int) -> bool:
         import llama_cpp
@@ -100,6 +117,7 @@ class LlamaAdapter:
         token), and how many tokens were evaluated by this call.
         """
         tokens = self.tokenize(text)
+        self.fit(len(tokens), "the text to score", generating=False)
         reuse = self._common_prefix(tokens)
         # records must be known for every reused position (position 0 has none by nature)
         known = self._has[1:reuse]
@@ -144,20 +162,20 @@ class LlamaAdapter:
 
     # ---- generation ----------------------------------------------------------------------------
     def generate(
-        self, prompt: str, usage: Usage, *, max_tokens: int, temperature: float, seed: int,
+        self, tokens: Sequence[int], usage: Usage, *, max_tokens: int, temperature: float, seed: int,
         stop: Sequence[str] = (),
     ) -> Generator[GeneratedToken, None, str]:
-        """Yield generated tokens and return the finish reason ("stop" or "length").
+        """Yield tokens generated after the prompt `tokens` and return the finish reason ("stop" or
+        "length").
 
         `usage` is filled in as soon as the prompt is processed. Closing the generator stops the
         engine at once (no further decode).
         """
         ll = self.llama
-        tokens = self.tokenize(prompt)
+        tokens = list(tokens)
         usage.prompt_tokens = len(tokens)
-        if len(tokens) >= ll.n_ctx():
-            raise ValueError(f"prompt of {len(tokens)} tokens does not fit the context ({ll.n_ctx()})")
-        max_tokens = min(max_tokens, ll.n_ctx() - len(tokens))
+        self.fit(len(tokens), "the prompt", generating=True)
+        max_tokens = min(max_tokens, self.n_ctx - len(tokens))
         last: dict[str, Any] = {}
 
         def processor(_ids: Any, logits: np.ndarray) -> np.ndarray:

@@ -8,11 +8,11 @@ import math
 import os
 import threading
 from collections.abc import Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import BackendError, ModelError
+from ..errors import BackendError, InputError, ModelError
 from ..types import (
     Capabilities,
     GenerationRequest,
@@ -36,7 +36,7 @@ class LlamaCppConfig:
     n_threads: int = 0  # 0: all cores
     n_batch: int = 512
     seed: int = 0
-    checksum: str = ""
+    checksum: str = ""  # sha256 of the file; "" (a file given by path): hashed at load, once per change
     n_params: int = 0  # 0: read from the GGUF (parameters that cost FLOPs per token)
 
 
@@ -65,6 +65,10 @@ class LlamaCppBackend:
             raise BackendError(
                 f"llama-cpp-python {llama_cpp.__version__} found, tandem needs =={LLAMA_CPP_VERSION}"
             )
+        if not config.checksum:  # a GGUF given by path: the manifest must still name these exact weights
+            from ..models import local_sha256
+
+            config = replace(config, checksum=local_sha256(path))
         try:
             llama = llama_cpp.Llama(
                 model_path=str(path), n_ctx=config.n_ctx, n_threads=config.n_threads or os.cpu_count(),
@@ -84,7 +88,7 @@ class LlamaCppBackend:
         self._info = ModelInfo(
             name=config.name or path.stem,
             n_params=config.n_params or self._matmul_params(),
-            n_ctx=llama.n_ctx(),
+            n_ctx=self._adapter.n_ctx,
             tokenizer_id=self._tokenizer_id(meta),
             chat_template_id=self._template_id(),
             capabilities=Capabilities(stream_logprobs=True, entropy="exact", score=True, raw_prompt=True),
@@ -132,21 +136,33 @@ class LlamaCppBackend:
     def render(self, prompt: Prompt) -> str:
         if not self._template:
             raise BackendError(f"{self._info.name} has no chat template in its GGUF metadata")
+        from jinja2 import TemplateError
         from jinja2.sandbox import ImmutableSandboxedEnvironment
 
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        env.globals["raise_exception"] = self._template_refuses
         messages = [{"role": m.role, "content": m.content} for m in prompt.messages]
-        text = env.from_string(self._template).render(
-            messages=messages, add_generation_prompt=True, bos_token=self._bos, eos_token=self._eos
-        )
+        try:
+            text = env.from_string(self._template).render(
+                messages=messages, add_generation_prompt=True, bos_token=self._bos, eos_token=self._eos
+            )
+        except TemplateError as exc:
+            raise BackendError(f"the chat template of {self._info.name} failed: {exc}") from exc
         return text + prompt.assistant_prefix
+
+    def _template_refuses(self, message: str) -> None:
+        """`raise_exception` of Hugging Face chat templates: the conversation is not one it accepts."""
+        raise InputError(f"the chat template of {self._info.name} refuses this conversation: {message}")
 
     def score(self, text: str) -> ScoreResult:
         import time
 
         with self._lock:
             t0 = time.perf_counter()
-            tokens, lps, ents, computed = self._adapter.score(text)
+            try:
+                tokens, lps, ents, computed = self._adapter.score(text)
+            except (ValueError, RuntimeError) as exc:
+                raise BackendError(f"llama.cpp failed to score a text with {self._info.name}: {exc}") from exc
             secs = time.perf_counter() - t0
             steps, offsets, pos = [], [], 0
             for i, tok in enumerate(tokens):
@@ -159,14 +175,17 @@ class LlamaCppBackend:
         return ScoreResult(steps=steps, offsets=offsets, usage=usage)
 
     def stream(self, request: GenerationRequest) -> TokenStream:
+        """A prompt that does not fit the context is refused here, before the stream starts."""
         text = self.render(request.prompt)
+        tokens = self._adapter.tokenize(text)  # reads the vocabulary only: no lock, no cache change
+        self._adapter.fit(len(tokens), "the prompt", generating=True)
         usage = Usage()
-        return TokenStream(self._generate(text, request, usage), usage)
+        return TokenStream(self._generate(tokens, request, usage), usage)
 
-    def _generate(self, text: str, req: GenerationRequest, usage: Usage) -> Generator[TokenStep, None, str]:
+    def _generate(self, tokens: list[int], req: GenerationRequest, usage: Usage) -> Generator[TokenStep, None, str]:
         with self._lock:
             gen = self._adapter.generate(
-                text, usage, max_tokens=req.max_tokens, temperature=req.temperature, seed=req.seed,
+                tokens, usage, max_tokens=req.max_tokens, temperature=req.temperature, seed=req.seed,
                 stop=req.stop,
             )
             try:
@@ -176,6 +195,8 @@ class LlamaCppBackend:
                         tok = next(gen)
                     except StopIteration as done:
                         return str(done.value)
+                    except (ValueError, RuntimeError) as exc:
+                        raise BackendError(f"llama.cpp failed to generate with {self._info.name}: {exc}") from exc
                     yield TokenStep(tok.text, tok.logprob, tok.entropy, tok.token_id)
             finally:
                 gen.close()

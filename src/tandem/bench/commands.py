@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from ..errors import ConfigError, InputError
+from .records import Outcome
 
 err = Console(stderr=True)
 out = Console()
@@ -104,6 +105,19 @@ def _budgets(text: str | None) -> tuple[int, ...] | None:
     if not vals or min(vals) <= 0:
         raise ConfigError("--budgets needs positive integers")
     return vals
+
+
+def _outcomes(run: Path) -> list[Outcome]:
+    """The Outcomes a live run stored; a record that is not one is refused in one line."""
+    from .store import read_records
+
+    outcomes = []
+    for d in read_records(run):
+        try:
+            outcomes.append(Outcome.from_dict(d))
+        except TypeError as exc:
+            raise InputError(f"{run}: record {d['key']!r} is not an evaluation outcome ({exc})") from None
+    return outcomes
 
 
 def probe(
@@ -224,10 +238,9 @@ def report(
 
     Runs that hold other problems of the same method (shards) merge; where two runs hold the same
     method on the same problem, the later one's is named `METHOD (RUN)` and both are reported."""
-    from .records import Outcome
     from .replay_run import replay_dirs
     from .report import join_runs, options_from_outcomes, write_report
-    from .store import read_manifest, read_records
+    from .store import read_manifest
 
     groups: list[tuple[str, list[Outcome]]] = []
     probe_dirs: list[Path] = []
@@ -237,7 +250,7 @@ def report(
         if man.get("kind") == "probe":
             probe_dirs.append(r)
             continue
-        groups.append((r.name, [Outcome.from_dict(d) for d in read_records(r)]))
+        groups.append((r.name, _outcomes(r)))
         if int(man.get("concurrency", 1)) > 1:
             notes.append(f"{r}: {man['concurrency']} samples were in flight at once: its wall times include "
                          "queueing at the endpoints")
@@ -267,13 +280,12 @@ def agree(
     import json
 
     from .agreement import agreement_by_method, pair_outcomes, render_agreement, replay_for, summary_json
-    from .records import Outcome
-    from .store import read_manifest, read_records
+    from .store import read_manifest
 
     man = read_manifest(live_run)
     if man.get("kind") != "live":
         raise InputError(f"{live_run} is not a live run (tandem eval)")
-    live = [Outcome.from_dict(d) for d in read_records(live_run)]
+    live = _outcomes(live_run)
     policy = rule = None
     ran_tandem = any(o.method in ("tandem", "route", "cascade") or o.method.startswith("tandem:") for o in live)
     if classifier is not None:

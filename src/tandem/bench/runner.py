@@ -63,12 +63,20 @@ def run_probe(problems: Sequence[Problem], llm: Backend, slm: Backend, grader: G
         "git_revision": git_revision(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     done = store.open(manifest)
-    todo = [p for p in problems if p.id not in done]
-    prober, added, errors = Prober(llm, slm, grader, cfg), 0, 0
+    try:  # the run directory stays locked while this process writes it
+        return _probe_all([p for p in problems if p.id not in done], len(problems), Prober(llm, slm, grader, cfg),
+                          store, dataset, console)
+    finally:
+        store.close()
+
+
+def _probe_all(todo: Sequence[Problem], total: int, prober: Prober, store: RunStore, dataset: str,
+               console: Console | None) -> int:
+    added, errors = 0, 0
     right = {"slm": 0, "llm": 0}
     tokens, t0 = {"llm": 0}, time.perf_counter()
     with _progress(console) as bar:
-        task = bar.add_task(f"probe {dataset}", total=len(problems), completed=len(problems) - len(todo), status="")
+        task = bar.add_task(f"probe {dataset}", total=total, completed=total - len(todo), status="")
         for p in todo:
             try:
                 rec = prober.probe(p)
@@ -145,7 +153,17 @@ def run_live(problems: Sequence[Problem], tandem: Tandem, methods: Iterable[str]
     for m in methods:  # a method that cannot run is refused up front, not stored as an error per sample
         tandem.check_method(_solve_args(m, effort)[0])
     done = store.open(manifest)
-    todo = [(p, m) for p in problems for m in methods if f"{p.id}|{m}" not in done]
+    try:  # the run directory stays locked while this process writes it
+        return _run_all([(p, m) for p in problems for m in methods if f"{p.id}|{m}" not in done],
+                        len(problems) * len(methods), tandem, methods, grader, store, dataset=dataset, effort=effort,
+                        console=console, cold=cold, concurrency=concurrency)
+    finally:
+        store.close()
+
+
+def _run_all(todo: Sequence[tuple[Problem, str]], total: int, tandem: Tandem, methods: Sequence[str], grader: Grader,
+             store: RunStore, *, dataset: str, effort: str | None, console: Console | None, cold: bool,
+             concurrency: int) -> int:
     added = 0
     stats: dict[str, list[float]] = {m: [0, 0, 0.0] for m in methods}  # right, scored, TFLOPs
 
@@ -156,8 +174,7 @@ def run_live(problems: Sequence[Problem], tandem: Tandem, methods: Iterable[str]
         return _solve_one(tandem, item[0], item[1], effort)
 
     with _progress(console) as bar:
-        task = bar.add_task(f"eval {dataset}", total=len(problems) * len(methods),
-                            completed=len(problems) * len(methods) - len(todo), status="")
+        task = bar.add_task(f"eval {dataset}", total=total, completed=total - len(todo), status="")
         for (p, m), solved in _in_flight(todo, one, concurrency):
             out = _graded(p, m, solved, grader,  # here, in this thread: graders may rely on signals
                           tandem.llm.info.capabilities.replayed)
