@@ -269,3 +269,22 @@ def test_answer_complete_rules() -> None:
     assert not answer_complete("an empty \\boxed{} box\n") and not answer_complete("\\boxed{\\frac{1}{2}\n")
     assert not answer_complete("\\boxed{5}\n", thinks=True)  # still inside the thought
     assert answer_complete("thought \\boxed{4}\n</think> so \\boxed{5}\n", thinks=True)
+
+
+def test_replay_of_a_recorded_table_finished_only_and_unknown_wall(recordings: Path, tmp_path: Path) -> None:
+    from tandem.bench.replay_run import replay_dirs
+    from tandem.bench.report import summarize
+    from tandem.bench.runner import run_probe
+    from tandem.bench.store import RunStore
+
+    cfg = ProbeConfig(stage_budgets=(16, 32, 64), decoding=DecodingSettings(2000, slm_max_tokens=50))
+    problems = [Problem("p1", Q1, "7"), Problem("p2", Q2, "30")]
+    run_probe(problems, backend(recordings), slm(), grade_gsm8k, RunStore(tmp_path / "t"), cfg, dataset="x",
+              grader_name="gsm8k")
+    outs, _, notes = replay_dirs([tmp_path / "t"], None, None)
+    assert {o.problem_id for o in outs} == {"p1", "p2"} and "afterthink" in {o.method for o in outs}
+    outs, _, notes = replay_dirs([tmp_path / "t"], None, None, finished_only=True)
+    assert {o.problem_id for o in outs} == {"p1"} and "of 2: those whose thought closed" in notes[0]
+    rows = {s.method: s for s in summarize(outs, baseline="llm")}
+    assert rows["llm"].mean_wall_seconds is None and rows["fixed:16"].wall_ratio is None
+    assert rows["slm"].mean_wall_seconds is not None  # the SLM ran live: its time is measured

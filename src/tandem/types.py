@@ -68,6 +68,7 @@ class Capabilities:
     score: bool = False
     raw_prompt: bool = True
     replayed: bool = False  # the stream replays a recording: run stores keep offsets, never its text
+    wall_time: Literal["measured", "modelled", "none"] = "measured"  # "none": a recording's time is unknown
 
 
 @dataclass(frozen=True)

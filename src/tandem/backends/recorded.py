@@ -221,7 +221,7 @@ class RecordedBackend:
             name=name, n_params=n_params, n_ctx=config.n_ctx, tokenizer_id=f"recorded:{tokenizer.name}",
             chat_template_id=f"recorded:{self.prompt_rule}",
             capabilities=Capabilities(stream_logprobs=False, entropy="none", score=False, raw_prompt=False,
-                                      replayed=True),
+                                      replayed=True, wall_time="modelled" if config.tokens_per_second else "none"),
             checksum=self.recordings.sha256, thinks=any(r.starts_in_thought for r in self.recordings.rows),
         )
         self._tokens: dict[int, tuple[list[int], list[str]]] = {}

@@ -217,12 +217,14 @@ def replay_cmd(
                                                      "(+ tandem/route efforts with --classifier)")] = None,
     classifier: Annotated[Path | None, typer.Option(help="classifier JSON for tandem:EFFORT / route")] = None,
     title: Annotated[str, typer.Option(help="report title")] = "tandem replay",
+    finished_only: Annotated[bool, typer.Option(help="reasoning LLMs: only the problems whose thought closed "
+                                                     "(where the LLM alone is fully known)")] = False,
 ) -> None:
     """Replay methods from probe tables and write a report (accuracy, FLOPs, Pareto plot)."""
     from .replay_run import replay_dirs
     from .report import write_report
 
-    outcomes, frontier, notes = replay_dirs(probe_dirs, methods, classifier)
+    outcomes, frontier, notes = replay_dirs(probe_dirs, methods, classifier, finished_only=finished_only)
     path = write_report(outcomes, out_dir, title, frontier_options=frontier, notes=notes)
     out.print(path.read_text())
     err.print(f"report written to {path}")

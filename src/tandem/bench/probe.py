@@ -258,6 +258,7 @@ class Prober:
         llm["grade"] = _grade_dict(self.grade(problem, THINK_OPEN + full))
         closed_at = full.find(THINK_CLOSE)
         llm["thought_closed"] = closed_at >= 0
+        llm["timing"] = self.llm.info.capabilities.wall_time
         llm["chars"] = len(full)
         # checkpoints: the stage budgets inside the thought, then the thought's end
         seg = InsightSegmenter(shadow)

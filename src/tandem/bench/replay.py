@@ -58,13 +58,14 @@ def _slm_prompt_seconds(rec: dict[str, Any], tokens: int) -> float:
 def _outcome(rec: dict[str, Any], method: str, grade: dict[str, Any], cost: _Cost, p: PairParams, *,
              stop: str, handover: int | None, finish: str | None) -> Outcome:
     total, gen = cost.flops(p)
+    unknown = rec["llm"].get("timing") == "none" and cost.llm_prompt + cost.llm_gen > 0
     return Outcome(
         problem_id=rec["problem_id"], method=method, correct=bool(grade["correct"]), answer=grade.get("answer"),
         gold=rec["gold"], extraction_rule=grade.get("rule", "none"), grade_reason=grade.get("reason", ""),
         truncated=finish == "length", stop_reason=stop, handover_tokens=handover,
         llm_prompt_tokens=cost.llm_prompt, llm_generated_tokens=cost.llm_gen, slm_prompt_tokens=cost.slm_prompt,
         slm_generated_tokens=cost.slm_gen, flops_total=total, flops_generated=gen, wall_seconds=cost.seconds,
-        replayed=True,
+        replayed=True, extra={"wall_unknown": True} if unknown else {},
     )
 
 
@@ -176,7 +177,7 @@ def replay_policy(rec: dict[str, Any], p: PairParams, policy: StopPolicy, rule: 
     if d.handover:
         out = _slm(rec, p, method)
         out.slm_prompt_tokens = rec["ck0"]["score_tokens"]  # the shadow pass read the prompt
-        out.stop_reason, out.extra = "slm_alone", {"decided_at_stage": 0}
+        out.stop_reason, out.extra = "slm_alone", {**out.extra, "decided_at_stage": 0}
         out.handover_tokens = 0  # as live: handed over before the LLM wrote anything
         return out
     visited: list[dict[str, Any]] = []
@@ -194,7 +195,7 @@ def replay_policy(rec: dict[str, Any], p: PairParams, policy: StopPolicy, rule: 
                 # as live: its token limit then cut the thought, and the SLM concludes from all of it
                 visited.append(cut)
                 out = _handover(rec, cut, p, method, shadow=visited if shadow else None, stop="thought_end")
-                out.extra = {"decided_at_stage": cut["stage"]}
+                out.extra = {**out.extra, "decided_at_stage": cut["stage"]}
                 return out
             break
         last_insight = handover == "hint" and ck is rec["checkpoints"][-1] and \
@@ -202,7 +203,7 @@ def replay_policy(rec: dict[str, Any], p: PairParams, policy: StopPolicy, rule: 
         if d.handover or last_insight:
             stop = d.reason if d.handover else "llm_finished"
             out = _handover(rec, ck, p, method, shadow=visited if shadow else None, stop=stop)
-            out.extra = {"decided_at_stage": ck["stage"]}
+            out.extra = {**out.extra, "decided_at_stage": ck["stage"]}
             return out
     # the LLM finished its own solution first: its answer stands (plus the shadow passes paid)
     out = _llm(rec, p, method)

@@ -14,10 +14,11 @@ from .replay import PairParams, options, replay, replay_cascade, replay_route
 from .store import read_manifest, read_records
 
 
-def default_methods(budgets: Sequence[int], with_classifier: bool, *, cascade: bool = False) -> list[str]:
-    """slm, llm, fixed:N per budget, oracle; with a classifier also route and tandem per effort;
-    `cascade`: the cascade at the classifier's calibrated threshold."""
-    methods = ["slm", "llm"] + [f"fixed:{b}" for b in budgets] + ["oracle"]
+def default_methods(budgets: Sequence[int], with_classifier: bool, *, cascade: bool = False,
+                    thinks: bool = False) -> list[str]:
+    """slm, llm, fixed:N per budget, (afterthink for a reasoning LLM,) oracle; with a classifier also
+    route and tandem per effort; `cascade`: the cascade at the classifier's calibrated threshold."""
+    methods = ["slm", "llm"] + [f"fixed:{b}" for b in budgets] + (["afterthink"] if thinks else []) + ["oracle"]
     if with_classifier:
         methods += ["route", "tandem:low", "tandem:medium", "tandem:high"]
     if cascade:
@@ -49,8 +50,17 @@ def load_probe(run_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]
     return man, list(read_records(run_dir))
 
 
-def replay_dirs(dirs: Sequence[Path], methods: str | None, classifier: Path | None,
+def thought_closed(rec: dict[str, Any]) -> bool:
+    """Whether the LLM's own answer is fully known: its thought closed within its token limit (always,
+    for an LLM that does not reason)."""
+    return bool(rec["llm"].get("thought_closed", True))
+
+
+def replay_dirs(dirs: Sequence[Path], methods: str | None, classifier: Path | None, *,
+                finished_only: bool = False,
                 ) -> tuple[list[Outcome], dict[str, list[tuple[float, bool]]], list[str]]:
+    """Replay every method on the probe tables in `dirs`; `finished_only`: only the problems whose
+    reasoning LLM closed its thought (where the LLM alone is fully known)."""
     policy: StopPolicy | None = None
     rule: StopRule | None = None
     route_thr = cascade_thr = None
@@ -66,13 +76,17 @@ def replay_dirs(dirs: Sequence[Path], methods: str | None, classifier: Path | No
     notes: list[str] = []
     for d in dirs:
         man, recs = load_probe(d)
+        thinks = str(man.get("probe_version", "")) >= "probe-v2"
+        n_all = len(recs)
+        if finished_only:
+            recs = [r for r in recs if "error" in r or thought_closed(r)]
         p = PairParams(man["llm"]["n_params"], man["slm"]["n_params"])
         cfg = man["config"]
         budgets = tuple(cfg["stage_budgets"])
         if clf is not None:
             clf.check_models(man["llm"], man["slm"])
         names = [m.strip() for m in methods.split(",")] if methods else \
-            default_methods(budgets, policy is not None, cascade=cascade_thr is not None)
+            default_methods(budgets, policy is not None, cascade=cascade_thr is not None, thinks=thinks)
         errors = 0
         for rec in recs:
             if "error" in rec:
@@ -85,7 +99,8 @@ def replay_dirs(dirs: Sequence[Path], methods: str | None, classifier: Path | No
                                               budgets=budgets, route_threshold=route_thr,
                                               cascade_threshold=cascade_thr))
             frontier[rec["problem_id"]] = [(o.flops_total, o.correct) for o in options(rec, p)]
-        notes.append(f"{d}: {len(recs)} problems replayed from a probe table ({man['dataset']}, "
+        kept = f" (of {n_all}: those whose thought closed)" if finished_only else ""
+        notes.append(f"{d}: {len(recs)} problems{kept} replayed from a probe table ({man['dataset']}, "
                      f"{cfg['handover']} hand-over, budgets {list(budgets)}, LLM {man['llm']['name']}, "
                      f"SLM {man['slm']['name']}){f', {errors} probe errors' if errors else ''}")
     if clf is not None:

@@ -220,7 +220,7 @@ def summarize(outcomes: Iterable[Outcome], baseline: str = "llm") -> list[Method
                 mean_llm_generated_tokens=_mean([o.llm_generated_tokens for o in ok]),
                 mean_slm_prompt_tokens=_mean([o.slm_prompt_tokens for o in ok]),
                 mean_slm_generated_tokens=_mean([o.slm_generated_tokens for o in ok]),
-                mean_wall_seconds=_mean([o.wall_seconds for o in ok]),
+                mean_wall_seconds=None if _wall_unknown(ok) else _mean([o.wall_seconds for o in ok]),
                 extraction_failures=sum(o.extraction_rule == "none" for o in ok),
                 truncations=sum(o.truncated for o in ok),
                 baseline=baseline,
@@ -234,7 +234,7 @@ def summarize(outcomes: Iterable[Outcome], baseline: str = "llm") -> list[Method
                 if has_baseline
                 else None,
                 wall_ratio=_ratio([o.wall_seconds for o, _ in paired], [r.wall_seconds for _, r in paired])
-                if has_baseline
+                if has_baseline and not _wall_unknown([x for pair in paired for x in pair])
                 else None,
                 mcnemar_b=b if compare else None,
                 mcnemar_c=c if compare else None,
@@ -518,6 +518,11 @@ def plot_tradeoff(
 
 
 # --- Markdown ----------------------------------------------------------------------------------
+
+
+def _wall_unknown(outcomes: Sequence[Outcome]) -> bool:
+    """Whether any outcome's wall time is unknown (its LLM part replays a recording without timing)."""
+    return any(o.extra.get("wall_unknown") for o in outcomes)
 
 
 def _num(x: float | None, fmt: str) -> str:
