@@ -73,3 +73,20 @@ def data_dir() -> Path:
     d = Path(os.environ.get("TANDEM_DATA_DIR", REPO.parent / "shared" / "data"))
     need(d.is_dir(), f"benchmark data directory not found: {d}")
     return d
+
+
+@pytest.fixture(scope="session")
+def qwen_tokenizer_path() -> Path:
+    """The embedded Qwen 0.5B GGUF, for its tokenizer alone (the recordings' token counts)."""
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        need(False, "llama-cpp-python is not installed")
+    from tandem.errors import ModelError
+    from tandem.models import resolve_model
+
+    try:
+        return resolve_model("qwen2.5-coder-0.5b")
+    except ModelError as exc:
+        need(False, str(exc))
+        raise

@@ -16,6 +16,7 @@ The recording format (JSON Lines, one object a problem; docs/reasoning.md):
 | `starts_in_thought` | no | the chat template opened the thought in the prompt (default true) |
 | `token_ids` | no | the output's token ids in the tokenizer named in the settings (else it is tokenized) |
 | `prompt_tokens` | no | the prompt tokens the model read (else counted by the prompt rule) |
+| `finish_reason` | no | `stop` or `length` (default: `length` for a thought that never closed, else `stop`) |
 
 A recording carries no log-probs here and no timing: the LLM-stream features are absent (not zero)
 and wall time is unknown unless a rate is given (`tokens_per_second`), in which case the stream
@@ -91,6 +92,7 @@ class Recording:
     starts_in_thought: bool = True
     token_ids: tuple[int, ...] | None = None
     prompt_tokens: int | None = None
+    finish_reason: str | None = None
     line: int = 0
 
     def thought_end(self) -> int | None:
@@ -117,6 +119,9 @@ def _parse(obj: Any, line: int, where: str) -> Recording:
     pt = obj.get("prompt_tokens")
     if pt is not None and (not isinstance(pt, int) or isinstance(pt, bool) or pt < 0):
         raise InputError(f"{where}:{line}: `prompt_tokens` must be a non-negative integer")
+    fr = obj.get("finish_reason")
+    if fr not in (None, "stop", "length"):
+        raise InputError(f"{where}:{line}: `finish_reason` must be \"stop\" or \"length\"")
     finished = obj.get("finished_thinking", THINK_CLOSE in out)
     starts = obj.get("starts_in_thought", True)
     if not isinstance(finished, bool) or not isinstance(starts, bool):
@@ -127,7 +132,8 @@ def _parse(obj: Any, line: int, where: str) -> Recording:
     model = obj.get("model", "")
     return Recording(output=out, question=q, id=str(rid), model=model if isinstance(model, str) else "",
                      params_total=params, finished_thinking=finished, starts_in_thought=starts,
-                     token_ids=tuple(ids) if ids is not None else None, prompt_tokens=pt, line=line)
+                     token_ids=tuple(ids) if ids is not None else None, prompt_tokens=pt,
+                     finish_reason=fr, line=line)
 
 
 class RecordingSet:
@@ -277,6 +283,8 @@ class RecordedBackend:
             yield TokenStep(pieces[i], None, None, ids[i])
         if limit < len(ids):
             return "length"
+        if rec.finish_reason is not None:
+            return rec.finish_reason
         # a recording that stopped mid-thought is a model that hit its token limit
         return "length" if rec.starts_in_thought and not rec.finished_thinking else "stop"
 
