@@ -180,6 +180,11 @@ class _Printer:
                 f"({payload['reason']})[/]"
             )
             self.role = None
+        elif event == "handover":
+            who = "the SLM solves alone" if not payload["llm_tokens"] else \
+                f"the LLM is stopped after {payload['llm_tokens']} tokens and the SLM takes over"
+            self.c.print(f"\n[bold magenta]▶ hand-over ({payload['reason']}): {who}[/]")
+            self.role = None
 
 
 def _cost_table(results: dict[str, Any]) -> Table:
