@@ -288,3 +288,39 @@ def test_replay_of_a_recorded_table_finished_only_and_unknown_wall(recordings: P
     rows = {s.method: s for s in summarize(outs, baseline="llm")}
     assert rows["llm"].mean_wall_seconds is None and rows["fixed:16"].wall_ratio is None
     assert rows["slm"].mean_wall_seconds is not None  # the SLM ran live: its time is measured
+
+
+class _AgreeingTrials:
+    """Sufficient once two trial answers in a row agree (a DEER-style rule)."""
+
+    name = "agree"
+    uses_shadow = True
+    uses_trial = True
+
+    def sufficiency(self, features: dict[str, float]) -> float:
+        return 0.9 if features.get("trial_agree_prev") else 0.0
+
+
+def _trial_slm() -> ScriptedBackend:
+    def reply(prompt, rendered: str) -> str:
+        return "7}." if rendered.endswith("\\boxed{") else "Therefore the total is \\boxed{7}."
+    return ScriptedBackend(reply, name="slm", n_params=1_000_000)
+
+
+def test_trial_answers_live_and_replayed_agree(recordings: Path) -> None:
+    rule = StopRule({"medium": EffortSetting(max_budget=64, threshold=0.5)})
+    cfg = PipelineConfig(stage_budgets=(16, 32, 64), decoding=DecodingSettings(2000, slm_max_tokens=50))
+    events: list[str] = []
+    live = Tandem(backend(recordings), _trial_slm(), policy=_AgreeingTrials(), rule=rule, config=cfg).solve(
+        Q1, on_event=lambda e, p: events.append(e))
+    assert events.count("trial") == 2  # checkpoint 0, then checkpoint 1, where two answers agree
+    assert live.stop_reason == "sufficient" and live.checkpoints[1].features["trial_agree_prev"] == 1.0
+    pcfg = ProbeConfig(stage_budgets=(16, 32, 64), decoding=DecodingSettings(2000, slm_max_tokens=50),
+                       trial_tokens=16)
+    rec = Prober(backend(recordings), _trial_slm(), grade_gsm8k, pcfg).probe(Problem("p1", Q1, "7"))
+    assert rec["ck0"]["trial"]["answer"] == "7" and rec["checkpoints"][0]["trial"]["agree_prev"]
+    out = replay(rec, "tandem:medium", PairParams(32_000_000_000, 1_000_000), policy=_AgreeingTrials(),
+                 rule=rule, budgets=(16, 32, 64))
+    assert out.handover_tokens == live.handover_tokens and out.correct
+    slm = live.cost.models["slm"]
+    assert (out.slm_prompt_tokens, out.slm_generated_tokens) == (slm.input_tokens, slm.generated_tokens)

@@ -67,8 +67,13 @@ def test_cost_report_money_and_flops():
 
 def test_features_complete_and_missing_groups():
     steps = [TokenStep("a", -0.5, 1.0), TokenStep("b", -1.5, 2.0), TokenStep("c", -0.1, 0.2)]
-    full = compute_features(CheckpointInputs(2, 3, [], steps, steps, steps))
+    trial = {"answer": "12", "lp_mean": -0.2, "lp_min": -0.5, "lp_sum": -0.4, "tokens": 2, "agree_prev": True}
+    full = compute_features(CheckpointInputs(2, 3, [], steps, steps, steps, trial, "cut"))
     assert sorted(full) == sorted(FEATURE_NAMES)
+    assert full["trial_lp_sum"] == -0.4 and full["trial_agree_prev"] == 1.0 and full["trial_has_answer"] == 1.0
+    assert full["thought_end"] == 1.0 and full["thought_cut"] == 1.0
+    no_answer = compute_features(CheckpointInputs(1, 3, [], None, steps, steps, {**trial, "answer": None}, "open"))
+    assert no_answer["trial_lp_mean"] == 0.0 and no_answer["thought_end"] == 0.0 and "llm_n" not in no_answer
     assert full["slm_i_lp_mean"] == pytest.approx(-0.7)
     assert full["slm_i_lp_min"] == -1.5 and full["llm_tokens"] == 3
     no_shadow = compute_features(CheckpointInputs(0, 0, [], [], None, None))

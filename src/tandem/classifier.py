@@ -365,6 +365,7 @@ class SufficiencyClassifier:
         self.name = name or f"classifier:{spec.kind}"
         # the pipeline skips the SLM's shadow passes when no feature needs them
         self.uses_shadow = any(f in _SHADOW_FEATURES for f in self.features)
+        self.uses_trial = any(f in FEATURE_GROUPS["trial"] for f in self.features)
         norm = spec.normalization
         self._mean = np.asarray(norm.mean, dtype=np.float64) if norm else None
         self._scale = np.asarray(norm.scale, dtype=np.float64) if norm else None

@@ -8,13 +8,17 @@ Feature groups (see docs/classifier.md for the full table):
 - `slm_q_*`: the SLM's log-probs / entropies over the question tokens (shadow pass);
 - `slm_i_*`: the same over the insight tokens seen so far (shadow pass);
 - `llm_*`: the LLM's own stream (log-probs / entropies of the tokens it generated);
-- progress: `stage`, `llm_tokens`, `n_insights`, `has_insights`, GPRA flags.
+- progress: `stage`, `llm_tokens`, `n_insights`, `has_insights`, GPRA flags;
+- `trial_*`: the SLM's trial answer at the checkpoint (asked on its warm cache: does it give one,
+  how sure it is, does it agree with the previous checkpoint's) - the stop signals of DEER and Dynasor;
+- `thought_*`: a reasoning LLM's thought ended at this checkpoint (closed, or cut by its limit).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -65,7 +69,11 @@ FEATURE_GROUPS: dict[str, list[str]] = {
     "slm_insights": _names("slm_i"),
     "llm_stream": _names("llm"),
     "progress": ["stage", "llm_tokens", "n_insights", "has_insights"] + [f"gpra_{k}" for k in GPRA_KINDS],
+    "trial": ["trial_has_answer", "trial_lp_mean", "trial_lp_min", "trial_lp_sum", "trial_tokens",
+              "trial_agree_prev"],
+    "thought": ["thought_end", "thought_cut"],
 }
+TRIAL_GROUPS = ("trial",)
 FEATURE_NAMES: list[str] = [n for names in FEATURE_GROUPS.values() for n in names]
 SHADOW_GROUPS = ("slm_question", "slm_insights")
 
@@ -80,6 +88,8 @@ class CheckpointInputs:
     llm_steps: Sequence[TokenStep] | None  # None: the LLM's stream has no log-probs (a recording)
     slm_question_steps: Sequence[TokenStep] | None  # None: no shadow pass available
     slm_insight_steps: Sequence[TokenStep] | None
+    trial: dict[str, Any] | None = None  # the SLM's trial answer here (None: not asked)
+    thought: str | None = None  # a reasoning LLM's thought here: "open", "closed" or "cut" (None: no thought)
 
 
 def compute_features(inp: CheckpointInputs) -> dict[str, float]:
@@ -92,6 +102,10 @@ def compute_features(inp: CheckpointInputs) -> dict[str, float]:
     if inp.llm_steps is not None:
         feats.update(_group("llm", inp.llm_steps))
     kinds = {u.kind for u in inp.units}
+    if inp.trial is not None:
+        feats.update(trial_features(inp.trial))
+    if inp.thought is not None:
+        feats.update(thought_end=float(inp.thought != "open"), thought_cut=float(inp.thought == "cut"))
     feats.update(
         stage=float(inp.stage),
         llm_tokens=float(inp.llm_tokens),
@@ -100,6 +114,20 @@ def compute_features(inp: CheckpointInputs) -> dict[str, float]:
         **{f"gpra_{k}": float(k in kinds) for k in GPRA_KINDS},
     )
     return feats
+
+
+def trial_features(trial: dict[str, Any]) -> dict[str, float]:
+    """The `trial` group from a trial answer as probes record it (answer, lp_mean, lp_min, lp_sum, tokens,
+    agree_prev); a trial that gave no answer has zero log-probs."""
+    has = trial.get("answer") is not None
+    return {
+        "trial_has_answer": float(has),
+        "trial_lp_mean": float(trial.get("lp_mean") or 0.0) if has else 0.0,
+        "trial_lp_min": float(trial.get("lp_min") or 0.0) if has else 0.0,
+        "trial_lp_sum": float(trial.get("lp_sum") or 0.0) if has else 0.0,
+        "trial_tokens": float(trial.get("tokens") or 0),
+        "trial_agree_prev": float(bool(trial.get("agree_prev"))),
+    }
 
 
 def available_groups(features: dict[str, float]) -> list[str]:

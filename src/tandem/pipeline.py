@@ -23,7 +23,8 @@ from .policy import AFTER_THOUGHT, DEFAULT_STAGE_BUDGETS, BudgetPolicy, EffortSe
 from .prompts import HandoverMode, PromptSet, Task, hint_prefix_length
 from .result import CheckpointRecord, TandemResult
 from .segment import InsightSegmenter, InsightUnit
-from .types import Backend, GenerationRequest, Prompt, ScoreResult, StopPolicy, TokenStep, TokenStream
+from .trial import ask_trial
+from .types import Backend, GenerationRequest, Prompt, ScoreResult, StopPolicy, TokenStep, TokenStream, Usage
 
 EventHook = Callable[[str, dict[str, Any]], None]
 
@@ -49,6 +50,7 @@ class PipelineConfig:
     effort: str = "medium"
     stage_budgets: tuple[int, ...] = DEFAULT_STAGE_BUDGETS
     max_unit_tokens: int = 32  # no insight boundary this long after a budget: checkpoint anyway
+    trial_tokens: int = 16  # longest trial answer, when the policy reads trial answers
     shadow: bool = True  # let the SLM score the insights (features + warm cache)
     decoding: DecodingSettings = field(default_factory=DecodingSettings)
 
@@ -323,6 +325,9 @@ class _Run:
         caps = self.t.slm.info.capabilities
         self.can_shadow = self.cfg.shadow and getattr(policy, "uses_shadow", True) and caps.score and caps.raw_prompt
         self.base_text = self.t.slm.render(self.prompts.solve(self.q)) if self.can_shadow else ""
+        # trial answers: where the policy reads them, on the SLM's warm cache (math answers only)
+        self.uses_trial = self.can_shadow and self.cfg.task == "math" and getattr(policy, "uses_trial", False)
+        self.prev_trial: dict[str, Any] | None = None
 
     def _checkpoint(self, policy: StopPolicy, rule: StopRule, effort: str, stage: int, llm_text: str,
                     llm_steps: list[TokenStep], units: list[InsightUnit],
@@ -332,9 +337,13 @@ class _Run:
         steps (taken from the first pass that has them)."""
         q_now, i_steps, score_s = self._shadow(llm_text)
         q_steps = q_now if q_steps is None else q_steps
+        trial = self._trial(llm_text) if self.uses_trial else None
         t0 = time.perf_counter()
         streamed = llm_steps if self.t.llm.info.capabilities.stream_logprobs else None
-        feats = compute_features(CheckpointInputs(stage, len(llm_steps), units, streamed, q_steps, i_steps))
+        thought = None if not self.thinks else ("open" if thought_end is None else
+                                                ("closed" if thought_end else "cut"))
+        feats = compute_features(CheckpointInputs(stage, len(llm_steps), units, streamed, q_steps, i_steps,
+                                                  trial, thought))
         p = policy.sufficiency(feats)
         d = rule.decide(p, effort=effort, stage=stage, llm_tokens=len(llm_steps), thought_end=thought_end)
         rec = CheckpointRecord(stage, len(llm_steps), len(units), feats, p, d.threshold, d.handover, d.reason,
@@ -347,6 +356,20 @@ class _Run:
     def _slm_prompt(self, llm_text: str, mode: str | None = None) -> Prompt:
         text = thought_of(llm_text) if self.thinks else llm_text
         return self.prompts.handover(self.q, text, mode or self.cfg.handover)
+
+    def _trial(self, llm_text: str) -> dict[str, Any]:
+        """The SLM's trial answer from the prefix its shadow pass just read; priced like that pass."""
+        d = self.cfg.decoding
+        text = thought_of(llm_text) if self.thinks else llm_text
+        t = ask_trial(self.t.slm, self.prompts.trial(self.q, text, shadow_mode(self.cfg.handover)),
+                      max_tokens=self.cfg.trial_tokens, temperature=d.temperature, seed=d.seed,
+                      previous=self.prev_trial)
+        self.prev_trial = t
+        self.slm_cost.add(Usage(computed_prompt_tokens=t["prompt_computed"], generated_tokens=t["tokens"],
+                                seconds=t["seconds"]), scoring=True)
+        self.cost.add_phase("slm_trial", t["seconds"])
+        self.emit("trial", t)
+        return t
 
     def _shadow(self, llm_text: str) -> tuple[list[TokenStep] | None, list[TokenStep] | None, float]:
         """Score question + insights with the SLM; return (question steps, insight steps, seconds)."""

@@ -83,6 +83,14 @@ class PromptSet:
             return self.continue_from(question, llm_text + CONCLUDE_NUDGE)
         return self.with_hint(question, llm_text) if llm_text else self.solve(question)
 
+    def trial(self, question: str, llm_text: str, mode: str) -> Prompt:
+        """A trial answer's prompt: the hand-over prompt (read as its shadow pass reads it) and then the
+        trial nudge, which opens a box for the SLM to fill at once."""
+        if mode == "hint" or not llm_text:
+            base = self.with_hint(question, llm_text) if mode == "hint" and llm_text else self.solve(question)
+            return Prompt(base.messages, TRIAL_NUDGE.lstrip())
+        return self.continue_from(question, llm_text + TRIAL_NUDGE)
+
     def coordinator(self, question: str) -> Prompt:
         """Hint mode: the LLM writes GPRA insights instead of a solution."""
         return Prompt(

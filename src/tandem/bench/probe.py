@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..answer import answer_complete, find_boxed
+from ..answer import answer_complete
 from ..features import CheckpointInputs, compute_features
 from ..pipeline import (
     THINK_CLOSE,
@@ -26,8 +26,9 @@ from ..pipeline import (
     shadow_mode,
     shadow_span,
 )
-from ..prompts import TRIAL_NUDGE, PromptSet
+from ..prompts import PromptSet
 from ..segment import InsightSegmenter
+from ..trial import ask_trial
 from ..types import Backend, GenerationRequest, Grade, Problem, Prompt, TokenStep
 
 PROBE_VERSION = "probe-v1"
@@ -205,29 +206,12 @@ class Prober:
         }
 
     # ---- reasoning LLMs -----------------------------------------------------------------------
-    def _trial(self, problem: Problem, prompt: Prompt) -> dict[str, Any]:
-        """The SLM's immediate answer on its warm cache: `prompt` ends with the trial nudge; read the box's
-        content up to its closing brace (the stream is cut there)."""
+    def _trial(self, problem: Problem, prompt: Prompt, previous: dict[str, Any] | None) -> dict[str, Any]:
         d = self.cfg.decoding
-        req = GenerationRequest(prompt, max_tokens=self.cfg.trial_tokens, temperature=d.temperature, seed=d.seed)
-        t0, text, lps = time.perf_counter(), "", []
-        with self.slm.stream(req) as s:
-            for st in s:
-                text += st.text
-                if st.logprob is not None:
-                    lps.append(st.logprob)
-                if find_boxed("\\boxed{" + text):
-                    break
-            usage = s.usage
-        boxed = find_boxed("\\boxed{" + text)
-        answer = boxed[0].strip() if boxed else None
-        grade = self.grade(problem, "\\boxed{" + answer + "}") if answer else None
-        return {
-            "answer": answer, "closed": bool(boxed), "tokens": len(lps) or usage.generated_tokens,
-            "lp_mean": _r(sum(lps) / len(lps)) if lps else None, "lp_min": _r(min(lps)) if lps else None,
-            "lp_sum": _r(sum(lps)) if lps else None, "prompt_computed": usage.computed_prompt_tokens,
-            "seconds": round(time.perf_counter() - t0, 4), "correct": bool(grade and grade.correct),
-        }
+        t = ask_trial(self.slm, prompt, max_tokens=self.cfg.trial_tokens, temperature=d.temperature, seed=d.seed,
+                      previous=previous)
+        t["correct"] = bool(t["answer"] and self.grade(problem, "\\boxed{" + t["answer"] + "}").correct)
+        return t
 
     def probe_thinking(self, problem: Problem) -> dict[str, Any]:
         """Probe a reasoning LLM's stream: checkpoints at the stage budgets within its thought and where
@@ -240,14 +224,13 @@ class Prober:
         base = self.slm.render(ps.solve(q))
         sr0 = self.slm.score(base)
         q_steps = question_steps(sr0, base, q)
-        ck0 = {"features": compute_features(CheckpointInputs(0, 0, [], None, q_steps, [])),
+        trials = cfg.trial_tokens > 0 and problem.task == "math"
+        trial0 = self._trial(problem, ps.trial(q, "", shadow), None) if trials else None
+        ck0 = {"features": compute_features(CheckpointInputs(0, 0, [], None, q_steps, [], trial0, "open")),
                "score_tokens": sr0.usage.computed_prompt_tokens, "score_seconds": sr0.usage.seconds}
         slm_alone = self._solve(self.slm, problem, ps.solve(q), cfg.decoding.slm_max_tokens)
         slm_alone["prompt_tokens_cold"] = len(sr0.steps)
         slm_alone.pop("_steps"), slm_alone.pop("_times")
-        trial0 = None
-        if cfg.trial_tokens > 0 and problem.task == "math":
-            trial0 = self._trial(problem, ps.continue_from(q, TRIAL_NUDGE.lstrip()))
         # the LLM's whole stream (a recording, or a live reasoning model)
         self._reset()
         llm = self._solve(self.llm, problem, ps.solve(q), cfg.decoding.llm_max_tokens,
@@ -297,16 +280,11 @@ class Prober:
             else:
                 live = sr.usage.computed_prompt_tokens
             prev_tokens = toks
-            feats = compute_features(CheckpointInputs(stage, k, seg.units[:n_units], None, q_steps, sr.after(start)))
-            trial = None
-            if cfg.trial_tokens > 0 and problem.task == "math":
-                hp = ps.handover(q, thought, shadow)
-                trial_prompt = Prompt(hp.messages, (hp.assistant_prefix + TRIAL_NUDGE) if shadow == "continue"
-                                      else TRIAL_NUDGE.lstrip())
-                trial = self._trial(problem, trial_prompt)
-                trial["agree_prev"] = (prev_trial is not None and trial["answer"] is not None
-                                       and trial["answer"] == prev_trial["answer"])
-                prev_trial = trial
+            trial = self._trial(problem, ps.trial(q, thought, shadow), prev_trial) if trials else None
+            prev_trial = trial
+            state = "open" if end is None else ("closed" if end else "cut")
+            feats = compute_features(CheckpointInputs(stage, k, seg.units[:n_units], None, q_steps, sr.after(start),
+                                                      trial, state))
             prompt = ps.handover(q, thought, mode)
             slm = self._solve(self.slm, problem, prompt, cfg.decoding.slm_max_tokens)
             slm.pop("_steps"), slm.pop("_times")

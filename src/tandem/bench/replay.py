@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigError
+from ..features import trial_features
 from ..pipeline import route_without_classifier, stage_budgets_for
 from ..policy import StopRule
 from ..types import StopPolicy
@@ -130,6 +131,37 @@ def options(rec: dict[str, Any], p: PairParams) -> list[Outcome]:
     return outs
 
 
+def ck_features(rec: dict[str, Any], ck: dict[str, Any] | None) -> dict[str, float]:
+    """A checkpoint's features (`ck` None: checkpoint 0), with the trial and thought groups derived from
+    the record where the table was written before they were computed with the rest."""
+    src = rec["ck0"] if ck is None else ck
+    feats = src["features"]
+    trial = src.get("trial")
+    thinks = str(rec.get("version", "")) >= "probe-v2"
+    if (trial is None or "trial_has_answer" in feats) and (not thinks or "thought_end" in feats):
+        return dict(feats)
+    out = dict(feats)
+    if trial is not None and "trial_has_answer" not in feats:
+        out.update(trial_features(trial))
+    if thinks and "thought_end" not in feats:
+        end = ck is not None and ck.get("event") == "thought_end"
+        out.update(thought_end=float(end), thought_cut=float(end and ck is not None and ck.get("thought_closed") is False))
+    return out
+
+
+def _with_trials(out: Outcome, rec: dict[str, Any], visited: list[dict[str, Any]], p: PairParams) -> Outcome:
+    """Add what the trial answers at checkpoint 0 and the visited checkpoints cost (a policy reads them)."""
+    trials = [t for t in [rec["ck0"].get("trial"), *(ck.get("trial") for ck in visited)] if t]
+    prompt = sum(int(t["prompt_computed"]) for t in trials)
+    gen = sum(int(t["tokens"]) for t in trials)
+    out.slm_prompt_tokens += prompt
+    out.slm_generated_tokens += gen
+    out.flops_total += 2.0 * p.slm * (prompt + gen)
+    out.flops_generated += 2.0 * p.slm * gen
+    out.wall_seconds += sum(float(t["seconds"]) for t in trials)
+    return out
+
+
 def _thought_end(rec: dict[str, Any]) -> dict[str, Any] | None:
     """A reasoning LLM's table: the checkpoint where its thought ended (closed or cut), if any."""
     for ck in rec["checkpoints"]:
@@ -173,13 +205,18 @@ def replay_policy(rec: dict[str, Any], p: PairParams, policy: StopPolicy, rule: 
         out.stop_reason = "llm_finished"
         return out
     n_stages = len(stage_budgets_for(probe_budgets, max_budget))
-    d = rule.decide(policy.sufficiency(rec["ck0"]["features"]), effort=effort, stage=0, llm_tokens=0)
+    trial = bool(getattr(policy, "uses_trial", False))
+
+    def priced(out: Outcome, visited: list[dict[str, Any]]) -> Outcome:
+        return _with_trials(out, rec, visited, p) if trial else out
+
+    d = rule.decide(policy.sufficiency(ck_features(rec, None)), effort=effort, stage=0, llm_tokens=0)
     if d.handover:
         out = _slm(rec, p, method)
         out.slm_prompt_tokens = rec["ck0"]["score_tokens"]  # the shadow pass read the prompt
         out.stop_reason, out.extra = "slm_alone", {**out.extra, "decided_at_stage": 0}
         out.handover_tokens = 0  # as live: handed over before the LLM wrote anything
-        return out
+        return priced(out, [])
     visited: list[dict[str, Any]] = []
     shadow = getattr(policy, "uses_shadow", True)
     for ck in rec["checkpoints"]:
@@ -187,7 +224,7 @@ def replay_policy(rec: dict[str, Any], p: PairParams, policy: StopPolicy, rule: 
             break
         visited.append(ck)
         end = ck.get("thought_closed") if ck.get("event") == "thought_end" else None
-        d = rule.decide(policy.sufficiency(ck["features"]), effort=effort, stage=ck["stage"],
+        d = rule.decide(policy.sufficiency(ck_features(rec, ck)), effort=effort, stage=ck["stage"],
                         llm_tokens=ck["llm_tokens"], thought_end=end)
         if d.reason == "finish":  # no hand-over, no more checkpoints: the LLM writes its whole answer
             cut = _thought_end(rec)
@@ -196,7 +233,7 @@ def replay_policy(rec: dict[str, Any], p: PairParams, policy: StopPolicy, rule: 
                 visited.append(cut)
                 out = _handover(rec, cut, p, method, shadow=visited if shadow else None, stop="thought_end")
                 out.extra = {**out.extra, "decided_at_stage": cut["stage"]}
-                return out
+                return priced(out, visited)
             break
         last_insight = handover == "hint" and ck is rec["checkpoints"][-1] and \
             ck["llm_tokens"] >= rec["llm"]["generated"]
@@ -204,17 +241,17 @@ def replay_policy(rec: dict[str, Any], p: PairParams, policy: StopPolicy, rule: 
             stop = d.reason if d.handover else "llm_finished"
             out = _handover(rec, ck, p, method, shadow=visited if shadow else None, stop=stop)
             out.extra = {**out.extra, "decided_at_stage": ck["stage"]}
-            return out
+            return priced(out, visited)
     # the LLM finished its own solution first: its answer stands (plus the shadow passes paid)
     out = _llm(rec, p, method)
     out.stop_reason = "llm_finished"
     if not shadow:
-        return out
+        return priced(out, visited)
     out.slm_prompt_tokens = rec["ck0"]["score_tokens"] + sum(x["score_tokens_live"] for x in visited)
     extra_s = rec["ck0"]["score_seconds"] + sum(x["score_seconds"] for x in visited)
     out.wall_seconds += extra_s
     out.flops_total += 2.0 * p.slm * out.slm_prompt_tokens
-    return out
+    return priced(out, visited)
 
 
 def replay_route(rec: dict[str, Any], p: PairParams, policy: StopPolicy, threshold: float) -> Outcome:
@@ -223,7 +260,7 @@ def replay_route(rec: dict[str, Any], p: PairParams, policy: StopPolicy, thresho
     fixed = route_without_classifier(threshold)
     if fixed is not None:
         return _slm(rec, p, "route") if fixed == "slm" else _llm(rec, p, "route")
-    prob = policy.sufficiency(rec["ck0"]["features"])
+    prob = policy.sufficiency(ck_features(rec, None))
     ck0 = rec["ck0"]
     shadow = getattr(policy, "uses_shadow", True)  # as live: no shadow features, no scoring pass
     if prob >= threshold:

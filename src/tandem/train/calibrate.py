@@ -37,7 +37,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..bench.records import Outcome
-from ..bench.replay import PairParams, replay, replay_cascade, replay_policy, replay_route
+from ..bench.replay import PairParams, ck_features, replay, replay_cascade, replay_policy, replay_route
 from ..classifier import SufficiencyClassifier
 from ..errors import ConfigError
 from ..policy import EFFORTS, EffortSetting, StopRule
@@ -198,7 +198,7 @@ class CalibrationTable:
     def stage_probabilities(self, stage: int) -> np.ndarray:
         if stage == 0:
             return self.probabilities(stage0_only=True)
-        return np.asarray([self.policy.sufficiency(ck["features"]) for _, rec, _ in self.items
+        return np.asarray([self.policy.sufficiency(ck_features(rec, ck)) for _, rec, _ in self.items
                            for ck in rec["checkpoints"] if ck["stage"] == stage], dtype=np.float64)
 
     def route(self, threshold: float) -> Point:
@@ -209,9 +209,9 @@ class CalibrationTable:
         return self._point([replay_cascade(rec, p, threshold) for _, rec, p in self.items], threshold, None)
 
     def probabilities(self, *, stage0_only: bool = False) -> np.ndarray:
-        feats = [rec["ck0"]["features"] for _, rec, _ in self.items]
+        feats = [ck_features(rec, None) for _, rec, _ in self.items]
         if not stage0_only:
-            feats += [ck["features"] for _, rec, _ in self.items for ck in rec["checkpoints"]]
+            feats += [ck_features(rec, ck) for _, rec, _ in self.items for ck in rec["checkpoints"]]
         return np.asarray([self.policy.sufficiency(f) for f in feats], dtype=np.float64)
 
     def slm_logprobs(self) -> np.ndarray:

@@ -44,6 +44,21 @@ def parse_groups(text: str | Sequence[str] | None) -> list[str]:
     return [g for g in FEATURE_GROUPS if g in names]
 
 
+def table_groups(tables: Sequence[ProbeTable]) -> list[str]:
+    """The feature groups every checkpoint of the tables has (the default for fitting)."""
+    from ..bench.replay import ck_features
+    from ..features import available_groups
+
+    have = set(FEATURE_GROUPS)
+    for t in tables:
+        for rec in t.records:
+            for ck in [None, *rec["checkpoints"]]:
+                have &= set(available_groups(ck_features(rec, ck)))
+    if not have:
+        raise InputError("the probe tables share no complete feature group")
+    return [g for g in FEATURE_GROUPS if g in have]
+
+
 def feature_names(groups: Sequence[str]) -> list[str]:
     return [n for g in parse_groups(list(groups)) for n in FEATURE_GROUPS[g]]
 
@@ -159,11 +174,13 @@ def _row(features: dict[str, float], names: Sequence[str], where: str) -> list[f
 
 def record_rows(rec: dict[str, Any], names: Sequence[str]) -> list[tuple[list[float], int, int, int]]:
     """(features, label, stage, llm tokens) for checkpoint 0 and every checkpoint of one record."""
+    from ..bench.replay import ck_features
+
     pid = rec["problem_id"]
-    out = [(_row(rec["ck0"]["features"], names, f"{pid} checkpoint 0"),
+    out = [(_row(ck_features(rec, None), names, f"{pid} checkpoint 0"),
             int(bool(rec["slm_alone"]["grade"]["correct"])), 0, 0)]
     for ck in rec["checkpoints"]:
-        out.append((_row(ck["features"], names, f"{pid} stage {ck['stage']}"),
+        out.append((_row(ck_features(rec, ck), names, f"{pid} stage {ck['stage']}"),
                     int(bool(ck["slm"]["grade"]["correct"])), int(ck["stage"]), int(ck["llm_tokens"])))
     return out
 
@@ -172,7 +189,10 @@ def build_rows(tables: Sequence[ProbeTable], groups: Sequence[str] | str | None 
                features: Sequence[str] | None = None) -> Rows:
     """One row per checkpoint; columns: the features of `groups`, or exactly `features` in their order
     (a fitted classifier's)."""
-    names = list(features) if features is not None else feature_names(parse_groups(groups))
+    if features is not None:
+        names = list(features)
+    else:
+        names = feature_names(parse_groups(groups) if groups is not None else table_groups(tables))
     xs: list[list[float]] = []
     ys: list[int] = []
     pids: list[str] = []

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..classifier import FORMAT, VERSION, SufficiencyClassifier, classifier_from_dict
 from ..errors import ConfigError
-from .data import Rows, build_rows, load_tables, model_pair, parse_groups, training_description
+from .data import Rows, build_rows, load_tables, model_pair, parse_groups, table_groups, training_description
 
 KINDS = ("logistic", "gbdt")
 DEFAULT_HYPERPARAMETERS: dict[str, dict[str, Any]] = {
@@ -299,9 +299,9 @@ def fit(dirs: Sequence[str | Path], out: str | Path, *, kind: str = "gbdt",
         allow_test_split: bool = False, tune: bool = True) -> FitResult:
     """Cross-validate, fit on all rows and save the classifier to `out` (+ a reliability plot).
     With `tune` and no `hyper` given, the hyperparameters are searched (`TUNING_GRIDS`), nested in CV."""
-    groups = parse_groups(feature_groups)
     h = hyperparameters(kind, hyper)
     tables = load_tables(dirs, allow_test_split=allow_test_split)
+    groups = parse_groups(feature_groups) if feature_groups is not None else table_groups(tables)
     rows = build_rows(tables, groups)
     if len(np.unique(rows.y)) < 2:
         raise ConfigError("every row has the same label: there is nothing to learn from these tables")
