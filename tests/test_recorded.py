@@ -324,3 +324,20 @@ def test_trial_answers_live_and_replayed_agree(recordings: Path) -> None:
     assert out.handover_tokens == live.handover_tokens and out.correct
     slm = live.cost.models["slm"]
     assert (out.slm_prompt_tokens, out.slm_generated_tokens) == (slm.input_tokens, slm.generated_tokens)
+
+
+def test_purpose_decides_which_test_split_tables_may_be_fitted(recordings: Path, tmp_path: Path) -> None:
+    from tandem.bench.runner import run_probe
+    from tandem.bench.store import RunStore
+    from tandem.train.data import load_tables
+
+    cfg = ProbeConfig(stage_budgets=(16, 32, 64), decoding=DecodingSettings(2000, slm_max_tokens=50))
+    for purpose in ("train", "dev", None):
+        run_probe([Problem("p1", Q1, "7")], backend(recordings), slm(), grade_gsm8k,
+                  RunStore(tmp_path / str(purpose)), cfg, dataset="gsm8k/test[0:37]", grader_name="gsm8k",
+                  purpose=purpose)
+    assert len(load_tables([tmp_path / "train"])) == 1  # recorded test rows set apart for training
+    with pytest.raises(ConfigError, match="marked for dev"):
+        load_tables([tmp_path / "dev"])
+    with pytest.raises(ConfigError, match="holds a test split"):
+        load_tables([tmp_path / "None"])

@@ -134,6 +134,9 @@ def probe(
     stop_at_answer: Annotated[bool | None, typer.Option(help="math: stop each model where its boxed answer's "
                                                              "line ends")] = None,
     llm_model: LlmModel = None, slm_model: SlmModel = None, llm_recording: LlmRecording = None,
+    purpose: Annotated[str | None, typer.Option(help="train | calibration | dev | test: what the table may be used "
+                                                     "for (default: by the benchmark split; only test-split "
+                                                     "tables marked train or calibration may be fitted on)")] = None,
     fields: Fields = None, hf_config: HfConfig = None, hf_data_files: HfDataFiles = None, task: HfTask = None,
     grader: HfGrader = None,
 ) -> None:
@@ -145,6 +148,8 @@ def probe(
     from .runner import run_probe
     from .store import RunStore
 
+    if purpose not in (None, "train", "calibration", "dev", "test"):
+        raise ConfigError(f"--purpose {purpose!r}: use train, calibration, dev or test")
     problems, label, grader_name = _problems(bench, data_dir, split, offset, limit, sample, seed, fields=fields,
                                              hf_config=hf_config, hf_data_files=hf_data_files, task=task,
                                              grader=grader)
@@ -162,7 +167,7 @@ def probe(
         raise
     try:
         n = run_probe(problems, llm, slm, get_grader(grader_name), RunStore(out_dir), cfg, dataset=label,
-                      grader_name=grader_name, console=err)
+                      grader_name=grader_name, console=err, purpose=purpose)
     finally:
         llm.close()
         slm.close()

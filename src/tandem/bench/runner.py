@@ -52,14 +52,18 @@ def _progress(console: Console | None) -> Progress:
 
 
 def run_probe(problems: Sequence[Problem], llm: Backend, slm: Backend, grader: Grader, store: RunStore,
-              cfg: ProbeConfig, *, dataset: str, grader_name: str, console: Console | None = None) -> int:
-    """Probe every problem not yet in the store; return how many were added."""
+              cfg: ProbeConfig, *, dataset: str, grader_name: str, console: Console | None = None,
+              purpose: str | None = None) -> int:
+    """Probe every problem not yet in the store; return how many were added. `purpose` (train,
+    calibration, dev, test) says what the table may be used for, where the benchmark's split does not
+    (recorded outputs exist only for test splits, so train and calibration rows come from them too)."""
     manifest = {
         "kind": "probe", "probe_version": PROBE_VERSION_THINK if llm.info.thinks else PROBE_VERSION,
         "prompt_version": PROMPT_VERSION,
         "llm": model_identity(llm), "slm": model_identity(slm), "entropy": entropy_kinds(llm, slm),
         "config": asdict(cfg),
         "dataset": dataset, "grader": grader_name, "problem_ids": [p.id for p in problems],
+        **({"purpose": purpose} if purpose else {}),
         "git_revision": git_revision(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     done = store.open(manifest)

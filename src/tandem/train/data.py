@@ -104,9 +104,12 @@ def load_tables(dirs: Sequence[str | Path], *, allow_test_split: bool = False) -
         man = read_manifest(d)
         if man.get("kind") != "probe":
             raise InputError(f"{d} is not a probe run (manifest kind {man.get('kind')!r})")
-        if _is_test_split(str(man.get("dataset", ""))) and not allow_test_split:
-            raise ConfigError(f"{d} holds a test split ({man.get('dataset')}): test tables are never used to fit "
-                              "or calibrate (pass --allow-test-split only for smoke checks)")
+        purpose = man.get("purpose")
+        held_out = purpose in ("test", "dev") if purpose else _is_test_split(str(man.get("dataset", "")))
+        if held_out and not allow_test_split:
+            what = f"is marked for {purpose}" if purpose else f"holds a test split ({man.get('dataset')})"
+            raise ConfigError(f"{d} {what}: such tables are never used to fit or calibrate (pass "
+                              "--allow-test-split only for smoke checks)")
         recs, errors = [], 0
         for r in read_records(d):
             if "error" in r:
