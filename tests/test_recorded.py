@@ -341,3 +341,30 @@ def test_purpose_decides_which_test_split_tables_may_be_fitted(recordings: Path,
         load_tables([tmp_path / "dev"])
     with pytest.raises(ConfigError, match="holds a test split"):
         load_tables([tmp_path / "None"])
+
+
+def test_preset_and_effort_budgets_from_settings(recordings: Path) -> None:
+    from tandem.config import load_settings
+    from tandem.factory import build_tandem
+
+    st = load_settings(None, {"llm": {"kind": "recorded", "model": str(recordings), "tokenizer": "words"},
+                              "slm": {"kind": "scripted", "model": "slm", "reply": "So \\boxed{7}."},
+                              "pipeline": {"preset": "reasoning", "effort_budgets": {"low": 64},
+                                           "slm_max_tokens": 100}})
+    assert st.pipeline.stage_budgets == (256, 512, 1024, 1536) and st.pipeline.stop_at_answer
+    assert st.pipeline.slm_max_tokens == 100  # what the settings give wins over the preset
+    t = build_tandem(st)
+    assert t.rule.setting("low").max_budget == 64 and t.rule.setting("medium").max_budget == 128
+    r = t.solve(Q1, effort="low")
+    assert r.stop_reason == "budget" and r.handover_tokens is not None and 64 <= r.handover_tokens < 256
+
+
+def test_a_context_too_small_is_refused_up_front(recordings: Path) -> None:
+    from tandem.config import load_settings
+    from tandem.factory import build_tandem
+
+    st = load_settings(None, {"llm": {"kind": "recorded", "model": str(recordings), "tokenizer": "words"},
+                              "slm": {"kind": "scripted", "model": "slm"},
+                              "pipeline": {"effort_budgets": {"medium": 8000}, "slm_max_tokens": 512}})
+    with pytest.raises(ConfigError, match="the SLM's context"):
+        build_tandem(st)

@@ -210,7 +210,7 @@ def solve(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML/YAML settings file")] = None,
     mode: Annotated[str, typer.Option(help="tandem | slm | llm | fixed:N")] = "tandem",
     effort: Annotated[str | None, typer.Option(help="low | medium | high")] = None,
-    handover: Annotated[str | None, typer.Option(help="continue | hint")] = None,
+    handover: Annotated[str | None, typer.Option(help="continue | conclude | hint")] = None,
     task: Annotated[str | None, typer.Option(help="math | code")] = None,
     classifier: Annotated[str | None, typer.Option(help="default | budget | PATH.json")] = None,
     llm_model: Annotated[str | None, typer.Option(help="LLM: registry name, GGUF path or served name")] = None,
@@ -225,6 +225,14 @@ def solve(
     slm_max_tokens: Annotated[int | None, typer.Option(help="SLM max new tokens")] = None,
     temperature: Annotated[float | None, typer.Option(help="sampling temperature (0 = greedy)")] = None,
     seed: Annotated[int | None, typer.Option(help="sampling seed")] = None,
+    budgets: Annotated[str | None, typer.Option(help="stage budgets, e.g. 256,512,1024,1536")] = None,
+    effort_budgets: Annotated[str | None, typer.Option(
+        help="each effort's largest budget in LLM tokens, e.g. low=512,medium=1024,high=1536")] = None,
+    preset: Annotated[str | None, typer.Option(help="defaults for a kind of LLM: reasoning")] = None,
+    stop_at_answer: Annotated[bool | None, typer.Option(
+        help="math: stop each model where its boxed answer's line ends")] = None,
+    llm_recording: Annotated[Path | None, typer.Option(
+        help="LLM: a recordings JSONL file replayed as its stream (docs/reasoning.md)")] = None,
     models_dir: Annotated[str | None, typer.Option(help="models directory")] = None,
     compare: Annotated[bool, typer.Option(help="also run the LLM alone and compare")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
@@ -234,11 +242,17 @@ def solve(
     from .factory import build_tandem
 
     text = _read_question(question, file)
+    from .bench.commands import _budgets, effort_budgets_opt
+
     pipe = {k: v for k, v in dict(effort=effort, handover=handover, task=task, llm_max_tokens=llm_max_tokens,
-                                   slm_max_tokens=slm_max_tokens, temperature=temperature, seed=seed).items()
+                                   slm_max_tokens=slm_max_tokens, temperature=temperature, seed=seed,
+                                   stage_budgets=_budgets(budgets), effort_budgets=effort_budgets_opt(effort_budgets),
+                                   preset=preset, stop_at_answer=stop_at_answer).items()
             if v is not None}
     overrides: dict[str, Any] = {"pipeline": pipe}
     llm = _backend_overrides("llm", llm_model, llm_base_url, llm_api_key_env, llm_params)
+    if llm_recording is not None:
+        llm = {"kind": "recorded", "model": str(llm_recording)}
     slm = _backend_overrides("slm", slm_model, slm_base_url, slm_api_key_env, slm_params)
     if llm:
         overrides["llm"] = llm
@@ -271,6 +285,8 @@ def solve(
               f"stop: {main_result.stop_reason})[/]")
     out.print(_cost_table(results))
     cfg = tandem.config
+    if tandem.llm.info.capabilities.wall_time == "none":
+        err.print("[dim]note: the LLM replays a recording: its wall time is unknown, and 'wall s' leaves it out[/]")
     if mode == "tandem" and cfg.handover == "continue" and not tandem.rule.setting(cfg.effort).hands_over:
         err.print(f"[dim]note: effort {cfg.effort} runs as the LLM alone: its classifier ({tandem.policy.name}) "
                   "was calibrated to hand over only where that pays, and found no such point; see "

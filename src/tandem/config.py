@@ -101,6 +101,19 @@ class PipelineSettings(_Strict):
     slm_max_tokens: int = Field(default=512, ge=1)
     stop_at_answer: bool = Field(default=False, description="math: each model stops at the end of the line "
                                  "where its boxed answer closes (what follows is not graded)")
+    effort_budgets: dict[Literal["low", "medium", "high"], int] | None = Field(
+        default=None, description="each effort's largest budget: LLM tokens after which the next checkpoint "
+        "hands over whatever the policy says (default: the classifier's, else 64 / 128 / 256)")
+    preset: Literal["reasoning"] | None = Field(
+        default=None, description="defaults for a kind of LLM, under what the file and flags set "
+        "(reasoning: REASONING_PRESET)")
+
+    @field_validator("effort_budgets")
+    @classmethod
+    def _positive_effort_budgets(cls, value: dict[str, int] | None) -> dict[str, int] | None:
+        if value is not None and any(v < 1 for v in value.values()):
+            raise ValueError("effort budgets must be positive token counts")
+        return value
 
     @field_validator("stage_budgets")
     @classmethod
@@ -147,6 +160,19 @@ class TandemSettings(_Strict):
         "'budget', or a path to a classifier JSON file",
     )
     models_dir: str | None = None
+
+
+REASONING_PRESET: dict[str, Any] = {
+    "stage_budgets": (256, 512, 1024, 1536),
+    "effort_budgets": {"low": 512, "medium": 1024, "high": 1536},
+    "llm_max_tokens": 32768,
+    "slm_max_tokens": 1024,
+    "stop_at_answer": True,
+}
+"""`[pipeline] preset = "reasoning"`: budgets sized to LLMs that think for thousands of tokens
+(docs/reasoning.md). Anything the file or the flags set wins over it."""
+
+PRESETS = {"reasoning": REASONING_PRESET}
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -198,6 +224,9 @@ def load_settings(path: str | Path | None = None, overrides: dict[str, Any] | No
             data[key] = {**data.get(key, {}), **value}
         else:
             data[key] = value
+    pipeline = data.get("pipeline")
+    if isinstance(pipeline, dict) and pipeline.get("preset") in PRESETS:
+        data["pipeline"] = {**PRESETS[pipeline["preset"]], **pipeline}
     try:
         return TandemSettings.model_validate(data)
     except ValidationError as exc:

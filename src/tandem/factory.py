@@ -54,6 +54,22 @@ def load_policy(name: str, llm: Backend, slm: Backend, *, handover: str = "conti
     return clf, rule
 
 
+def check_context(settings: TandemSettings, llm: Backend, slm: Backend, rule: StopRule) -> None:
+    """Refuse up front token limits a model's context cannot hold at the configured effort (a recording
+    has no context)."""
+    p = settings.pipeline
+    if not llm.info.capabilities.replayed and p.llm_max_tokens >= llm.info.n_ctx:
+        raise ConfigError(f"llm_max_tokens {p.llm_max_tokens} does not fit the LLM's context ({llm.info.n_ctx} "
+                          f"tokens, {llm.info.name}): lower it or raise the LLM's n_ctx")
+    longest = rule.setting(p.effort).max_budget  # other efforts are still refused by the backend per request
+    handed = longest + p.max_unit_tokens if p.handover != "hint" or llm.info.thinks else longest
+    need = handed + p.slm_max_tokens
+    if need >= slm.info.n_ctx:
+        raise ConfigError(f"the SLM's context ({slm.info.n_ctx} tokens, {slm.info.name}) cannot hold a hand-over "
+                          f"at the largest effort budget ({longest} LLM tokens) plus its answer ({p.slm_max_tokens} "
+                          "tokens) and the prompt: raise the SLM's n_ctx or lower the budgets")
+
+
 def build_tandem(settings: TandemSettings) -> Tandem:
     llm = build_backend(settings.llm, models_dir=settings.models_dir)
     try:
@@ -62,6 +78,14 @@ def build_tandem(settings: TandemSettings) -> Tandem:
         llm.close()
         raise
     policy, rule = load_policy(settings.classifier, llm, slm, handover=settings.pipeline.handover)
+    if settings.pipeline.effort_budgets:
+        rule = rule.with_max_budgets({str(k): v for k, v in settings.pipeline.effort_budgets.items()})
+    try:
+        check_context(settings, llm, slm, rule)
+    except ConfigError:
+        llm.close()
+        slm.close()
+        raise
     prices = {
         role: Price(b.price_input_per_mtok, b.price_output_per_mtok)
         for role, b in (("llm", settings.llm), ("slm", settings.slm))

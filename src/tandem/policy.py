@@ -91,6 +91,13 @@ class StopRule:
         efforts[effort] = EffortSetting(max_budget)  # the budget alone: no thresholds, never finishes
         return StopRule(efforts)
 
+    def with_max_budgets(self, budgets: dict[str, int]) -> StopRule:
+        """The same rule with these efforts' largest budgets (their thresholds kept)."""
+        efforts = dict(self.efforts)
+        for effort, budget in budgets.items():
+            efforts[effort] = replace(self.setting(effort), max_budget=int(budget))
+        return StopRule(efforts)
+
     def without_finish(self) -> StopRule:
         """The same rule handing over at every budget (where the LLM cannot be let finish: hint mode)."""
         return StopRule({e: replace(s, finish=False) for e, s in self.efforts.items()})

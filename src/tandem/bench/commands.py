@@ -23,6 +23,9 @@ Seed = Annotated[int, typer.Option(help="seed for --sample")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML/YAML settings file")]
 LlmModel = Annotated[str | None, typer.Option(help="LLM: registry name or GGUF path")]
 SlmModel = Annotated[str | None, typer.Option(help="SLM: registry name or GGUF path")]
+EffortBudgets = Annotated[str | None, typer.Option(help="each effort's largest budget in LLM tokens, e.g. "
+                                                       "low=512,medium=1024,high=1536")]
+Preset = Annotated[str | None, typer.Option(help="defaults for a kind of LLM: reasoning (docs/reasoning.md)")]
 LlmRecording = Annotated[Path | None, typer.Option(help="LLM: a recordings JSONL file to replay as its stream "
                                                          "(the `recorded` backend; docs/reasoning.md)")]
 # hf:<path> datasets only
@@ -95,6 +98,21 @@ def recorded_only(problems: Any, llm: Any, console: Console | None = None) -> An
     return kept
 
 
+def effort_budgets_opt(text: str | None) -> dict[str, int] | None:
+    """`--effort-budgets low=512,medium=1024,high=1536` (any of the three)."""
+    if text is None:
+        return None
+    out: dict[str, int] = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, _, value = part.partition("=")
+        if name.strip() not in ("low", "medium", "high") or not value.strip().isdigit() or int(value) < 1:
+            raise ConfigError(f"--effort-budgets {text!r}: use effort=tokens pairs, e.g. low=512,medium=1024")
+        out[name.strip()] = int(value)
+    if not out:
+        raise ConfigError("--effort-budgets needs at least one effort=tokens pair")
+    return out
+
+
 def _budgets(text: str | None) -> tuple[int, ...] | None:
     if text is None:
         return None
@@ -133,6 +151,7 @@ def probe(
                                                           "checkpoint (reasoning LLMs, math; 0: none)")] = 0,
     stop_at_answer: Annotated[bool | None, typer.Option(help="math: stop each model where its boxed answer's "
                                                              "line ends")] = None,
+    preset: Preset = None,
     llm_model: LlmModel = None, slm_model: SlmModel = None, llm_recording: LlmRecording = None,
     purpose: Annotated[str | None, typer.Option(help="train | calibration | dev | test: what the table may be used "
                                                      "for (default: by the benchmark split; only test-split "
@@ -154,7 +173,8 @@ def probe(
                                              hf_config=hf_config, hf_data_files=hf_data_files, task=task,
                                              grader=grader)
     st = _settings(config, llm_model, slm_model, llm_recording, handover=handover, llm_max_tokens=llm_max_tokens,
-                   slm_max_tokens=slm_max_tokens, stage_budgets=_budgets(budgets), stop_at_answer=stop_at_answer)
+                   slm_max_tokens=slm_max_tokens, stage_budgets=_budgets(budgets), stop_at_answer=stop_at_answer,
+                   preset=preset)
     pc = pipeline_config(st)
     cfg = ProbeConfig(handover=pc.handover, stage_budgets=pc.stage_budgets, max_unit_tokens=pc.max_unit_tokens,
                       decoding=pc.decoding, trial_tokens=trial_tokens)
@@ -183,9 +203,15 @@ def evaluate(
     data_dir: DataDir = None, split: Split = None, offset: Offset = 0, limit: Limit = None,
     sample: Sample = None, seed: Seed = 0, config: ConfigOpt = None,
     effort: Annotated[str | None, typer.Option(help="low | medium | high")] = None,
-    handover: Annotated[str | None, typer.Option(help="continue | hint")] = None,
+    handover: Annotated[str | None, typer.Option(help="continue | conclude | hint")] = None,
     classifier: Annotated[str | None, typer.Option(help="default | budget | PATH.json")] = None,
-    llm_model: LlmModel = None, slm_model: SlmModel = None,
+    budgets: Annotated[str | None, typer.Option(help="stage budgets, e.g. 256,512,1024,1536")] = None,
+    effort_budgets: EffortBudgets = None, preset: Preset = None,
+    llm_max_tokens: Annotated[int | None, typer.Option(help="LLM max new tokens")] = None,
+    slm_max_tokens: Annotated[int | None, typer.Option(help="SLM max new tokens (its own answer budget)")] = None,
+    stop_at_answer: Annotated[bool | None, typer.Option(help="math: stop each model where its boxed answer's "
+                                                             "line ends")] = None,
+    llm_model: LlmModel = None, slm_model: SlmModel = None, llm_recording: LlmRecording = None,
     concurrency: Annotated[int, typer.Option(min=1, help="samples in flight at once: HTTP backends only; "
                                                        "above 1, wall times include queueing")] = 1,
     fields: Fields = None, hf_config: HfConfig = None, hf_data_files: HfDataFiles = None, task: HfTask = None,
@@ -201,11 +227,14 @@ def evaluate(
     problems, label, grader_name = _problems(bench, data_dir, split, offset, limit, sample, seed, fields=fields,
                                              hf_config=hf_config, hf_data_files=hf_data_files, task=task,
                                              grader=grader)
-    st = _settings(config, llm_model, slm_model, effort=effort, handover=handover)
+    st = _settings(config, llm_model, slm_model, llm_recording, effort=effort, handover=handover,
+                   stage_budgets=_budgets(budgets), effort_budgets=effort_budgets_opt(effort_budgets), preset=preset,
+                   llm_max_tokens=llm_max_tokens, slm_max_tokens=slm_max_tokens, stop_at_answer=stop_at_answer)
     if classifier:
         st = load_settings(None, {**st.model_dump(), "classifier": classifier})
     tandem = build_tandem(st)
     try:
+        problems = recorded_only(problems, tandem.llm, err)
         n = run_live(problems, tandem, [m.strip() for m in methods.split(",") if m.strip()],
                      get_grader(grader_name), RunStore(out_dir), dataset=label, grader_name=grader_name,
                      effort=effort, console=err, concurrency=concurrency)
