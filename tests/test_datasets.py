@@ -343,3 +343,17 @@ def test_hf_json(tmp_path: Path) -> None:
         load_hf("json", data_files=str(f), split="train", field_map={"question": "problem"}, cache_dir=cache)
     with pytest.raises(InputError, match="cannot load hf:json"):
         load_hf("json", data_files=str(tmp_path / "absent.jsonl"), split="train", cache_dir=cache)
+
+
+def test_a_local_jsonl_file_with_a_field_map(tmp_path) -> None:
+    from tandem.bench.datasets import load_benchmark
+    from tandem.errors import ConfigError, InputError
+
+    f = tmp_path / "mine.jsonl"
+    f.write_text('{"qid": "a1", "problem": "What is 2+3?", "ans": 5}\n{"qid": "a2", "problem": "7*6?", "ans": "42"}\n')
+    ps = load_benchmark(str(f), field_map={"id": "qid", "question": "problem", "answer": "ans"}, grader="gsm8k")
+    assert [p.id for p in ps] == ["a1", "a2"] and list(ps)[0].answer == "5" and ps.grader == "gsm8k"
+    with pytest.raises(InputError, match="not found"):
+        load_benchmark(str(tmp_path / "none.jsonl"))
+    with pytest.raises(ConfigError, match="only apply to hf"):
+        load_benchmark(str(f), hf_config="x")

@@ -200,3 +200,15 @@ def test_registry() -> None:
     assert get_grader("humaneval") is grade_humaneval
     with pytest.raises(ConfigError, match="known: "):
         get_grader("nope")
+
+
+def test_a_grader_by_import_path() -> None:
+    from tandem.bench.graders import get_grader
+    from tandem.errors import ConfigError
+
+    g = get_grader("tandem.bench.graders:grade_gsm8k")
+    assert g(Problem("p", "q", "7"), "so \\boxed{7}").correct
+    for bad, why in (("nomodule_xyz:f", "cannot import"), ("tandem.bench.graders:nothing", "cannot import"),
+                     ("tandem.bench.graders:MATH_VERIFY_TIMEOUT_S", "not a function")):
+        with pytest.raises(ConfigError, match=why):
+            get_grader(bad)

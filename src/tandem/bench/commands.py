@@ -29,12 +29,13 @@ Preset = Annotated[str | None, typer.Option(help="defaults for a kind of LLM: re
 LlmRecording = Annotated[Path | None, typer.Option(help="LLM: a recordings JSONL file to replay as its stream "
                                                          "(the `recorded` backend; docs/reasoning.md)")]
 # hf:<path> datasets only
-Fields = Annotated[str | None, typer.Option(help="hf: map id/question/answer to the dataset's columns, "
+Fields = Annotated[str | None, typer.Option(help="hf: or a local .jsonl: map id/question/answer to its columns, "
                                                  "e.g. question=problem,answer=solution")]
 HfConfig = Annotated[str | None, typer.Option(help="hf: the dataset's configuration (subset) name")]
 HfDataFiles = Annotated[list[str] | None, typer.Option(help="hf: data files (e.g. with hf:json); repeatable")]
-HfTask = Annotated[str | None, typer.Option(help="hf: math | code (default math)")]
-HfGrader = Annotated[str | None, typer.Option(help="hf: gsm8k | math | humaneval (default: by task)")]
+HfTask = Annotated[str | None, typer.Option(help="hf: or a local .jsonl: math | code (default math)")]
+HfGrader = Annotated[str | None, typer.Option(help="hf: or a local .jsonl: gsm8k | math | humaneval, or "
+                                                   "package.module:function (default: by task)")]
 
 
 def _field_map(text: str | None) -> dict[str, str] | None:
@@ -52,12 +53,12 @@ def _problems(bench: str, data_dir: str | None, split: str | None, offset: int, 
               grader: str | None = None) -> tuple[Any, str, str]:
     """The selected problems, the run's dataset label and the grader's name."""
     from .datasets import load_benchmark
-    from .graders import GRADERS
+    from .graders import GRADERS, get_grader
 
     if task not in (None, "math", "code"):
         raise ConfigError(f"--task {task!r}: use math or code")
     if grader is not None and grader not in GRADERS:
-        raise ConfigError(f"--grader {grader!r}: use one of {', '.join(GRADERS)}")
+        get_grader(grader)  # an import path: refused here, in one line, when it cannot be imported
     ps = load_benchmark(bench, data_dir, split, field_map=_field_map(fields), hf_config=hf_config,
                         data_files=hf_data_files or None, task=task, grader=grader)  # type: ignore[arg-type]
     sel = ps.select(offset=offset, limit=limit, sample=sample, seed=seed)
@@ -139,7 +140,7 @@ def _outcomes(run: Path) -> list[Outcome]:
 
 
 def probe(
-    bench: Annotated[str, typer.Argument(help="gsm8k | math | math500 | aime24 | amc23 | humaneval | hf:PATH")],
+    bench: Annotated[str, typer.Argument(help="gsm8k | math | math500 | aime24 | amc23 | humaneval | FILE.jsonl | hf:PATH")],
     out_dir: Annotated[Path, typer.Option("--out", help="run directory (resumed if it exists)")],
     data_dir: DataDir = None, split: Split = None, offset: Offset = 0, limit: Limit = None,
     sample: Sample = None, seed: Seed = 0, config: ConfigOpt = None,

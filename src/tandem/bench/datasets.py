@@ -278,7 +278,8 @@ def load_benchmark(
     revision: str | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> ProblemSet:
-    """A named benchmark (see `BENCHMARKS`) or `hf:<path>` from the Hugging Face hub.
+    """A named benchmark (see `BENCHMARKS`), a local JSON-lines file (`.jsonl` / `.jsonl.gz`: `field_map`,
+    `task` and `grader` apply), or `hf:<path>` from the Hugging Face hub.
 
     `split` defaults to "test". Named file benchmarks are read from `data_dir` (resolved by
     `data_dir()`) and, when `verify`, checked against its manifest; rows without a gold answer
@@ -297,6 +298,18 @@ def load_benchmark(
             task=task or "math",
             grader=grader,
         )
+    local = Path(name).expanduser()
+    if name.lower().endswith((".jsonl", ".jsonl.gz")):
+        if not local.is_file():
+            raise InputError(f"dataset file not found: {local}" if not local.is_dir() else
+                             f"{local} is a directory, not a JSON-lines file")
+        extra = [k for k, v in {"hf_config": hf_config, "data_files": data_files, "revision": revision,
+                                "cache_dir": cache_dir}.items() if v is not None]
+        if extra:
+            raise ConfigError(f"{', '.join(extra)} only apply to {HF_PREFIX} datasets, not to a local file")
+        stem = local.name.split(".", 1)[0]
+        return JsonlDataset(local, stem, task=task or "math", field_map=field_map, split=split or "",
+                            grader=grader)
     spec = BENCHMARKS.get(name.lower())
     if spec is None:
         known = ", ".join([*BENCHMARKS, f"{HF_PREFIX}<path>"])

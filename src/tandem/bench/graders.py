@@ -187,8 +187,25 @@ GRADERS: dict[str, Grader] = {
 
 
 def get_grader(name: str) -> Grader:
-    """The grader registered under `name` (case-insensitive)."""
+    """The grader registered under `name` (case-insensitive), or one given by import path
+    (`package.module:function`, a function `(problem, text) -> Grade`)."""
+    if ":" in name:
+        return _import_grader(name)
     try:
         return GRADERS[name.lower()]
     except KeyError:
-        raise ConfigError(f"unknown grader {name!r}; known: {', '.join(sorted(GRADERS))}") from None
+        raise ConfigError(f"unknown grader {name!r}; known: {', '.join(sorted(GRADERS))}, or "
+                          "package.module:function") from None
+
+
+def _import_grader(path: str) -> Grader:
+    import importlib
+
+    module, _, attr = path.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ConfigError(f"grader {path!r}: cannot import it ({exc})") from None
+    if not callable(fn):
+        raise ConfigError(f"grader {path!r} is not a function (problem, text) -> Grade")
+    return fn
