@@ -25,8 +25,6 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Discriminator,
     Field,
     Tag,
@@ -35,6 +33,7 @@ from pydantic import (
     model_validator,
 )
 
+from .config import StrictModel as _Strict
 from .errors import ConfigError, InputError
 from .features import FEATURE_GROUPS, SHADOW_GROUPS
 from .policy import EFFORTS, EffortSetting, StopRule
@@ -64,10 +63,6 @@ class ModelPairWarning(UserWarning):
 
 
 # --- the file format -----------------------------------------------------------------------------
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class ModelRef(_Strict):

@@ -17,11 +17,13 @@ DEFAULT_LLM = "qwen2.5-coder-1.5b"
 DEFAULT_SLM = "qwen2.5-coder-0.5b"
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
+    """The base of tandem's pydantic models: an unknown key or field is an error, instances are immutable."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class BackendSettings(_Strict):
+class BackendSettings(StrictModel):
     """One model: embedded GGUF (`llamacpp`), an OpenAI-compatible endpoint (`openai`), `scripted`, or
     recorded outputs replayed (`recorded`: `model` is the recordings file)."""
 
@@ -88,7 +90,7 @@ class BackendSettings(_Strict):
         return self
 
 
-class PipelineSettings(_Strict):
+class PipelineSettings(StrictModel):
     task: Literal["math", "code"] = "math"
     handover: Literal["continue", "conclude", "hint"] = "continue"
     effort: Literal["low", "medium", "high"] = "medium"
@@ -111,7 +113,7 @@ class PipelineSettings(_Strict):
         return tuple(sorted(set(value)))
 
 
-class ServerSettings(_Strict):
+class ServerSettings(StrictModel):
     """`tandem serve`: where it listens, who may call it, and the limits it enforces (docs/server.md)."""
 
     host: str = "127.0.0.1"
@@ -136,7 +138,7 @@ class ServerSettings(_Strict):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 
-class TandemSettings(_Strict):
+class TandemSettings(StrictModel):
     llm: BackendSettings = BackendSettings(model=DEFAULT_LLM)
     slm: BackendSettings = BackendSettings(model=DEFAULT_SLM)
     pipeline: PipelineSettings = PipelineSettings()
