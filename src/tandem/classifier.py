@@ -34,6 +34,7 @@ from pydantic import (
 )
 
 from .config import StrictModel as _Strict
+from .config import format_validation_error
 from .errors import ConfigError, InputError
 from .features import FEATURE_GROUPS, SHADOW_GROUPS
 from .policy import EFFORTS, EffortSetting, StopRule
@@ -503,16 +504,6 @@ def dumps(obj: Any, indent: int = 0) -> str:
 # --- loading -------------------------------------------------------------------------------------
 
 
-def _format_error(exc: ValidationError, source: str) -> str:
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        parts.append(f"{loc}: {msg}")
-    shown = "; ".join(parts[:6]) + (f"; and {len(parts) - 6} more" if len(parts) > 6 else "")
-    return f"{source}: invalid classifier file: {shown}"
-
-
 def _validate(data: Any, source: str) -> ClassifierFile:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: a classifier file is a JSON object")
@@ -525,7 +516,7 @@ def _validate(data: Any, source: str) -> ClassifierFile:
     try:
         return ClassifierFile.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_error(exc, source)) from None
+        raise ConfigError(format_validation_error(exc, source, "classifier file", limit=6)) from None
 
 
 def _read_json(path: Path) -> Any:

@@ -183,13 +183,19 @@ def _read(path: Path) -> dict[str, Any]:
     raise ConfigError(f"{path}: use a .toml, .yaml or .yml file")
 
 
-def format_validation_error(exc: ValidationError, source: str) -> str:
+def format_validation_error(exc: ValidationError, source: str, what: str = "configuration", *,
+                            limit: int | None = None) -> str:
+    """One line naming every invalid key of `source` (a file, or "options"): "<source>: invalid <what>:
+    a.b: unknown key; c: <pydantic's message>", the first `limit` of them when there are more."""
     parts = []
     for err in exc.errors():
         loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
         parts.append(f"{loc}: {msg}")
-    return f"{source}: invalid configuration: " + "; ".join(parts)
+    shown = "; ".join(parts[:limit])
+    if limit is not None and len(parts) > limit:
+        shown += f"; and {len(parts) - limit} more"
+    return f"{source}: invalid {what}: {shown}"
 
 
 def load_settings(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TandemSettings:
