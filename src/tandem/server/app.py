@@ -33,8 +33,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..config import TandemSettings
 from ..errors import BackendError, BackendTimeout, Cancelled, ConfigError, InputError, UnsupportedError
 from ..pipeline import Tandem
+from .answer import AnswerText, StreamDiverged
 from .metrics import CONTENT_TYPE, ServerMetrics
-from .runner import Outcome, PipelineRunner, RunHandle, RunSpec, StopScanner, find_stop, run_spec
+from .runner import Outcome, PipelineRunner, RunHandle, RunSpec, run_spec
 from .schemas import (
     SERVED_MODELS,
     AssistantMessage,
@@ -599,12 +600,9 @@ def create_app(settings: TandemSettings | None = None, *, tandem: Tandem | None 
             raise _run_error(exc, handle, rid) from exc
 
     def _completion(outcome: Outcome, req: ChatCompletionRequest, tandem_: Tandem, rid: str) -> ChatCompletion:
-        text = outcome.result.text
-        cut = find_stop(text, req.stop_sequences)
-        stop_hit = None
-        if cut is not None:
-            stop_hit = next(s for s in req.stop_sequences if text.find(s) == cut)
-            text = text[:cut]
+        answer = AnswerText(req.stop_sequences)
+        answer.finish(outcome.result.text)
+        text, stop_hit = answer.text, answer.stop_hit
         state.metrics.observe_result(req.model, outcome.result)
         if outcome.fallback:
             state.metrics.fallbacks.labels(req.model, outcome.fallback["model"]).inc()
@@ -622,9 +620,8 @@ def create_app(settings: TandemSettings | None = None, *, tandem: Tandem | None 
                       record: Callable[[int], None]) -> AsyncGenerator[bytes, None]:
         cid, created, model = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time()), req.model
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        scanner = StopScanner(req.stop_sequences)
-        raw: list[str] = []
-        sent_len, status, first_sent = 0, 499, False
+        answer = AnswerText(req.stop_sequences)
+        status, first_sent = 499, False
         deadline = handle.deadline
         item = first
         try:
@@ -632,13 +629,11 @@ def create_app(settings: TandemSettings | None = None, *, tandem: Tandem | None 
             while True:
                 kind, text, _ = item
                 if kind == "delta":
-                    raw.append(text)
-                    out = scanner.feed(text)
+                    out = answer.feed(text)
                     if out:
                         if not first_sent:
                             first_sent = True
                             state.metrics.first_token.labels(model).observe(time.monotonic() - t0)
-                        sent_len += len(out)
                         yield _chunk(cid, created, model, delta={"content": out}, include_usage=include_usage)
                 elif kind == "cancelled":
                     err = _cancel_error(text)
@@ -649,35 +644,28 @@ def create_app(settings: TandemSettings | None = None, *, tandem: Tandem | None 
                 else:  # end
                     try:
                         outcome = await _outcome(handle, rid)
+                        rest = answer.finish(outcome.result.text)
                     except RequestError as err:
                         status = err.status
                         if err.status != 499:
                             yield _sse(err.body())
                         return
-                    full, streamed = outcome.result.text, "".join(raw)
-                    if full != streamed:  # never finish a stream whose text is not the answer
-                        if not full.startswith(streamed):
-                            log.error("request_id=%s the streamed text is not the final text", rid)
-                            diverged = RequestError(f"internal server error: the streamed text diverged from "
-                                                    f"the answer (request {rid})", status=500,
-                                                    type="server_error", code="internal_error")
-                            status = diverged.status
-                            yield _sse(diverged.body())
-                            return
-                        out = scanner.feed(full[len(streamed):])
-                        sent_len += len(out)
-                        if out:
-                            yield _chunk(cid, created, model, delta={"content": out}, include_usage=include_usage)
-                    out = scanner.flush()
-                    if out:
-                        sent_len += len(out)
+                    except StreamDiverged:  # never finish a stream whose text is not the answer
+                        log.error("request_id=%s the streamed text is not the final text", rid)
+                        diverged = RequestError(f"internal server error: the streamed text diverged from "
+                                                f"the answer (request {rid})", status=500,
+                                                type="server_error", code="internal_error")
+                        status = diverged.status
+                        yield _sse(diverged.body())
+                        return
+                    for out in rest:
                         yield _chunk(cid, created, model, delta={"content": out}, include_usage=include_usage)
                     state.metrics.observe_result(model, outcome.result)
                     if outcome.fallback:
                         state.metrics.fallbacks.labels(model, outcome.fallback["model"]).inc()
-                    obj = _tandem_object(outcome, tandem_, state, request_id=rid, content_len=sent_len,
-                                         stop_hit=scanner.hit, return_trace=req.return_trace)
-                    finish = _finish_reason(outcome, scanner.hit)
+                    obj = _tandem_object(outcome, tandem_, state, request_id=rid, content_len=len(answer.text),
+                                         stop_hit=answer.stop_hit, return_trace=req.return_trace)
+                    finish = _finish_reason(outcome, answer.stop_hit)
                     if include_usage:
                         yield _chunk(cid, created, model, delta={}, finish=finish, include_usage=True)
                         yield _chunk(cid, created, model, usage=_usage(outcome), include_usage=True, tandem=obj,
