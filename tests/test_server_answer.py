@@ -1,5 +1,6 @@
-"""The answer a request returns (`AnswerText`), without the HTTP layer: stop sequences across delta
-boundaries, the text streamed equals the final text or the stream fails, a run that fails mid-stream."""
+"""The answer a request returns (`AnswerText`) and the report of a finished run (`final_report`), without
+the HTTP layer: stop sequences across delta boundaries, the text streamed equals the final text or the
+stream fails, a run that fails mid-stream, and the report both response paths send."""
 
 from __future__ import annotations
 
@@ -7,7 +8,11 @@ import random
 
 import pytest
 
+from tandem import Tandem
+from tandem.backends.scripted import ScriptedBackend
 from tandem.server.answer import AnswerText, StreamDiverged, find_stop
+from tandem.server.report import final_report
+from tandem.server.runner import Outcome
 
 
 def stream(answer: AnswerText, deltas: list[str]) -> str:
@@ -102,3 +107,43 @@ def test_finishing_twice_is_a_bug():
     with pytest.raises(RuntimeError):
         answer.finish("x")
     assert answer.feed("y") == "" and answer.text == "x"
+
+
+# ---- the report of a finished run ---------------------------------------------------------------
+def _outcome(reply: str, method: str = "slm", **kw) -> tuple[Outcome, Tandem]:
+    t = Tandem(ScriptedBackend(" Step one. Step two.", name="big", n_params=1_500_000_000),
+               ScriptedBackend(reply, name="small", n_params=500_000_000))
+    deltas: list[tuple[str, str]] = []
+
+    def hook(event: str, payload: dict) -> None:
+        if event == "answer_delta":
+            deltas.append((payload["role"], payload["text"]))
+
+    result = t.solve("What is 3 + 4?", method=method, on_event=hook, **kw)
+    return Outcome(result, deltas), t
+
+
+def test_the_report_says_stop_for_a_stop_sequence_and_attributes_only_the_text_sent():
+    outcome, t = _outcome(" So 3 + 4 = 7. The answer is 7.", slm_max_tokens=6)
+    assert outcome.result.finish_reason == "length"
+    answer = AnswerText(["= 7"])
+    answer.finish(outcome.result.text)
+    report = final_report(outcome, answer, t, request_id="r1", return_trace=False, compare_estimate=None)
+    assert report.finish_reason == "stop" and report.tandem["stop_sequence"] == "= 7"
+    assert report.tandem["parts"] == [{"role": "slm", "model": "small", "start": 0, "end": len(" So 3 + 4 ")}]
+    assert report.tandem["request_id"] == "r1" and "trace" not in report.tandem
+    assert "flops_relative_to_llm_alone" not in report.tandem
+    u = report.usage
+    assert u.completion_tokens == 6 and u.total_tokens == u.prompt_tokens + u.completion_tokens
+
+
+def test_the_report_says_length_for_a_cut_model_and_adds_the_trace_and_estimate_when_asked():
+    outcome, t = _outcome(" So 3 + 4 = 7. The answer is 7.", slm_max_tokens=3)
+    answer = AnswerText()
+    answer.finish(outcome.result.text)
+    report = final_report(outcome, answer, t, request_id="r2", return_trace=True, compare_estimate=100)
+    assert report.finish_reason == "length" and report.tandem["stop_sequence"] is None
+    assert report.tandem["trace"]["text"] == answer.text
+    assert report.tandem["flops_relative_to_llm_alone"] == pytest.approx(
+        report.tandem["flops_total"] / (2 * 1.5e9 * 100))
+    assert report.tandem["parts"][-1]["end"] == len(answer.text)

@@ -35,6 +35,7 @@ from ..errors import BackendError, BackendTimeout, Cancelled, ConfigError, Input
 from ..pipeline import Tandem
 from .answer import AnswerText, StreamDiverged
 from .metrics import CONTENT_TYPE, ServerMetrics
+from .report import FinalReport, final_report
 from .runner import Outcome, PipelineRunner, RunHandle, RunSpec, run_spec
 from .schemas import (
     SERVED_MODELS,
@@ -353,74 +354,6 @@ def _cancel_error(reason: str) -> RequestError:
                         code="client_disconnected")
 
 
-def _usage(outcome: Outcome) -> CompletionUsage:
-    models = outcome.result.cost.models.values()
-    prompt = sum(m.input_tokens for m in models)
-    completion = sum(m.generated_tokens for m in models)
-    return CompletionUsage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
-                           prompt_tokens_details={"cached_tokens": sum(m.prompt_tokens_cached for m in models)})
-
-
-def _parts(outcome: Outcome, tandem: Tandem, content_len: int) -> list[dict[str, Any]]:
-    """Which model wrote which characters of the returned content ([start, end) code points)."""
-    r = outcome.result
-    pieces = outcome.deltas
-    if "".join(t for _, t in pieces) != r.text:  # not expected: derive from the result instead
-        pieces = [("llm", r.llm_text), ("slm", r.slm_text)] if r.handover_mode == "continue" or r.method == "llm" \
-            else [("slm", r.slm_text or r.llm_text)]
-    names = {"llm": tandem.llm.info.name, "slm": tandem.slm.info.name}
-    parts: list[dict[str, Any]] = []
-    pos = 0
-    for role, text in pieces:
-        start, end = pos, min(pos + len(text), content_len)
-        pos += len(text)
-        if end <= start:
-            continue
-        if parts and parts[-1]["role"] == role:
-            parts[-1]["end"] = end
-        else:
-            parts.append({"role": role, "model": names.get(role, role), "start": start, "end": end})
-    return parts
-
-
-def _tandem_object(outcome: Outcome, tandem: Tandem, state: _State, *, request_id: str, content_len: int,
-                   stop_hit: str | None, return_trace: bool) -> dict[str, Any]:
-    r = outcome.result
-    cost = r.cost.to_dict()
-    obj: dict[str, Any] = {
-        "request_id": request_id,
-        "method": r.method,
-        "effort": r.settings.get("effort"),
-        "handover_mode": r.handover_mode,
-        "models": {"llm": tandem.llm.info.name, "slm": tandem.slm.info.name},
-        "stop_reason": r.stop_reason,
-        "handover_tokens": r.handover_tokens,
-        "model_finish_reason": r.finish_reason,
-        "stop_sequence": stop_hit,
-        "parts": _parts(outcome, tandem, content_len),
-        "insights": [{"text": u.text, "kind": u.kind, "end_token": u.end_token} for u in r.insights],
-        "checkpoints": [c.summary() for c in r.checkpoints],
-        "answer": {"answer": r.answer.answer, "rule": r.answer.rule},
-        "cost": cost,
-        "flops_total": cost["flops_total"],
-        "flops_generated": cost["flops_generated"],
-        "cancel_latency_s": r.cancel_latency_s,
-        "fallback": outcome.fallback or {"used": False},
-    }
-    est, n_llm = state.srv.compare_estimate, tandem.llm.info.n_params
-    if est and n_llm:
-        obj["flops_relative_to_llm_alone"] = cost["flops_total"] / (2.0 * n_llm * est)
-    if return_trace:
-        obj["trace"] = r.to_dict()
-    return obj
-
-
-def _finish_reason(outcome: Outcome, stop_hit: str | None) -> str:
-    if stop_hit is not None:
-        return "stop"
-    return "length" if outcome.result.finish_reason == "length" else "stop"
-
-
 def _chunk(cid: str, created: int, model: str, *, delta: dict[str, Any] | None = None,
            finish: str | None = None, usage: CompletionUsage | None = None, include_usage: bool = False,
            tandem: dict[str, Any] | None = None, no_choices: bool = False) -> bytes:
@@ -599,20 +532,22 @@ def create_app(settings: TandemSettings | None = None, *, tandem: Tandem | None 
         except Exception as exc:
             raise _run_error(exc, handle, rid) from exc
 
-    def _completion(outcome: Outcome, req: ChatCompletionRequest, tandem_: Tandem, rid: str) -> ChatCompletion:
-        answer = AnswerText(req.stop_sequences)
-        answer.finish(outcome.result.text)
-        text, stop_hit = answer.text, answer.stop_hit
+    def _report(outcome: Outcome, answer: AnswerText, req: ChatCompletionRequest, tandem_: Tandem,
+                rid: str) -> FinalReport:
         state.metrics.observe_result(req.model, outcome.result)
         if outcome.fallback:
             state.metrics.fallbacks.labels(req.model, outcome.fallback["model"]).inc()
+        return final_report(outcome, answer, tandem_, request_id=rid, return_trace=req.return_trace,
+                            compare_estimate=state.srv.compare_estimate)
+
+    def _completion(outcome: Outcome, req: ChatCompletionRequest, tandem_: Tandem, rid: str) -> ChatCompletion:
+        answer = AnswerText(req.stop_sequences)
+        answer.finish(outcome.result.text)
+        report = _report(outcome, answer, req, tandem_, rid)
         return ChatCompletion(
             id=f"chatcmpl-{uuid.uuid4().hex[:24]}", created=int(time.time()), model=req.model,
-            choices=[Choice(message=AssistantMessage(content=text),
-                            finish_reason=_finish_reason(outcome, stop_hit))],  # type: ignore[arg-type]
-            usage=_usage(outcome),
-            tandem=_tandem_object(outcome, tandem_, state, request_id=rid, content_len=len(text),
-                                  stop_hit=stop_hit, return_trace=req.return_trace),
+            choices=[Choice(message=AssistantMessage(content=answer.text), finish_reason=report.finish_reason)],
+            usage=report.usage, tandem=report.tandem,
         )
 
     async def _stream(first: tuple[str, str, str], handle: RunHandle, watcher: asyncio.Task[None],
@@ -660,18 +595,14 @@ def create_app(settings: TandemSettings | None = None, *, tandem: Tandem | None 
                         return
                     for out in rest:
                         yield _chunk(cid, created, model, delta={"content": out}, include_usage=include_usage)
-                    state.metrics.observe_result(model, outcome.result)
-                    if outcome.fallback:
-                        state.metrics.fallbacks.labels(model, outcome.fallback["model"]).inc()
-                    obj = _tandem_object(outcome, tandem_, state, request_id=rid, content_len=len(answer.text),
-                                         stop_hit=answer.stop_hit, return_trace=req.return_trace)
-                    finish = _finish_reason(outcome, answer.stop_hit)
+                    report = _report(outcome, answer, req, tandem_, rid)
                     if include_usage:
-                        yield _chunk(cid, created, model, delta={}, finish=finish, include_usage=True)
-                        yield _chunk(cid, created, model, usage=_usage(outcome), include_usage=True, tandem=obj,
-                                     no_choices=True)
+                        yield _chunk(cid, created, model, delta={}, finish=report.finish_reason, include_usage=True)
+                        yield _chunk(cid, created, model, usage=report.usage, include_usage=True,
+                                     tandem=report.tandem, no_choices=True)
                     else:
-                        yield _chunk(cid, created, model, delta={}, finish=finish, tandem=obj)
+                        yield _chunk(cid, created, model, delta={}, finish=report.finish_reason,
+                                     tandem=report.tandem)
                     yield _sse("[DONE]")
                     status = 200
                     return
