@@ -31,9 +31,18 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..config import TandemSettings
-from ..errors import BackendError, BackendTimeout, Cancelled, ConfigError, InputError, UnsupportedError
+from ..errors import ConfigError
 from ..pipeline import Tandem
 from .answer import AnswerText, StreamDiverged
+from .failures import (
+    cancel_error,
+    error_json,
+    error_response,
+    on_http_error,
+    on_request_error,
+    on_validation_error,
+    run_error,
+)
 from .metrics import CONTENT_TYPE, ServerMetrics
 from .report import FinalReport, final_report
 from .runner import Outcome, PipelineRunner, RunHandle, RunSpec, run_spec
@@ -51,7 +60,6 @@ from .schemas import (
     ModelList,
     RequestError,
     build_question,
-    error_body,
     parse_request,
 )
 
@@ -76,15 +84,6 @@ def api_keys(env_var: str | None) -> tuple[bytes, ...]:
 
 def _request_id(scope: Scope) -> str:
     return str(scope.get(_RID_KEY, ""))
-
-
-def _error(status: int, message: str, *, type: str, code: str | None = None, param: str | None = None,
-           headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(error_body(message, type=type, param=param, code=code), status_code=status, headers=headers)
-
-
-def _error_response(exc: RequestError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers or None)
 
 
 class _RequestContext:
@@ -118,8 +117,8 @@ class _RequestContext:
         except Exception:
             log.exception("request_id=%s unexpected error in %s %s", rid, scope.get("method"), scope.get("path"))
             if not started:
-                resp = _error(500, f"internal server error (request {rid})", type="server_error",
-                              code="internal_error")
+                resp = error_json(500, f"internal server error (request {rid})", type="server_error",
+                                  code="internal_error")
                 await resp(scope, receive, send_with_id)
         finally:
             level = logging.DEBUG if scope.get("path") in _QUIET_PATHS and status < 400 else logging.INFO
@@ -324,36 +323,6 @@ class _State:
                        handover=req.handover or tandem.config.handover)
 
 
-def _run_error(exc: BaseException, handle: RunHandle, request_id: str) -> RequestError:
-    """What a failed run becomes for the client. Backend failures are described by their kind only:
-    their messages name the upstream's URL and quote its own error text, which go to the log."""
-    if isinstance(exc, Cancelled):
-        reason = handle.cancel_reason or ("timeout" if time.monotonic() >= handle.deadline else "cancelled")
-        return _cancel_error(reason)
-    if isinstance(exc, BackendTimeout):
-        log.error("request_id=%s backend timeout: %s", request_id, exc)
-        return RequestError(f"a model backend timed out; the details are in the server log (request "
-                            f"{request_id})", status=504, type="server_error", code="backend_timeout")
-    if isinstance(exc, BackendError):
-        log.error("request_id=%s backend error: %s: %s", request_id, type(exc).__name__, exc)
-        return RequestError(f"a model backend failed ({type(exc).__name__}); the details are in the server "
-                            f"log (request {request_id})", status=502, type="server_error", code="backend_error")
-    if isinstance(exc, (InputError, ConfigError, UnsupportedError)):
-        return RequestError(str(exc), code="invalid_request")
-    log.error("request_id=%s pipeline failed", request_id, exc_info=exc)
-    return RequestError(f"internal server error (request {request_id})", status=500, type="server_error",
-                        code="internal_error")
-
-
-def _cancel_error(reason: str) -> RequestError:
-    if reason == "timeout":
-        return RequestError("the request timed out", status=504, type="server_error", code="timeout")
-    if reason == "shutdown":
-        return RequestError("the server is shutting down", status=503, type="server_error", code="shutting_down")
-    return RequestError("the client disconnected", status=499, type="invalid_request_error",
-                        code="client_disconnected")
-
-
 def _chunk(cid: str, created: int, model: str, *, delta: dict[str, Any] | None = None,
            finish: str | None = None, usage: CompletionUsage | None = None, include_usage: bool = False,
            tandem: dict[str, Any] | None = None, no_choices: bool = False) -> bytes:
@@ -382,27 +351,9 @@ def create_app(settings: TandemSettings | None = None, *, tandem: Tandem | None 
     app.state.tandem_state = state
     app.add_middleware(_RequestContext)
 
-    @app.exception_handler(RequestError)
-    async def _on_request_error(_request: Request, exc: RequestError) -> JSONResponse:
-        return _error_response(exc)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        if exc.status_code == 404:
-            msg, code = f"unknown request URL: {request.method} {request.url.path}", "unknown_url"
-        elif exc.status_code == 405:
-            msg, code = f"method {request.method} not allowed for {request.url.path}", "method_not_allowed"
-        else:
-            msg, code = str(exc.detail), None
-        return _error(exc.status_code, msg, type="invalid_request_error", code=code,
-                      headers=dict(exc.headers or {}))
-
-    @app.exception_handler(RequestValidationError)
-    async def _on_validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        param = ".".join(str(x) for x in first.get("loc", ())[1:]) or None
-        return _error(400, f"invalid request: {first.get('msg', 'validation failed')}",
-                      type="invalid_request_error", code="invalid_value", param=param)
+    app.exception_handler(RequestError)(on_request_error)
+    app.exception_handler(StarletteHTTPException)(on_http_error)
+    app.exception_handler(RequestValidationError)(on_validation_error)
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -479,7 +430,7 @@ def create_app(settings: TandemSettings | None = None, *, tandem: Tandem | None 
                                    headers={"Retry-After": "1"})
         except RequestError as exc:
             record(exc.status)
-            return _error_response(exc)
+            return error_response(exc)
 
         deadline = handle.deadline
         watcher = asyncio.create_task(_watch_disconnect(request.receive, handle))
@@ -490,7 +441,7 @@ def create_app(settings: TandemSettings | None = None, *, tandem: Tandem | None 
                 outcome = await _wait(handle, deadline, rid)
             except RequestError as exc:
                 record(exc.status)
-                return _error_response(exc)
+                return error_response(exc)
             finally:
                 watcher.cancel()
                 if not handle.done:
@@ -505,11 +456,11 @@ def create_app(settings: TandemSettings | None = None, *, tandem: Tandem | None 
             if first[0] == "end":
                 await _outcome(handle, rid)
             elif first[0] == "cancelled":
-                raise _cancel_error(first[1])
+                raise cancel_error(first[1])
         except RequestError as exc:
             watcher.cancel()
             record(exc.status)
-            return _error_response(exc)
+            return error_response(exc)
         except BaseException:
             watcher.cancel()
             handle.cancel("disconnect")
@@ -523,14 +474,14 @@ def create_app(settings: TandemSettings | None = None, *, tandem: Tandem | None 
             if kind == "end":
                 return await _outcome(handle, rid)
             if kind == "cancelled":
-                raise _cancel_error(text)
+                raise cancel_error(text)
 
     async def _outcome(handle: RunHandle, rid: str) -> Outcome:
         assert handle.future is not None
         try:
             return await asyncio.shield(handle.future)
         except Exception as exc:
-            raise _run_error(exc, handle, rid) from exc
+            raise run_error(exc, handle, rid) from exc
 
     def _report(outcome: Outcome, answer: AnswerText, req: ChatCompletionRequest, tandem_: Tandem,
                 rid: str) -> FinalReport:
@@ -571,7 +522,7 @@ def create_app(settings: TandemSettings | None = None, *, tandem: Tandem | None 
                             state.metrics.first_token.labels(model).observe(time.monotonic() - t0)
                         yield _chunk(cid, created, model, delta={"content": out}, include_usage=include_usage)
                 elif kind == "cancelled":
-                    err = _cancel_error(text)
+                    err = cancel_error(text)
                     status = err.status
                     if text != "disconnect":
                         yield _sse(err.body())
