@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 import math
 import os
-import re
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
@@ -25,18 +23,18 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message
 
 from ..config import TandemSettings
 from ..errors import ConfigError
 from ..pipeline import Tandem
 from .answer import AnswerText, StreamDiverged
+from .asgi import EventStream, RequestContext, request_id, sse
 from .failures import (
     cancel_error,
-    error_json,
     error_response,
     on_http_error,
     on_request_error,
@@ -65,9 +63,6 @@ from .schemas import (
 
 log = logging.getLogger("tandem.server")
 
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
-_RID_KEY = "tandem.request_id"
-_QUIET_PATHS = frozenset({"/health", "/metrics"})  # probes and scrapes: logged at debug level
 _CLOSE_TIMEOUT_S = 10.0  # after cancelling at shutdown: how long the worker may take to stop
 
 
@@ -80,76 +75,6 @@ def api_keys(env_var: str | None) -> tuple[bytes, ...]:
     if not keys:
         raise ConfigError(f"environment variable {env_var} (server API keys) is not set or empty")
     return keys
-
-
-def _request_id(scope: Scope) -> str:
-    return str(scope.get(_RID_KEY, ""))
-
-
-class _RequestContext:
-    """Pure ASGI middleware: a request id for every request (the client's `X-Request-Id` when it is
-    sane, else a new one) in the response headers and the log, and an OpenAI-shaped 500 for any
-    unexpected error. Never logs headers (API keys)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        given = next((v.decode("latin-1") for k, v in scope.get("headers", []) if k == b"x-request-id"), "")
-        rid = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
-        scope[_RID_KEY] = rid
-        started, status = False, 500
-        t0 = time.perf_counter()
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal started, status
-            if message["type"] == "http.response.start":
-                started, status = True, int(message["status"])
-                message = {**message, "headers": [*message.get("headers", []),
-                                                   (b"x-request-id", rid.encode("latin-1"))]}
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_id)
-        except Exception:
-            log.exception("request_id=%s unexpected error in %s %s", rid, scope.get("method"), scope.get("path"))
-            if not started:
-                resp = error_json(500, f"internal server error (request {rid})", type="server_error",
-                                  code="internal_error")
-                await resp(scope, receive, send_with_id)
-        finally:
-            level = logging.DEBUG if scope.get("path") in _QUIET_PATHS and status < 400 else logging.INFO
-            log.log(level, "request_id=%s %s %s %d %.1fms", rid, scope.get("method"), scope.get("path"), status,
-                    (time.perf_counter() - t0) * 1000)
-
-
-class _EventStream(StreamingResponse):
-    """Server-sent events without Starlette's own disconnect listener: the request's watcher task is
-    the one reader of `receive`. `events` is an already started generator (its first chunk given), so
-    closing it always runs its clean-up, which cancels the run when it did not finish."""
-
-    def __init__(self, first: bytes, events: AsyncGenerator[bytes, None]) -> None:
-        super().__init__(events, media_type="text/event-stream",
-                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        self._first, self._events = first, events
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-            await send({"type": "http.response.body", "body": self._first, "more_body": True})
-            async for chunk in self._events:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        finally:
-            await self._events.aclose()
-
-
-def _sse(data: dict[str, Any] | str) -> bytes:
-    text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"), ensure_ascii=False)
-    return f"data: {text}\n\n".encode()
 
 
 class _State:
@@ -335,7 +260,7 @@ def _chunk(cid: str, created: int, model: str, *, delta: dict[str, Any] | None =
         d.pop("usage")
     if tandem is None:
         d.pop("tandem")
-    return _sse(d)
+    return sse(d)
 
 
 def create_app(settings: TandemSettings | None = None, *, tandem: Tandem | None = None) -> FastAPI:
@@ -349,7 +274,7 @@ def create_app(settings: TandemSettings | None = None, *, tandem: Tandem | None 
     app = FastAPI(title="tandem", version=__version__, lifespan=state.lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None)
     app.state.tandem_state = state
-    app.add_middleware(_RequestContext)
+    app.add_middleware(RequestContext)
 
     app.exception_handler(RequestError)(on_request_error)
     app.exception_handler(StarletteHTTPException)(on_http_error)
@@ -404,7 +329,7 @@ def create_app(settings: TandemSettings | None = None, *, tandem: Tandem | None 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         t0 = time.monotonic()
-        rid = _request_id(request.scope)
+        rid = request_id(request.scope)
         label, stream = "-", False
 
         def record(status: int) -> None:
@@ -466,7 +391,7 @@ def create_app(settings: TandemSettings | None = None, *, tandem: Tandem | None 
             handle.cancel("disconnect")
             raise
         events = _stream(first, handle, watcher, req, tandem_, rid, t0, record)
-        return _EventStream(await events.__anext__(), events)
+        return EventStream(await events.__anext__(), events)
 
     async def _wait(handle: RunHandle, deadline: float, rid: str) -> Outcome:
         while True:
@@ -525,7 +450,7 @@ def create_app(settings: TandemSettings | None = None, *, tandem: Tandem | None 
                     err = cancel_error(text)
                     status = err.status
                     if text != "disconnect":
-                        yield _sse(err.body())
+                        yield sse(err.body())
                     return
                 else:  # end
                     try:
@@ -534,7 +459,7 @@ def create_app(settings: TandemSettings | None = None, *, tandem: Tandem | None 
                     except RequestError as err:
                         status = err.status
                         if err.status != 499:
-                            yield _sse(err.body())
+                            yield sse(err.body())
                         return
                     except StreamDiverged:  # never finish a stream whose text is not the answer
                         log.error("request_id=%s the streamed text is not the final text", rid)
@@ -542,7 +467,7 @@ def create_app(settings: TandemSettings | None = None, *, tandem: Tandem | None 
                                                 f"the answer (request {rid})", status=500,
                                                 type="server_error", code="internal_error")
                         status = diverged.status
-                        yield _sse(diverged.body())
+                        yield sse(diverged.body())
                         return
                     for out in rest:
                         yield _chunk(cid, created, model, delta={"content": out}, include_usage=include_usage)
@@ -554,7 +479,7 @@ def create_app(settings: TandemSettings | None = None, *, tandem: Tandem | None 
                     else:
                         yield _chunk(cid, created, model, delta={}, finish=report.finish_reason,
                                      tandem=report.tandem)
-                    yield _sse("[DONE]")
+                    yield sse("[DONE]")
                     status = 200
                     return
                 item = await handle.next(deadline)
