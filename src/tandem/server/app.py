@@ -43,7 +43,7 @@ from .failures import (
 )
 from .metrics import CONTENT_TYPE, ServerMetrics
 from .report import FinalReport, final_report
-from .runner import Outcome, PipelineRunner, RunHandle, RunSpec, run_spec
+from .runner import Outcome, PipelineRunner, RunHandle, run_spec
 from .schemas import (
     SERVED_MODELS,
     AssistantMessage,
@@ -57,9 +57,9 @@ from .schemas import (
     ModelCard,
     ModelList,
     RequestError,
-    build_question,
     parse_request,
 )
+from .spec import run_spec_for
 
 log = logging.getLogger("tandem.server")
 
@@ -198,55 +198,6 @@ class _State:
         except ClientDisconnect:
             raise RequestError("the client disconnected", status=499, code="client_disconnected") from None
 
-    def spec_for(self, req: ChatCompletionRequest, tandem: Tandem, request_id: str) -> RunSpec:
-        method, fixed_effort = SERVED_MODELS[req.model]
-        wanted = req.requested_effort
-        effort_param = "effort" if req.effort is not None else "reasoning_effort"
-        if fixed_effort is not None and wanted is not None and wanted != fixed_effort:
-            raise RequestError(f"{effort_param} {wanted!r} conflicts with model {req.model!r} (effort "
-                               f"{fixed_effort!r}); use model 'tandem' to choose the effort", param=effort_param,
-                               code="invalid_value")
-        overrides: dict[str, Any] = {}
-        if method == "tandem":
-            effort = fixed_effort or wanted
-            if effort is not None:
-                if effort not in tandem.rule.efforts:
-                    raise RequestError(f"effort {effort!r} is not configured: {sorted(tandem.rule.efforts)}",
-                                       param=effort_param, code="invalid_value")
-                overrides["effort"] = effort
-            if req.handover is not None:
-                overrides["handover"] = req.handover
-            handover = req.handover or tandem.config.handover
-            li, si = tandem.llm.info, tandem.slm.info
-            if handover == "continue" and (li.tokenizer_id != si.tokenizer_id
-                                           or li.chat_template_id != si.chat_template_id):
-                raise RequestError(f"continue hand-over needs one tokenizer and chat template; {li.name} and "
-                                   f"{si.name} differ: use handover 'hint'", param="handover",
-                                   code="invalid_value")
-            if req.stage_budgets is not None:
-                if max(req.stage_budgets) > self.srv.max_tokens_cap:
-                    raise RequestError(f"stage budgets may not exceed {self.srv.max_tokens_cap}",
-                                       param="stage_budgets", code="invalid_value")
-                overrides["stage_budgets"] = tuple(sorted(set(req.stage_budgets)))
-        max_new = req.max_new_tokens
-        if max_new is not None:
-            if max_new > self.srv.max_tokens_cap:
-                param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
-                raise RequestError(f"{param} may be at most {self.srv.max_tokens_cap} on this server",
-                                   param=param, code="invalid_value")
-            overrides["llm_max_tokens"] = overrides["slm_max_tokens"] = max_new
-        else:  # the configured defaults obey the cap as well
-            dec = tandem.config.decoding
-            for key, value in (("llm_max_tokens", dec.llm_max_tokens), ("slm_max_tokens", dec.slm_max_tokens)):
-                if value > self.srv.max_tokens_cap:
-                    overrides[key] = self.srv.max_tokens_cap
-        if req.temperature is not None:
-            overrides["temperature"] = float(req.temperature)
-        if req.seed is not None:
-            overrides["seed"] = req.seed
-        return RunSpec(build_question(req.messages), method, overrides, req.stream, self.srv.fallback, request_id,
-                       handover=req.handover or tandem.config.handover)
-
 
 def _chunk(cid: str, created: int, model: str, *, delta: dict[str, Any] | None = None,
            finish: str | None = None, usage: CompletionUsage | None = None, include_usage: bool = False,
@@ -345,7 +296,7 @@ def create_app(settings: TandemSettings | None = None, *, tandem: Tandem | None 
                 raise RequestError(f"the model {req.model!r} does not exist; choose one of "
                                    f"{', '.join(SERVED_MODELS)}", status=404, param="model", code="model_not_found")
             label, stream = req.model, req.stream
-            spec = state.spec_for(req, tandem_, rid)
+            spec = run_spec_for(req, tandem_, state.srv, rid)
             loop = asyncio.get_running_loop()
             handle = state.runner.admit(loop, lambda why: state.metrics.cancellations.labels(why).inc(),
                                         stream=req.stream, timeout_s=state.srv.request_timeout_s)
