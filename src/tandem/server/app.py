@@ -20,12 +20,13 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message
 
 from ..config import TandemSettings
 from ..pipeline import Tandem
+from . import endpoints
 from .answer import AnswerText, StreamDiverged
 from .asgi import EventStream, RequestContext, request_id, sse
 from .failures import (
@@ -36,7 +37,6 @@ from .failures import (
     on_validation_error,
     run_error,
 )
-from .metrics import CONTENT_TYPE
 from .report import FinalReport, final_report
 from .runner import Outcome, RunHandle, run_spec
 from .schemas import (
@@ -49,8 +49,6 @@ from .schemas import (
     ChunkChoice,
     CompletionUsage,
     Delta,
-    ModelCard,
-    ModelList,
     RequestError,
     parse_request,
 )
@@ -91,51 +89,10 @@ def create_app(settings: TandemSettings | None = None, *, tandem: Tandem | None 
     app.exception_handler(StarletteHTTPException)(on_http_error)
     app.exception_handler(RequestValidationError)(on_validation_error)
 
-    @app.get("/health")
-    async def health() -> JSONResponse:
-        t = state.tandem
-        stuck = state.runner.stuck(state.srv.stuck_grace_s)
-        if state.draining:
-            status = "shutting_down"
-        elif t is None:
-            status = "failed" if state.load_error else "loading"
-        elif stuck:  # a worker has not come back from a run past its deadline: take this replica out
-            status = "degraded"
-        else:
-            status = "ok"
-        body = {"status": status, "backends": {"llm": t is not None, "slm": t is not None},
-                "queue": {"active": state.runner.active, "max": state.srv.max_queue, "stuck": stuck}}
-        return JSONResponse(body, status_code=200 if status == "ok" else 503)
-
-    @app.get("/metrics")
-    async def metrics(request: Request) -> Response:
-        state.authorize(request)
-        return Response(state.metrics.render(), media_type=CONTENT_TYPE)
-
-    def _card(model_id: str, created: int) -> ModelCard:
-        method, effort = SERVED_MODELS[model_id]
-        t = state.tandem
-        info: dict[str, Any] = {"method": method}
-        if method == "tandem":
-            info["effort"] = effort or (t.config.effort if t else settings.pipeline.effort)
-            info["llm"], info["slm"] = (t.llm.info.name, t.slm.info.name) if t else (None, None)
-        else:
-            backend = (t.llm if method == "llm" else t.slm) if t else None
-            info["model"] = backend.info.name if backend else None
-        return ModelCard(id=model_id, created=created, tandem=info)
-
-    @app.get("/v1/models")
-    async def list_models(request: Request) -> JSONResponse:
-        state.authorize(request)
-        return JSONResponse(ModelList(data=[_card(m, state.created) for m in SERVED_MODELS]).model_dump())
-
-    @app.get("/v1/models/{model_id}")
-    async def get_model(model_id: str, request: Request) -> JSONResponse:
-        state.authorize(request)
-        if model_id not in SERVED_MODELS:
-            raise RequestError(f"the model {model_id!r} does not exist; see GET /v1/models", status=404,
-                               param="model", code="model_not_found")
-        return JSONResponse(_card(model_id, state.created).model_dump())
+    app.add_api_route("/health", endpoints.health, methods=["GET"])
+    app.add_api_route("/metrics", endpoints.metrics, methods=["GET"])
+    app.add_api_route("/v1/models", endpoints.list_models, methods=["GET"])
+    app.add_api_route("/v1/models/{model_id}", endpoints.get_model, methods=["GET"])
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
