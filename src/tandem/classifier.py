@@ -25,8 +25,6 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Discriminator,
     Field,
     Tag,
@@ -35,6 +33,8 @@ from pydantic import (
     model_validator,
 )
 
+from .config import StrictModel as _Strict
+from .config import format_validation_error
 from .errors import ConfigError, InputError
 from .features import FEATURE_GROUPS, SHADOW_GROUPS
 from .policy import EFFORTS, EffortSetting, StopRule
@@ -64,10 +64,6 @@ class ModelPairWarning(UserWarning):
 
 
 # --- the file format -----------------------------------------------------------------------------
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class ModelRef(_Strict):
@@ -509,16 +505,6 @@ def dumps(obj: Any, indent: int = 0) -> str:
 # --- loading -------------------------------------------------------------------------------------
 
 
-def _format_error(exc: ValidationError, source: str) -> str:
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        parts.append(f"{loc}: {msg}")
-    shown = "; ".join(parts[:6]) + (f"; and {len(parts) - 6} more" if len(parts) > 6 else "")
-    return f"{source}: invalid classifier file: {shown}"
-
-
 def _validate(data: Any, source: str) -> ClassifierFile:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: a classifier file is a JSON object")
@@ -531,7 +517,7 @@ def _validate(data: Any, source: str) -> ClassifierFile:
     try:
         return ClassifierFile.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_error(exc, source)) from None
+        raise ConfigError(format_validation_error(exc, source, "classifier file", limit=6)) from None
 
 
 def _read_json(path: Path) -> Any:

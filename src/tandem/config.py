@@ -17,11 +17,13 @@ DEFAULT_LLM = "qwen2.5-coder-1.5b"
 DEFAULT_SLM = "qwen2.5-coder-0.5b"
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
+    """The base of tandem's pydantic models: an unknown key or field is an error, instances are immutable."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class BackendSettings(_Strict):
+class BackendSettings(StrictModel):
     """One model: embedded GGUF (`llamacpp`), an OpenAI-compatible endpoint (`openai`), `scripted`, or
     recorded outputs replayed (`recorded`: `model` is the recordings file)."""
 
@@ -88,7 +90,7 @@ class BackendSettings(_Strict):
         return self
 
 
-class PipelineSettings(_Strict):
+class PipelineSettings(StrictModel):
     task: Literal["math", "code"] = "math"
     handover: Literal["continue", "conclude", "hint"] = "continue"
     effort: Literal["low", "medium", "high"] = "medium"
@@ -124,7 +126,7 @@ class PipelineSettings(_Strict):
         return tuple(sorted(set(value)))
 
 
-class ServerSettings(_Strict):
+class ServerSettings(StrictModel):
     """`tandem serve`: where it listens, who may call it, and the limits it enforces (docs/server.md)."""
 
     host: str = "127.0.0.1"
@@ -149,7 +151,7 @@ class ServerSettings(_Strict):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 
-class TandemSettings(_Strict):
+class TandemSettings(StrictModel):
     llm: BackendSettings = BackendSettings(model=DEFAULT_LLM)
     slm: BackendSettings = BackendSettings(model=DEFAULT_SLM)
     pipeline: PipelineSettings = PipelineSettings()
@@ -207,13 +209,19 @@ def _read(path: Path) -> dict[str, Any]:
     raise ConfigError(f"{path}: use a .toml, .yaml or .yml file")
 
 
-def format_validation_error(exc: ValidationError, source: str) -> str:
+def format_validation_error(exc: ValidationError, source: str, what: str = "configuration", *,
+                            limit: int | None = None) -> str:
+    """One line naming every invalid key of `source` (a file, or "options"): "<source>: invalid <what>:
+    a.b: unknown key; c: <pydantic's message>", the first `limit` of them when there are more."""
     parts = []
     for err in exc.errors():
         loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
         parts.append(f"{loc}: {msg}")
-    return f"{source}: invalid configuration: " + "; ".join(parts)
+    shown = "; ".join(parts[:limit])
+    if limit is not None and len(parts) > limit:
+        shown += f"; and {len(parts) - limit} more"
+    return f"{source}: invalid {what}: {shown}"
 
 
 def load_settings(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TandemSettings:

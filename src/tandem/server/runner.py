@@ -29,6 +29,7 @@ from ..backends.guard import CallGuard, guarded
 from ..errors import BackendError, Cancelled
 from ..pipeline import Tandem
 from ..result import TandemResult
+from .answer import StopScanner, find_stop  # noqa: F401  (they lived here: importable as before)
 
 log = logging.getLogger("tandem.server")
 
@@ -262,47 +263,3 @@ class PipelineRunner:
 
     def shutdown(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
-
-
-# ---- stop sequences -----------------------------------------------------------------------------
-def find_stop(text: str, stops: list[str]) -> int | None:
-    """Where to cut `text`: the start of the stop sequence whose first occurrence ends first (the one
-    a generator would meet first), or None."""
-    best: tuple[int, int] | None = None
-    for s in stops:
-        i = text.find(s)
-        if i >= 0 and (best is None or (i + len(s), i) < best):
-            best = (i + len(s), i)
-    return None if best is None else best[1]
-
-
-class StopScanner:
-    """Applies stop sequences to streamed text: holds back what could still start a stop sequence, so
-    the streamed text always equals `text[:find_stop(text, stops)]` of the whole."""
-
-    def __init__(self, stops: list[str]) -> None:
-        self.stops = stops
-        self.hold = max((len(s) for s in stops), default=1) - 1
-        self.buf = ""
-        self.hit: str | None = None
-
-    def feed(self, text: str) -> str:
-        if self.hit is not None:
-            return ""
-        if not self.stops:
-            return text
-        self.buf += text
-        cut = find_stop(self.buf, self.stops)
-        if cut is not None:
-            self.hit = next(s for s in self.stops if self.buf.find(s) == cut)
-            out, self.buf = self.buf[:cut], ""
-            return out
-        n = len(self.buf) - self.hold
-        if n <= 0:
-            return ""
-        out, self.buf = self.buf[:n], self.buf[n:]
-        return out
-
-    def flush(self) -> str:
-        out, self.buf = ("" if self.hit is not None else self.buf), ""
-        return out

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, ValidationError, model_validator
+
+from ..config import StrictModel
 
 Effort = Literal["low", "medium", "high"]
 SERVED_MODELS: dict[str, tuple[str, Effort | None]] = {
@@ -41,16 +43,18 @@ def error_body(message: str, *, type: str, param: str | None = None, code: str |
 
 
 # ---- request ------------------------------------------------------------------------------------
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+class _Request(StrictModel):
+    """A request body's part: validated as sent (JSON types are not coerced, NaN and infinities refused)."""
+
+    model_config = ConfigDict(strict=True, allow_inf_nan=False)
 
 
-class TextPart(_Strict):
+class TextPart(_Request):
     type: Literal["text"]
     text: str
 
 
-class ChatMessage(_Strict):
+class ChatMessage(_Request):
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart]
     name: str | None = None  # accepted, not used
@@ -62,15 +66,15 @@ class ChatMessage(_Strict):
         return "".join(p.text for p in self.content)
 
 
-class StreamOptions(_Strict):
+class StreamOptions(_Request):
     include_usage: bool = False
 
 
-class ResponseFormat(_Strict):
+class ResponseFormat(_Request):
     type: str
 
 
-class ChatCompletionRequest(_Strict):
+class ChatCompletionRequest(_Request):
     """`POST /v1/chat/completions`. Standard fields tandem cannot honour are accepted only at their
     neutral values; tandem's own options come as extra body fields (`effort`, `handover`,
     `stage_budgets`, `return_trace`)."""
@@ -244,11 +248,7 @@ def build_question(messages: list[ChatMessage]) -> str:
 
 
 # ---- responses ----------------------------------------------------------------------------------
-class _Out(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class CompletionUsage(_Out):
+class CompletionUsage(StrictModel):
     """Over both models: prompt tokens the models computed (the SLM's shadow pass included, cache
     hits not) and tokens they generated."""
 
@@ -258,20 +258,20 @@ class CompletionUsage(_Out):
     prompt_tokens_details: dict[str, int] = Field(default_factory=dict)
 
 
-class AssistantMessage(_Out):
+class AssistantMessage(StrictModel):
     role: Literal["assistant"] = "assistant"
     content: str
     refusal: None = None
 
 
-class Choice(_Out):
+class Choice(StrictModel):
     index: int = 0
     message: AssistantMessage
     finish_reason: Literal["stop", "length"]
     logprobs: None = None
 
 
-class ChatCompletion(_Out):
+class ChatCompletion(StrictModel):
     id: str
     object: Literal["chat.completion"] = "chat.completion"
     created: int
@@ -282,19 +282,19 @@ class ChatCompletion(_Out):
     tandem: dict[str, Any]
 
 
-class Delta(_Out):
+class Delta(StrictModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
 
 
-class ChunkChoice(_Out):
+class ChunkChoice(StrictModel):
     index: int = 0
     delta: Delta
     finish_reason: Literal["stop", "length"] | None = None
     logprobs: None = None
 
 
-class ChatCompletionChunk(_Out):
+class ChatCompletionChunk(StrictModel):
     id: str
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
     created: int
@@ -305,7 +305,7 @@ class ChatCompletionChunk(_Out):
     tandem: dict[str, Any] | None = None
 
 
-class ModelCard(_Out):
+class ModelCard(StrictModel):
     id: str
     object: Literal["model"] = "model"
     created: int
@@ -313,6 +313,6 @@ class ModelCard(_Out):
     tandem: dict[str, Any]
 
 
-class ModelList(_Out):
+class ModelList(StrictModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]

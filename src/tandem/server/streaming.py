@@ -1,0 +1,133 @@
+"""Streamed chat completions (`"stream": true`) as server-sent events.
+
+The status line waits for the run's first item, so that a run that fails or times out before it
+writes anything still gets its proper status. Then: a chunk with the role, a chunk per piece of
+answer text, the finish chunk (and with `include_usage` a last chunk with the usage) carrying the
+`tandem` report, and `[DONE]`; or, when the run fails after the status line, an error event and no
+`[DONE]`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncGenerator, Iterator
+from typing import Any
+
+from fastapi.responses import Response
+
+from .admission import ChatRun
+from .answer import AnswerText, StreamDiverged
+from .asgi import EventStream, sse
+from .failures import cancel_error, error_response
+from .report import FinalReport
+from .runner import Item
+from .schemas import ChatCompletionChunk, ChunkChoice, CompletionUsage, Delta, RequestError
+
+log = logging.getLogger("tandem.server")
+
+
+async def stream_completion(run: ChatRun) -> Response:
+    try:
+        first = await run.next()
+        if first[0] == "end":
+            await run.outcome()
+        elif first[0] == "cancelled":
+            raise cancel_error(first[1])
+    except RequestError as exc:
+        run.release()
+        run.record(exc.status)
+        return error_response(exc)
+    except BaseException:
+        run.release()
+        raise
+    events = _ChatStream(run).events(first)
+    return EventStream(await events.__anext__(), events)
+
+
+class _ChatStream:
+    """The events of one streamed completion. Closing `events` early (the client went away) cancels
+    the run; the request is recorded with the status it ended with (499 when the client left)."""
+
+    def __init__(self, run: ChatRun) -> None:
+        self.run = run
+        self.answer = AnswerText(run.req.stop_sequences)
+        self.id, self.created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        self.include_usage = bool(run.req.stream_options and run.req.stream_options.include_usage)
+        self.status = 499
+        self.first_sent = False
+
+    async def events(self, first: Item) -> AsyncGenerator[bytes, None]:
+        item = first
+        try:
+            yield self._chunk(delta={"role": "assistant", "content": ""})
+            while True:
+                kind, text, _ = item
+                if kind == "delta":
+                    out = self.answer.feed(text)
+                    if out:
+                        self._first_text()
+                        yield self._chunk(delta={"content": out})
+                elif kind == "cancelled":
+                    err = cancel_error(text)
+                    self.status = err.status
+                    if text != "disconnect":
+                        yield sse(err.body())
+                    return
+                else:  # the run ended
+                    try:
+                        outcome = await self.run.outcome()
+                        rest = self.answer.finish(outcome.result.text)
+                    except (RequestError, StreamDiverged) as exc:
+                        err = self._failure(exc)
+                        self.status = err.status
+                        if err.status != 499:
+                            yield sse(err.body())
+                        return
+                    for out in rest:
+                        yield self._chunk(delta={"content": out})
+                    for event in self._closing(self.run.report(outcome, self.answer)):
+                        yield event
+                    self.status = 200
+                    return
+                item = await self.run.next()
+        finally:
+            self.run.release()
+            self.run.record(self.status)
+
+    def _first_text(self) -> None:
+        if not self.first_sent:
+            self.first_sent = True
+            self.run.state.metrics.first_token.labels(self.run.req.model).observe(time.monotonic()
+                                                                                  - self.run.record.t0)
+
+    def _failure(self, exc: RequestError | StreamDiverged) -> RequestError:
+        if isinstance(exc, RequestError):
+            return exc
+        # never finish a stream whose text is not the answer
+        log.error("request_id=%s the streamed text is not the final text", self.run.request_id)
+        return RequestError(f"internal server error: the streamed text diverged from the answer (request "
+                            f"{self.run.request_id})", status=500, type="server_error", code="internal_error")
+
+    def _closing(self, report: FinalReport) -> Iterator[bytes]:
+        if self.include_usage:
+            yield self._chunk(delta={}, finish=report.finish_reason)
+            yield self._chunk(usage=report.usage, tandem=report.tandem, no_choices=True)
+        else:
+            yield self._chunk(delta={}, finish=report.finish_reason, tandem=report.tandem)
+        yield sse("[DONE]")
+
+    def _chunk(self, *, delta: dict[str, Any] | None = None, finish: str | None = None,
+               usage: CompletionUsage | None = None, tandem: dict[str, Any] | None = None,
+               no_choices: bool = False) -> bytes:
+        choices = [] if no_choices else [ChunkChoice(delta=Delta(**(delta or {})), finish_reason=finish)]  # type: ignore[arg-type]
+        d = ChatCompletionChunk(id=self.id, created=self.created, model=self.run.req.model, choices=choices,
+                                usage=usage, tandem=tandem).model_dump()
+        for c in d["choices"]:
+            c["delta"] = {k: v for k, v in c["delta"].items() if v is not None}
+        if not self.include_usage:
+            d.pop("usage")
+        if tandem is None:
+            d.pop("tandem")
+        return sse(d)
