@@ -368,3 +368,30 @@ def test_a_context_too_small_is_refused_up_front(recordings: Path) -> None:
                               "pipeline": {"effort_budgets": {"medium": 8000}, "slm_max_tokens": 512}})
     with pytest.raises(ConfigError, match="the SLM's context"):
         build_tandem(st)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_serve_with_a_recorded_llm(recordings: Path, anyio_backend: str) -> None:
+    import httpx
+
+    from tandem.config import TandemSettings
+    from tandem.server import create_app
+
+    t = Tandem(backend(recordings), slm(), policy=BudgetPolicy(), rule=StopRule(),
+               config=PipelineConfig(stage_budgets=(16, 32, 64), decoding=DecodingSettings(2000, slm_max_tokens=50)))
+    app = create_app(TandemSettings(), tandem=t)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test", timeout=30) as c:
+        r = await c.post("/v1/chat/completions", json={"model": "tandem-low", "max_tokens": 2000,
+                                                       "messages": [{"role": "user", "content": Q1}]})
+        assert r.status_code == 200, r.text
+        data = r.json()
+        text = data["choices"][0]["message"]["content"]
+        assert text.startswith("<think>\n") and text.rsplit("</think>", 1)[1].strip().endswith("\\boxed{7}.")
+        assert data["tandem"]["stop_reason"] == "budget"
+        r = await c.post("/v1/chat/completions", json={"model": "tandem", "stream": True, "max_tokens": 2000,
+                                                       "messages": [{"role": "user", "content": Q1}]})
+        assert r.status_code == 200 and "boxed{7}" in r.text
+        bad = await c.post("/v1/chat/completions", json={"model": "tandem",
+                                                         "messages": [{"role": "user", "content": "2+2?"}]})
+        assert bad.status_code == 400 and "no recording" in bad.json()["error"]["message"]

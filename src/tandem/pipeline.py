@@ -141,6 +141,17 @@ class Tandem:
         else:
             raise ConfigError(f"unknown method {method!r}: use tandem, slm, llm, fixed:N, afterthink, route or cascade")
 
+    def check_handover(self, handover: str) -> None:
+        """Refuse a hand-over mode this pair cannot do: `continue` and `conclude` hand a non-reasoning LLM's
+        raw text to the SLM's template, so they need one tokenizer and chat template (a reasoning LLM's
+        thought is handed over as plain text, re-rendered for the SLM)."""
+        llm, slm = self.llm.info, self.slm.info
+        if handover != "hint" and not llm.thinks and (
+            llm.tokenizer_id != slm.tokenizer_id or llm.chat_template_id != slm.chat_template_id
+        ):
+            raise ConfigError(f"{handover} hand-over needs one tokenizer and chat template: {llm.name} and "
+                              f"{slm.name} differ; use --handover hint")
+
     def _route_threshold(self) -> float:
         """The classifier's calibrated route threshold, else its medium effort's checkpoint-0 threshold
         (as replay does)."""
@@ -388,13 +399,7 @@ class _Run:
 
     def tandem(self, policy: StopPolicy, rule: StopRule) -> TandemResult:
         cfg, llm, slm, thinks = self.cfg, self.t.llm, self.t.slm, self.thinks
-        if cfg.handover != "hint" and not thinks and (
-            llm.info.tokenizer_id != slm.info.tokenizer_id or llm.info.chat_template_id != slm.info.chat_template_id
-        ):
-            raise ConfigError(
-                f"{cfg.handover} hand-over needs one tokenizer and chat template: {llm.info.name} and "
-                f"{slm.info.name} differ; use --handover hint"
-            )
+        self.t.check_handover(cfg.handover)
         # the LLM finishing is a choice only where its own solution exists: not for GPRA insights
         llm_solves = cfg.handover != "hint" or thinks
         if not llm_solves:

@@ -105,7 +105,7 @@ class ChatCompletionRequest(_Request):
     reasoning_effort: str | None = None
     # tandem's own options
     effort: Effort | None = None
-    handover: Literal["continue", "hint"] | None = None
+    handover: Literal["continue", "conclude", "hint"] | None = None
     stage_budgets: list[int] | None = Field(default=None, min_length=1, max_length=16)
     return_trace: bool = False
 

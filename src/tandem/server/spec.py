@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import ServerSettings
+from ..errors import ConfigError
 from ..pipeline import Tandem
 from .runner import RunSpec
 from .schemas import SERVED_MODELS, ChatCompletionRequest, Effort, RequestError, build_question
@@ -49,11 +50,10 @@ def _tandem_overrides(req: ChatCompletionRequest, tandem: Tandem, srv: ServerSet
         overrides["effort"] = effort
     if req.handover is not None:
         overrides["handover"] = req.handover
-    handover = req.handover or tandem.config.handover
-    li, si = tandem.llm.info, tandem.slm.info
-    if handover == "continue" and (li.tokenizer_id != si.tokenizer_id or li.chat_template_id != si.chat_template_id):
-        raise RequestError(f"continue hand-over needs one tokenizer and chat template; {li.name} and {si.name} "
-                           "differ: use handover 'hint'", param="handover", code="invalid_value")
+    try:
+        tandem.check_handover(req.handover or tandem.config.handover)
+    except ConfigError as exc:
+        raise RequestError(str(exc), param="handover", code="invalid_value") from None
     if req.stage_budgets is not None:
         if max(req.stage_budgets) > srv.max_tokens_cap:
             raise RequestError(f"stage budgets may not exceed {srv.max_tokens_cap}", param="stage_budgets",
