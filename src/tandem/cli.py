@@ -229,6 +229,7 @@ def solve(
     effort_budgets: Annotated[str | None, typer.Option(
         help="each effort's largest budget in LLM tokens, e.g. low=512,medium=1024,high=1536")] = None,
     preset: Annotated[str | None, typer.Option(help="defaults for a kind of LLM: reasoning")] = None,
+    prompts: Annotated[Path | None, typer.Option(help="a TOML/YAML file of prompt wordings")] = None,
     stop_at_answer: Annotated[bool | None, typer.Option(
         help="math: stop each model where its boxed answer's line ends")] = None,
     llm_recording: Annotated[Path | None, typer.Option(
@@ -247,7 +248,8 @@ def solve(
     pipe = {k: v for k, v in dict(effort=effort, handover=handover, task=task, llm_max_tokens=llm_max_tokens,
                                    slm_max_tokens=slm_max_tokens, temperature=temperature, seed=seed,
                                    stage_budgets=_budgets(budgets), effort_budgets=effort_budgets_opt(effort_budgets),
-                                   preset=preset, stop_at_answer=stop_at_answer).items()
+                                   preset=preset, stop_at_answer=stop_at_answer,
+                                   prompts=str(prompts) if prompts else None).items()
             if v is not None}
     overrides: dict[str, Any] = {"pipeline": pipe}
     llm = _backend_overrides("llm", llm_model, llm_base_url, llm_api_key_env, llm_params)

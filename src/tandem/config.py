@@ -106,6 +106,8 @@ class PipelineSettings(StrictModel):
     effort_budgets: dict[Literal["low", "medium", "high"], int] | None = Field(
         default=None, description="each effort's largest budget: LLM tokens after which the next checkpoint "
         "hands over whatever the policy says (default: the classifier's, else 64 / 128 / 256)")
+    prompts: str | None = Field(default=None, description="a TOML/YAML file of prompt wordings "
+                                "(tandem.prompts.load_prompt_texts); its hash is the runs' prompt version")
     preset: Literal["reasoning"] | None = Field(
         default=None, description="defaults for a kind of LLM, under what the file and flags set "
         "(reasoning: REASONING_PRESET)")
@@ -177,7 +179,8 @@ REASONING_PRESET: dict[str, Any] = {
 PRESETS = {"reasoning": REASONING_PRESET}
 
 
-def _read(path: Path) -> dict[str, Any]:
+def read_settings_file(path: Path) -> dict[str, Any]:
+    """A TOML or YAML file's mapping; every failure is one ConfigError naming the file."""
     if path.is_dir():
         raise ConfigError(f"config file {path} is a directory")
     if not path.exists():
@@ -226,7 +229,7 @@ def format_validation_error(exc: ValidationError, source: str, what: str = "conf
 
 def load_settings(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TandemSettings:
     """Settings from a file (optional) with `overrides` (nested dicts) applied on top."""
-    data: dict[str, Any] = _read(Path(path)) if path else {}
+    data: dict[str, Any] = read_settings_file(Path(path)) if path else {}
     for key, value in (overrides or {}).items():
         if isinstance(value, dict):
             data[key] = {**data.get(key, {}), **value}

@@ -11,6 +11,7 @@ from .cost import Price
 from .errors import ConfigError
 from .pipeline import DecodingSettings, PipelineConfig, Tandem
 from .policy import BudgetPolicy, StopRule
+from .prompts import DEFAULT_TEXTS, load_prompt_texts
 from .types import Backend, StopPolicy
 
 log = logging.getLogger("tandem")
@@ -18,7 +19,9 @@ log = logging.getLogger("tandem")
 
 def pipeline_config(settings: TandemSettings) -> PipelineConfig:
     p = settings.pipeline
+    texts = load_prompt_texts(p.prompts) if p.prompts else DEFAULT_TEXTS
     return PipelineConfig(
+        prompts=texts,
         task=p.task, handover=p.handover, effort=p.effort, stage_budgets=tuple(p.stage_budgets),
         max_unit_tokens=p.max_unit_tokens, shadow=p.shadow,
         decoding=DecodingSettings(p.temperature, p.seed, p.llm_max_tokens, p.slm_max_tokens, p.stop_at_answer),

@@ -20,7 +20,7 @@ from .cost import CostReport, ModelCost, Price
 from .errors import ConfigError, InputError
 from .features import CheckpointInputs, available_groups, compute_features
 from .policy import AFTER_THOUGHT, DEFAULT_STAGE_BUDGETS, BudgetPolicy, EffortSetting, StopRule
-from .prompts import HandoverMode, PromptSet, Task, hint_prefix_length
+from .prompts import DEFAULT_TEXTS, HandoverMode, PromptSet, PromptTexts, Task, hint_prefix_length
 from .result import CheckpointRecord, TandemResult
 from .segment import InsightSegmenter, InsightUnit
 from .trial import ask_trial
@@ -51,6 +51,7 @@ class PipelineConfig:
     stage_budgets: tuple[int, ...] = DEFAULT_STAGE_BUDGETS
     max_unit_tokens: int = 32  # no insight boundary this long after a budget: checkpoint anyway
     trial_tokens: int = 16  # longest trial answer, when the policy reads trial answers
+    prompts: PromptTexts = DEFAULT_TEXTS
     shadow: bool = True  # let the SLM score the insights (features + warm cache)
     decoding: DecodingSettings = field(default_factory=DecodingSettings)
 
@@ -113,8 +114,8 @@ class Tandem:
             result = run.cascade(self._cascade_threshold(method))
         result.method = method
         result.cost.wall_seconds = time.perf_counter() - t0
-        result.settings = {**asdict(cfg), "policy": self.policy.name, "llm": self.llm.info.name,
-                           "slm": self.slm.info.name, **PromptSet(cfg.task).identity()}
+        result.settings = {**config_dict(cfg), "policy": self.policy.name, "llm": self.llm.info.name,
+                           "slm": self.slm.info.name, **PromptSet(cfg.task, cfg.prompts).identity()}
         return result
 
 
@@ -200,13 +201,25 @@ def thought_of(llm_text: str) -> str:
     return llm_text if i < 0 else llm_text[:i]
 
 
-def shadow_span(rendered: str, base_text: str, llm_text: str, handover: str) -> tuple[str, int]:
+def config_dict(cfg: Any) -> dict[str, Any]:
+    """A pipeline or probe config as manifests and results record it: the prompt wordings by their
+    version only (`identity()`), and not at all when they are the defaults, so that runs recorded
+    before wordings could be configured keep their identity."""
+    d = asdict(cfg)
+    texts = d.pop("prompts", None)
+    if texts is not None and getattr(cfg, "prompts", DEFAULT_TEXTS) != DEFAULT_TEXTS:
+        d["prompt_texts"] = cfg.prompts.version
+    return d
+
+
+def shadow_span(rendered: str, base_text: str, llm_text: str, handover: str,
+                guide: str = DEFAULT_TEXTS.hint_guide) -> tuple[str, int]:
     """What a shadow pass scores of the SLM's rendered hand-over prompt, and where the insights start in
     it. Continue mode scores the whole prompt (the LLM's text follows `base_text`, the rendered solve
     prompt); hint mode scores up to the end of the insights; without insights, the whole prompt."""
     if handover != "hint" or not llm_text:
         return rendered, len(base_text) if llm_text else len(rendered)
-    end = hint_prefix_length(rendered, llm_text)
+    end = hint_prefix_length(rendered, llm_text, guide)
     return rendered[:end], end - len(llm_text)
 
 
@@ -248,7 +261,7 @@ class _Run:
 
     def __init__(self, t: Tandem, cfg: PipelineConfig, question: str, emit: EventHook) -> None:
         self.t, self.cfg, self.q, self.emit = t, cfg, question, emit
-        self.prompts = PromptSet(cfg.task)
+        self.prompts = PromptSet(cfg.task, cfg.prompts)
         self.thinks = t.llm.info.thinks
         self.cost = CostReport()
         self.llm_cost = self._model_cost("llm", t.llm)
@@ -389,7 +402,8 @@ class _Run:
         slm = self.t.slm
         mode = shadow_mode(self.cfg.handover)
         text, start = shadow_span(slm.render(self._slm_prompt(llm_text, mode)), self.base_text,
-                                  thought_of(llm_text) if self.thinks else llm_text, mode)
+                                  thought_of(llm_text) if self.thinks else llm_text, mode,
+                                  self.cfg.prompts.hint_guide)
         t0 = time.perf_counter()
         sr = slm.score(text)
         secs = time.perf_counter() - t0

@@ -6,8 +6,11 @@ is a change of identity (prompt wording alone moves small-model accuracy by tens
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
 
 from .types import Message, Prompt
 
@@ -55,20 +58,79 @@ _CODE_SUFFIX = "Complete the following Python function:\n```python\n{prompt}```"
 
 
 @dataclass(frozen=True)
+class PromptTexts:
+    """Every wording tandem puts around a question. The defaults are prompt version `v1`; a prompt file
+    (`load_prompt_texts`) replaces any of them, and its hash becomes the runs' prompt version.
+    A solve system prompt of None sends none (some reasoning models are best run without one)."""
+
+    solve_system_math: str | None = _SOLVE_SYSTEM["math"]
+    solve_system_code: str | None = _SOLVE_SYSTEM["code"]
+    coordinator_system: str = _GPRA_SYSTEM
+    hint_guide: str = _HINT_GUIDE
+    conclude_nudge: str = CONCLUDE_NUDGE
+    trial_nudge: str = TRIAL_NUDGE
+    code_template: str = _CODE_SUFFIX
+    source: str = field(default="", compare=False)  # the file they came from, for messages
+
+    @property
+    def version(self) -> str:
+        if self == DEFAULT_TEXTS:
+            return PROMPT_VERSION
+        body = json.dumps({k: v for k, v in asdict(self).items() if k != "source"}, sort_keys=True)
+        return "custom-" + hashlib.sha256(body.encode()).hexdigest()[:12]
+
+
+DEFAULT_TEXTS = PromptTexts()
+_TEXT_KEYS = tuple(f.name for f in fields(PromptTexts) if f.name != "source")
+
+
+def load_prompt_texts(path: str | Path) -> PromptTexts:
+    """Prompt wordings from a TOML or YAML file: any of `solve_system_math`, `solve_system_code` (a string,
+    or false for no system prompt), `coordinator_system`, `hint_guide`, `conclude_nudge`, `trial_nudge`,
+    `code_template` (with `{prompt}`), at the top level or under `[prompts]`; unknown keys are an error."""
+    from .config import read_settings_file
+    from .errors import ConfigError
+
+    data: dict[str, Any] = read_settings_file(Path(path))
+    if set(data) == {"prompts"} and isinstance(data["prompts"], dict):
+        data = data["prompts"]
+    unknown = sorted(set(data) - set(_TEXT_KEYS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown prompt key(s) {', '.join(unknown)}; known: {', '.join(_TEXT_KEYS)}")
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if key.startswith("solve_system") and value is False:
+            out[key] = None
+        elif not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"{path}: {key} must be a non-empty string" +
+                              (" (or false for none)" if key.startswith("solve_system") else ""))
+        else:
+            out[key] = value
+    if "code_template" in out and "{prompt}" not in out["code_template"]:
+        raise ConfigError(f"{path}: code_template must contain {{prompt}}")
+    if "trial_nudge" in out and not out["trial_nudge"].rstrip().endswith("\\boxed{"):
+        raise ConfigError(f"{path}: trial_nudge must end by opening a box: ...\\boxed{{")
+    return PromptTexts(**out, source=str(path))
+
+
+@dataclass(frozen=True)
 class PromptSet:
     """The prompts of one method for one task."""
 
     task: Task
-    version: str = PROMPT_VERSION
+    texts: PromptTexts = DEFAULT_TEXTS
+
+    @property
+    def version(self) -> str:
+        return self.texts.version
+
+    def _system(self) -> tuple[Message, ...]:
+        text = self.texts.solve_system_math if self.task == "math" else self.texts.solve_system_code
+        return () if text is None else (Message("system", text),)
 
     def solve(self, question: str) -> Prompt:
         """The plain "reason step by step" prompt: SLM alone, LLM alone, and continue mode."""
-        return Prompt(
-            messages=(
-                Message("system", _SOLVE_SYSTEM[self.task]),
-                Message("user", self.question_text(question)),
-            )
-        )
+        return Prompt(messages=(*self._system(), Message("user", self.question_text(question))))
 
     def continue_from(self, question: str, llm_prefix: str) -> Prompt:
         """The SLM continues the assistant turn the LLM started."""
@@ -80,7 +142,7 @@ class PromptSet:
         if mode == "continue":
             return self.continue_from(question, llm_text)
         if mode == "conclude":
-            return self.continue_from(question, llm_text + CONCLUDE_NUDGE)
+            return self.continue_from(question, llm_text + self.texts.conclude_nudge)
         return self.with_hint(question, llm_text) if llm_text else self.solve(question)
 
     def trial(self, question: str, llm_text: str, mode: str) -> Prompt:
@@ -88,13 +150,13 @@ class PromptSet:
         trial nudge, which opens a box for the SLM to fill at once."""
         if mode == "hint" or not llm_text:
             base = self.with_hint(question, llm_text) if mode == "hint" and llm_text else self.solve(question)
-            return Prompt(base.messages, TRIAL_NUDGE.lstrip())
-        return self.continue_from(question, llm_text + TRIAL_NUDGE)
+            return Prompt(base.messages, self.texts.trial_nudge.lstrip())
+        return self.continue_from(question, llm_text + self.texts.trial_nudge)
 
     def coordinator(self, question: str) -> Prompt:
         """Hint mode: the LLM writes GPRA insights instead of a solution."""
         return Prompt(
-            messages=(Message("system", _GPRA_SYSTEM), Message("user", self.question_text(question)))
+            messages=(Message("system", self.texts.coordinator_system), Message("user", self.question_text(question)))
         )
 
     def with_hint(self, question: str, insights: str) -> Prompt:
@@ -103,23 +165,23 @@ class PromptSet:
         The insights come last so that the prompt rendered for fewer insights is a text prefix of
         the prompt for more: the SLM's shadow pass extends its cache instead of recomputing it.
         """
-        content = self.question_text(question) + _HINT_GUIDE + insights
-        return Prompt(messages=(Message("system", _SOLVE_SYSTEM[self.task]), Message("user", content)))
+        content = self.question_text(question) + self.texts.hint_guide + insights
+        return Prompt(messages=(*self._system(), Message("user", content)))
 
     def question_text(self, question: str) -> str:
         if self.task == "code":
-            return _CODE_SUFFIX.format(prompt=question.strip("\n") + "\n").lstrip()
+            return self.texts.code_template.format(prompt=question.strip("\n") + "\n").lstrip()
         return question.strip()
 
     def identity(self) -> dict[str, str]:
         return {"prompt_version": self.version, "task": self.task}
 
 
-def hint_prefix_length(rendered: str, insights: str) -> int:
+def hint_prefix_length(rendered: str, insights: str, guide: str = _HINT_GUIDE) -> int:
     """Character index just after the insights in a rendered hint prompt (for shadow scoring)."""
     if not insights:
-        idx = rendered.rfind(_HINT_GUIDE.rstrip("\n"))
-        return idx + len(_HINT_GUIDE) if idx >= 0 else len(rendered)
+        idx = rendered.rfind(guide.rstrip("\n"))
+        return idx + len(guide) if idx >= 0 else len(rendered)
     idx = rendered.rfind(insights)
     if idx < 0:
         raise ValueError("insights not found in the rendered prompt")

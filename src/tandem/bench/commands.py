@@ -26,6 +26,7 @@ SlmModel = Annotated[str | None, typer.Option(help="SLM: registry name or GGUF p
 EffortBudgets = Annotated[str | None, typer.Option(help="each effort's largest budget in LLM tokens, e.g. "
                                                        "low=512,medium=1024,high=1536")]
 Preset = Annotated[str | None, typer.Option(help="defaults for a kind of LLM: reasoning (docs/reasoning.md)")]
+Prompts = Annotated[Path | None, typer.Option(help="a TOML/YAML file of prompt wordings (docs/reasoning.md)")]
 LlmRecording = Annotated[Path | None, typer.Option(help="LLM: a recordings JSONL file to replay as its stream "
                                                          "(the `recorded` backend; docs/reasoning.md)")]
 # hf:<path> datasets only
@@ -152,7 +153,7 @@ def probe(
                                                           "checkpoint (reasoning LLMs, math; 0: none)")] = 0,
     stop_at_answer: Annotated[bool | None, typer.Option(help="math: stop each model where its boxed answer's "
                                                              "line ends")] = None,
-    preset: Preset = None,
+    preset: Preset = None, prompts: Prompts = None,
     llm_model: LlmModel = None, slm_model: SlmModel = None, llm_recording: LlmRecording = None,
     purpose: Annotated[str | None, typer.Option(help="train | calibration | dev | test: what the table may be used "
                                                      "for (default: by the benchmark split; only test-split "
@@ -175,10 +176,10 @@ def probe(
                                              grader=grader)
     st = _settings(config, llm_model, slm_model, llm_recording, handover=handover, llm_max_tokens=llm_max_tokens,
                    slm_max_tokens=slm_max_tokens, stage_budgets=_budgets(budgets), stop_at_answer=stop_at_answer,
-                   preset=preset)
+                   preset=preset, prompts=str(prompts) if prompts else None)
     pc = pipeline_config(st)
     cfg = ProbeConfig(handover=pc.handover, stage_budgets=pc.stage_budgets, max_unit_tokens=pc.max_unit_tokens,
-                      decoding=pc.decoding, trial_tokens=trial_tokens)
+                      decoding=pc.decoding, trial_tokens=trial_tokens, prompts=pc.prompts)
     llm = build_backend(st.llm, models_dir=st.models_dir)
     try:
         problems = recorded_only(problems, llm, err)
@@ -207,7 +208,7 @@ def evaluate(
     handover: Annotated[str | None, typer.Option(help="continue | conclude | hint")] = None,
     classifier: Annotated[str | None, typer.Option(help="default | budget | PATH.json")] = None,
     budgets: Annotated[str | None, typer.Option(help="stage budgets, e.g. 256,512,1024,1536")] = None,
-    effort_budgets: EffortBudgets = None, preset: Preset = None,
+    effort_budgets: EffortBudgets = None, preset: Preset = None, prompts: Prompts = None,
     llm_max_tokens: Annotated[int | None, typer.Option(help="LLM max new tokens")] = None,
     slm_max_tokens: Annotated[int | None, typer.Option(help="SLM max new tokens (its own answer budget)")] = None,
     stop_at_answer: Annotated[bool | None, typer.Option(help="math: stop each model where its boxed answer's "
@@ -230,6 +231,7 @@ def evaluate(
                                              grader=grader)
     st = _settings(config, llm_model, slm_model, llm_recording, effort=effort, handover=handover,
                    stage_budgets=_budgets(budgets), effort_budgets=effort_budgets_opt(effort_budgets), preset=preset,
+                   prompts=str(prompts) if prompts else None,
                    llm_max_tokens=llm_max_tokens, slm_max_tokens=slm_max_tokens, stop_at_answer=stop_at_answer)
     if classifier:
         st = load_settings(None, {**st.model_dump(), "classifier": classifier})

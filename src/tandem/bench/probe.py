@@ -26,7 +26,7 @@ from ..pipeline import (
     shadow_mode,
     shadow_span,
 )
-from ..prompts import PromptSet
+from ..prompts import DEFAULT_TEXTS, PromptSet, PromptTexts
 from ..segment import InsightSegmenter
 from ..trial import ask_trial
 from ..types import Backend, GenerationRequest, Grade, Problem, Prompt, TokenStep
@@ -44,6 +44,7 @@ class ProbeConfig:
     max_unit_tokens: int = 32
     decoding: DecodingSettings = field(default_factory=DecodingSettings)
     trial_tokens: int = 0  # > 0: a trial answer of at most this many tokens at every checkpoint (math)
+    prompts: PromptTexts = DEFAULT_TEXTS
 
 
 def _r(x: float | None) -> float | None:
@@ -127,7 +128,7 @@ class Prober:
     def probe(self, problem: Problem) -> dict[str, Any]:
         if self.llm.info.thinks:
             return self.probe_thinking(problem)
-        cfg, ps = self.cfg, PromptSet(problem.task)
+        cfg, ps = self.cfg, PromptSet(problem.task, self.cfg.prompts)
         q = problem.question
         self._reset()
         base = self.slm.render(ps.solve(q))
@@ -173,7 +174,7 @@ class Prober:
         checkpoints, prev_tokens = [], self._tokens(base)
         for stage, k, prefix, n_units in marks:
             prompt = ps.continue_from(q, prefix) if cfg.handover == "continue" else ps.with_hint(q, prefix)
-            scored, start = shadow_span(self.slm.render(prompt), base, prefix, cfg.handover)
+            scored, start = shadow_span(self.slm.render(prompt), base, prefix, cfg.handover, cfg.prompts.hint_guide)
             sr = self.slm.score(scored)
             toks = self._tokens(scored)
             if toks is not None and prev_tokens is not None:
@@ -218,7 +219,7 @@ class Prober:
         the thought ends (closed, or cut by its token limit); the SLM gets the thought, tags removed,
         under its own chat template, and answers within its own budget. The table keeps no text of the
         LLM's: character offsets into its output instead (`llm.chars`, units' `end_char`)."""
-        cfg, ps = self.cfg, PromptSet(problem.task)
+        cfg, ps = self.cfg, PromptSet(problem.task, self.cfg.prompts)
         q, mode, shadow = problem.question, cfg.handover, shadow_mode(cfg.handover)
         self._reset()
         base = self.slm.render(ps.solve(q))
@@ -271,7 +272,8 @@ class Prober:
         checkpoints, prev_tokens, prev_trial = [], self._tokens(base), trial0
         for stage, k, n_chars, n_units, end in marks:
             thought = full[:n_chars]
-            scored, start = shadow_span(self.slm.render(ps.handover(q, thought, shadow)), base, thought, shadow)
+            scored, start = shadow_span(self.slm.render(ps.handover(q, thought, shadow)), base, thought, shadow,
+                                        cfg.prompts.hint_guide)
             sr = self.slm.score(scored)
             toks = self._tokens(scored)
             if toks is not None and prev_tokens is not None:

@@ -12,15 +12,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import asdict
 from typing import Any, TypeVar
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..errors import ConfigError, TandemError
-from ..pipeline import Tandem
-from ..prompts import PROMPT_VERSION
+from ..pipeline import Tandem, config_dict
 from ..result import TandemResult
 from ..types import Backend, Grade, Problem
 from .probe import PROBE_VERSION, PROBE_VERSION_THINK, ProbeConfig, Prober
@@ -59,9 +57,9 @@ def run_probe(problems: Sequence[Problem], llm: Backend, slm: Backend, grader: G
     (recorded outputs exist only for test splits, so train and calibration rows come from them too)."""
     manifest = {
         "kind": "probe", "probe_version": PROBE_VERSION_THINK if llm.info.thinks else PROBE_VERSION,
-        "prompt_version": PROMPT_VERSION,
+        "prompt_version": cfg.prompts.version,
         "llm": model_identity(llm), "slm": model_identity(slm), "entropy": entropy_kinds(llm, slm),
-        "config": asdict(cfg),
+        "config": config_dict(cfg),
         "dataset": dataset, "grader": grader_name, "problem_ids": [p.id for p in problems],
         **({"purpose": purpose} if purpose else {}),
         "git_revision": git_revision(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -145,9 +143,9 @@ def run_live(problems: Sequence[Problem], tandem: Tandem, methods: Iterable[str]
     if limit is not None and concurrency > limit:
         raise ConfigError(f"--concurrency {concurrency}: these backends take {limit} call(s) at a time "
                           "(embedded llama.cpp models are not re-entrant); use HTTP endpoints for more")
-    cfg = asdict(tandem.config)
+    cfg = config_dict(tandem.config)
     manifest = {
-        "kind": "live", "prompt_version": PROMPT_VERSION, "llm": model_identity(tandem.llm),
+        "kind": "live", "prompt_version": tandem.config.prompts.version, "llm": model_identity(tandem.llm),
         "slm": model_identity(tandem.slm), "entropy": entropy_kinds(tandem.llm, tandem.slm), "config": cfg,
         "policy": tandem.policy.name, "methods": methods,
         "effort": effort or tandem.config.effort, "dataset": dataset, "grader": grader_name,

@@ -56,7 +56,23 @@ def _identity(manifest: dict[str, Any]) -> dict[str, Any]:
         ident.setdefault("concurrency", 1)
     if "dataset" in manifest:
         ident["dataset (without rows)"] = str(manifest["dataset"]).split("[", 1)[0]
+    if isinstance(ident.get("config"), dict):  # options added later, at the value that means "as before"
+        cfg = json.loads(json.dumps(ident["config"]))
+        for path, value in _LATER_OPTIONS.get(str(manifest.get("kind")), ()):
+            node = cfg
+            for key in path[:-1]:
+                node = node.get(key) if isinstance(node, dict) else None
+            if isinstance(node, dict):
+                node.setdefault(path[-1], value)
+        ident["config"] = cfg
     return ident
+
+
+# run options added after runs were recorded, with the value that behaves as those runs did
+_LATER_OPTIONS: dict[str, tuple[tuple[tuple[str, ...], Any], ...]] = {
+    "probe": ((("trial_tokens",), 0), (("decoding", "stop_at_answer"), False)),
+    "live": ((("trial_tokens",), 16), (("decoding", "stop_at_answer"), False)),
+}
 
 
 # may differ on resume: a run can be extended to more problems of the same kind
