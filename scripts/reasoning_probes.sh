@@ -8,6 +8,7 @@
 #       0 to DEV_HI-1: the first 20 QwQ-32B recordings by default), train, calib, qwq-test, r1-math500, r1-32b-test.
 # SLM=qwen2.5-coder-1.5b|qwen2.5-coder-0.5b and MODE=continue|conclude|hint choose the frozen pair and
 # hand-over for the non-dev jobs. Each table is marked with its purpose (dev, train, calibration, test).
+# WORKERS=N runs N jobs at once (default 2, one per core).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export TANDEM_DATA_DIR="${TANDEM_DATA_DIR:-$(cd .. && pwd)/shared/data}"
@@ -63,4 +64,4 @@ done
 
 export OUT BUDGETS TRACES
 export -f job
-printf '%s\0' "${JOBS[@]}" | xargs -0 -P 2 -n 1 bash -c 'set -euo pipefail; job $1' _
+printf '%s\0' "${JOBS[@]}" | xargs -0 -P "${WORKERS:-2}" -n 1 bash -c 'set -euo pipefail; job $1' _
