@@ -198,6 +198,20 @@ def test_calibrate_target_and_budget(model: Path, tables: dict[str, Path]) -> No
     assert not res.chosen["high"].satisfied and new.spec.calibration.high.satisfied is False
 
 
+def test_calibrate_gap_to_the_llm_alone(model: Path, tables: dict[str, Path]) -> None:
+    clf, calib = load_classifier(model), load_tables([tables["calib"]])
+    new, res = calibrate(clf, calib, {"medium": Objective("gap", 0.02), "low": Objective("gap", 0.05)})
+    target = res.table.llm_accuracy - 0.02
+    acc, rel = replayed(new, tables["calib"], "tandem:medium")
+    assert acc >= target - 1e-9 and res.chosen["medium"].satisfied
+    assert rel <= min(p.relative_cost for p in res.tandem_points if p.accuracy >= target - 1e-9) + 1e-9
+    assert new.spec.calibration.medium.objective.llm_accuracy == res.table.llm_accuracy
+    objs, _ = objectives_from_options("all", "gap", gap="0.05,0.02,0.02")
+    assert [o.value for o in objs.values()] == [0.05, 0.02, 0.02]
+    with pytest.raises(ConfigError, match="fraction in"):
+        objectives_from_options("medium", "gap", gap="2")
+
+
 def test_objective_options_are_checked() -> None:
     with pytest.raises(ConfigError, match="needs --target-accuracy"):
         objectives_from_options("all", "target")

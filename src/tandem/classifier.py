@@ -30,6 +30,7 @@ from pydantic import (
     Tag,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -219,9 +220,18 @@ class CrossValidation(_Strict):
 
 
 class Objective(_Strict):
-    kind: Literal["lambda", "target", "budget"]
+    kind: Literal["lambda", "target", "budget", "gap"]
     value: float
     cost: Literal["flops_total"] = "flops_total"
+    llm_accuracy: float | None = None  # gap: the LLM alone's accuracy on the calibration table
+
+    @model_serializer(mode="wrap")
+    def _without_unset_reference(self, handler: Any) -> dict[str, Any]:
+        """Files of the other objectives read as they did before `gap` existed."""
+        data: dict[str, Any] = handler(self)
+        if data.get("llm_accuracy") is None:
+            data.pop("llm_accuracy", None)
+        return data
 
 
 class PointSummary(_Strict):

@@ -8,7 +8,9 @@ Objectives (one per effort; route and cascade use the medium effort's, or the on
 - `lambda` L: maximise accuracy - L x relative cost;
 - `target` A: the least relative cost at which accuracy >= A (if no candidate reaches A: the most
   accurate, marked unsatisfied);
-- `budget` F: the best accuracy at relative cost <= F (if none fits: the cheapest, unsatisfied).
+- `budget` F: the best accuracy at relative cost <= F (if none fits: the cheapest, unsatisfied);
+- `gap` G: the least relative cost at which accuracy >= the LLM alone's accuracy on the table - G
+  (a `target` relative to the LLM: the reasoning regime's rule, 0.02 for medium, 0.05 for low).
 Ties go to the cheaper candidate. By default the efforts are three points of the same curve:
 lambda 0.5 (low), 0.2 (medium) and 0.05 (high) - accuracy points worth 2%, 5% and 20% of the LLM
 alone's cost each.
@@ -43,8 +45,8 @@ from ..errors import ConfigError
 from ..policy import EFFORTS, EffortSetting, StopRule
 from .data import ProbeTable
 
-ObjectiveKind = Literal["lambda", "target", "budget"]
-OBJECTIVES: tuple[ObjectiveKind, ...] = ("lambda", "target", "budget")
+ObjectiveKind = Literal["lambda", "target", "budget", "gap"]
+OBJECTIVES: tuple[ObjectiveKind, ...] = ("lambda", "target", "budget", "gap")
 DEFAULT_LAMBDAS: dict[str, float] = {"low": 0.5, "medium": 0.2, "high": 0.05}
 DEFAULT_GRID = 50
 DEFAULT_STAGE_GRID = 12  # per-stage search: coarser, it has more knobs to overfit with
@@ -68,6 +70,7 @@ class Point:
 class Objective:
     kind: ObjectiveKind
     value: float
+    reference: float | None = None  # gap: the LLM alone's accuracy on the calibration table
 
     def __post_init__(self) -> None:
         if self.kind not in OBJECTIVES:
@@ -80,14 +83,28 @@ class Objective:
             raise ConfigError("objective target: the target accuracy is a fraction in (0, 1]")
         if self.kind == "budget" and self.value <= 0:
             raise ConfigError("objective budget: the FLOPs budget is a fraction of the LLM alone's, > 0")
+        if self.kind == "gap" and not 0 <= self.value < 1:
+            raise ConfigError("objective gap: the accuracy gap to the LLM alone is a fraction in [0, 1)")
+
+    def on(self, llm_accuracy: float) -> Objective:
+        """This objective against a table whose LLM alone is right on `llm_accuracy` of the problems."""
+        return replace(self, reference=llm_accuracy) if self.kind == "gap" else self
+
+    @property
+    def target(self) -> float:
+        if self.kind == "gap":
+            if self.reference is None:
+                raise ConfigError("objective gap: no calibration table given its reference accuracy")
+            return self.reference - self.value
+        return self.value
 
     def value_of(self, p: Point) -> float | None:
         """The quantity maximised (lambda: accuracy - L x cost); None for constrained objectives."""
         return p.accuracy - self.value * p.relative_cost if self.kind == "lambda" else None
 
     def feasible(self, p: Point) -> bool:
-        if self.kind == "target":
-            return p.accuracy >= self.value - _EPS
+        if self.kind in ("target", "gap"):
+            return p.accuracy >= self.target - _EPS
         if self.kind == "budget":
             return p.relative_cost <= self.value + _EPS
         return True
@@ -97,7 +114,7 @@ class Objective:
         if self.kind == "lambda":
             return (-(p.accuracy - self.value * p.relative_cost), p.relative_cost, -p.threshold)
         ok = self.feasible(p)
-        if self.kind == "target":
+        if self.kind in ("target", "gap"):
             return (0.0, p.relative_cost, -p.accuracy, -p.threshold) if ok else \
                 (1.0, -p.accuracy, p.relative_cost, -p.threshold)
         return (0.0, -p.accuracy, p.relative_cost, -p.threshold) if ok else \
@@ -115,12 +132,17 @@ class Objective:
         return self.key(new)[:-1] < self.key(old)[:-1]
 
     def as_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "value": self.value, "cost": "flops_total"}
+        d: dict[str, Any] = {"kind": self.kind, "value": self.value, "cost": "flops_total"}
+        if self.kind == "gap" and self.reference is not None:
+            d["llm_accuracy"] = self.reference
+        return d
 
     def describe(self) -> str:
         return {"lambda": f"max accuracy - {self.value:g} x relative cost",
                 "target": f"accuracy >= {self.value:g} at least cost",
-                "budget": f"best accuracy at relative cost <= {self.value:g}"}[self.kind]
+                "budget": f"best accuracy at relative cost <= {self.value:g}",
+                "gap": f"accuracy >= the LLM alone's - {self.value:g} at least cost"
+                + (f" (>= {self.target:.3f})" if self.reference is not None else "")}[self.kind]
 
 
 class _Cached:
@@ -179,8 +201,10 @@ class CalibrationTable:
 
     @property
     def can_finish(self) -> bool:
-        """Whether every table can price the LLM finishing its own answer (continue hand-over)."""
-        return all(t.handover == "continue" for t in self.tables)
+        """Whether every table can price the LLM finishing its own answer: continue hand-over, or a
+        reasoning LLM (its own answer exists in every mode)."""
+        return all(t.handover == "continue" or str(t.manifest.get("probe_version", "")) >= "probe-v2"
+                   for t in self.tables)
 
     def tandem(self, budget: int, threshold: float, stage_thresholds: Mapping[int, float] | None = None,
                finish: bool = False) -> Point:
@@ -292,6 +316,9 @@ def calibrate(clf: SufficiencyClassifier, tables: Sequence[ProbeTable], objectiv
     if unknown:
         raise ConfigError(f"unknown effort(s) {', '.join(sorted(unknown))}; choose from {', '.join(EFFORTS)}")
     table = CalibrationTable(tables, clf)
+    objectives = {e: o.on(table.llm_accuracy) for e, o in objectives.items()}
+    route = route.on(table.llm_accuracy) if route is not None else None
+    cascade = cascade.on(table.llm_accuracy) if cascade is not None else None
     res = CalibrationResult(table)
     if objectives:
         thresholds = threshold_grid(table.probabilities(), grid, low=0.0, high=NEVER)
@@ -370,7 +397,8 @@ def parse_values(text: str | None, option: str) -> list[float] | None:
 
 
 def objectives_from_options(effort: str, objective: str, *, lam: str | None = None, target: str | None = None,
-                            budget: str | None = None) -> tuple[dict[str, Objective], Objective]:
+                            budget: str | None = None, gap: str | None = None,
+                            ) -> tuple[dict[str, Objective], Objective]:
     """Per-effort objectives from command-line options, and the one route and cascade use.
 
     `effort` 'all' calibrates low, medium and high (three values, or the default lambdas);
@@ -381,7 +409,7 @@ def objectives_from_options(effort: str, objective: str, *, lam: str | None = No
     if effort != "all" and effort not in EFFORTS:
         raise ConfigError(f"unknown effort {effort!r}; choose all or one of {', '.join(EFFORTS)}")
     given = {"lambda": ("--lambda", lam), "target": ("--target-accuracy", target),
-             "budget": ("--flops-budget", budget)}
+             "budget": ("--flops-budget", budget), "gap": ("--accuracy-gap", gap)}
     stray = [opt for kind, (opt, v) in given.items() if v is not None and kind != objective]
     if stray:
         raise ConfigError(f"{', '.join(stray)} does not apply to --objective {objective}")

@@ -95,7 +95,7 @@ def calibrate_cmd(
     probe_dirs: Annotated[list[Path], typer.Argument(help="calibration probe run directories (held out)")],
     out_path: Annotated[Path, typer.Option("--out", help="classifier JSON to write (may be MODEL itself)")],
     effort: Annotated[str, typer.Option(help="all | low | medium | high")] = "all",
-    objective: Annotated[str, typer.Option(help="lambda | target | budget")] = "lambda",
+    objective: Annotated[str, typer.Option(help="lambda | target | budget | gap")] = "lambda",
     lam: Annotated[str | None, typer.Option(
         "--lambda", help="lambda per effort (low,medium,high; default 0.5,0.2,0.05): maximise accuracy - "
                          "lambda x relative FLOPs")] = None,
@@ -104,6 +104,11 @@ def calibrate_cmd(
     budget: Annotated[str | None, typer.Option(
         "--flops-budget", help="mean total FLOPs per effort as a fraction of the LLM alone's: best "
                                "accuracy within it")] = None,
+    gap: Annotated[str | None, typer.Option(
+        "--accuracy-gap", help="accuracy the LLM alone's may exceed per effort (fraction, e.g. 0.05,0.02,0.02): "
+                               "reached at least cost")] = None,
+    finished_only: Annotated[bool, typer.Option(help="reasoning LLMs: calibrate on the problems whose thought "
+                                                     "closed")] = False,
     grid: Annotated[int, typer.Option(help="threshold grid points (quantiles of the probabilities)")] = 50,
     route: Annotated[bool, typer.Option(help="calibrate the route threshold (checkpoint 0)")] = True,
     cascade: Annotated[bool, typer.Option(help="calibrate the cascade threshold (SLM mean log-prob)")] = True,
@@ -122,9 +127,9 @@ def calibrate_cmd(
     from .calibrate import calibrate, check_held_out, objectives_from_options, plot_calibration
     from .data import load_tables
 
-    objs, shared = objectives_from_options(effort, objective, lam=lam, target=target, budget=budget)
+    objs, shared = objectives_from_options(effort, objective, lam=lam, target=target, budget=budget, gap=gap)
     clf = load_classifier(model)
-    tables = load_tables(probe_dirs, allow_test_split=allow_test_split)
+    tables = load_tables(probe_dirs, allow_test_split=allow_test_split, finished_only=finished_only)
     for table in tables:
         clf.check_models(table.manifest["llm"], table.manifest["slm"])
     overlap = check_held_out(clf, tables)

@@ -95,8 +95,11 @@ def _is_test_split(dataset: str) -> bool:
     return "/test[" in dataset or dataset.endswith("/test")
 
 
-def load_tables(dirs: Sequence[str | Path], *, allow_test_split: bool = False) -> list[ProbeTable]:
-    """Read probe runs; refuse test splits (unless allowed) and tables from different model pairs."""
+def load_tables(dirs: Sequence[str | Path], *, allow_test_split: bool = False,
+                finished_only: bool = False) -> list[ProbeTable]:
+    """Read probe runs; refuse test splits (unless allowed) and tables from different model pairs.
+    `finished_only`: keep the problems whose reasoning LLM closed its thought (where the LLM alone is
+    fully known)."""
     if not dirs:
         raise ConfigError("no probe tables given")
     tables = []
@@ -114,7 +117,7 @@ def load_tables(dirs: Sequence[str | Path], *, allow_test_split: bool = False) -
         for r in read_records(d):
             if "error" in r:
                 errors += 1
-            else:
+            elif not finished_only or r["llm"].get("thought_closed", True):
                 recs.append(r)
         tables.append(ProbeTable(Path(d), man, recs, errors))
     first = tables[0].manifest
