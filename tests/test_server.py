@@ -437,15 +437,17 @@ def test_a_conversation_must_end_with_a_non_empty_user_message():
 
 
 @pytest.mark.anyio
-async def test_the_folded_conversation_is_what_the_models_see():
+async def test_the_conversation_is_what_the_models_see():
     app, _, small = make()
     conversation = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-                    {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": QUESTION}]
+                    {"role": "assistant", "content": "<think>\nsay hello\n</think>\n\nHello!"},
+                    {"role": "user", "content": QUESTION}]
     async with client(app) as c:
         r = await c.post(URL, json={"model": "slm", "messages": conversation})
         assert r.status_code == 200
-        assert "Be brief.\n\nEarlier conversation:\n\nUser:\n> Hi\n\nAssistant:\n> Hello!\n\nQuestion:\n" + QUESTION \
-            in small.stats.prompts[-1]
+        # tandem's system prompt, then the client's; earlier turns as turns, their thoughts stripped
+        assert ("within \\boxed{}.\n\nBe brief.\n<|user|>\nHi\n<|assistant|>\nHello!\n<|user|>\n" + QUESTION
+                + "\n<|assistant|>\n") in small.stats.prompts[-1]
         bad = [*conversation, {"role": "assistant", "content": "x"}]
         assert_error(await c.post(URL, json={"model": "slm", "messages": bad}), 400, "invalid_value", "messages")
         tool = [{"role": "tool", "content": "x", "tool_call_id": "1"}]

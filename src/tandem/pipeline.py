@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -20,11 +20,29 @@ from .cost import CostReport, ModelCost, Price
 from .errors import ConfigError, InputError
 from .features import CheckpointInputs, available_groups, compute_features
 from .policy import AFTER_THOUGHT, DEFAULT_STAGE_BUDGETS, BudgetPolicy, EffortSetting, StopRule
-from .prompts import DEFAULT_TEXTS, HandoverMode, PromptSet, PromptTexts, Task, hint_prefix_length
+from .prompts import (
+    DEFAULT_TEXTS,
+    Conversation,
+    HandoverMode,
+    PromptSet,
+    PromptTexts,
+    Task,
+    hint_prefix_length,
+)
 from .result import CheckpointRecord, TandemResult
 from .segment import InsightSegmenter, InsightUnit
 from .trial import ask_trial
-from .types import Backend, GenerationRequest, Prompt, ScoreResult, StopPolicy, TokenStep, TokenStream, Usage
+from .types import (
+    Backend,
+    GenerationRequest,
+    Message,
+    Prompt,
+    ScoreResult,
+    StopPolicy,
+    TokenStep,
+    TokenStream,
+    Usage,
+)
 
 EventHook = Callable[[str, dict[str, Any]], None]
 
@@ -84,8 +102,16 @@ class Tandem:
         self.config = config or PipelineConfig()
         self.prices = prices or {}
 
+    def solve_chat(self, messages: Sequence[Message], *, method: str = "tandem", on_event: EventHook | None = None,
+                   **overrides: Any) -> TandemResult:
+        """Answer the last user message of a conversation (`tandem.prompts.Conversation` says how the
+        client's system messages and earlier turns, their thoughts stripped, come before it)."""
+        conversation, question = Conversation.from_messages(messages)
+        return self.solve(question, method=method, on_event=on_event, conversation=conversation, **overrides)
+
     def solve(
-        self, question: str, *, method: str = "tandem", on_event: EventHook | None = None, **overrides: Any
+        self, question: str, *, method: str = "tandem", on_event: EventHook | None = None,
+        conversation: Conversation | None = None, **overrides: Any
     ) -> TandemResult:
         """`method`: "tandem", "slm", "llm", "fixed:N", or the baselines "route" (decide once, before the
         LLM writes: the SLM alone or the LLM alone) and "afterthink" (a reasoning LLM thinks until it closes its thought, the SLM writes the answer),
@@ -96,7 +122,7 @@ class Tandem:
             raise InputError("the question is empty")
         cfg = _with_overrides(self.config, overrides)
         self.check_method(method)
-        run = _Run(self, cfg, question, on_event or (lambda _e, _p: None))
+        run = _Run(self, cfg, question, on_event or (lambda _e, _p: None), conversation or Conversation())
         t0 = time.perf_counter()
         if method == "slm":
             result = run.alone("slm")
@@ -226,7 +252,7 @@ def shadow_span(rendered: str, base_text: str, llm_text: str, handover: str,
 def question_steps(scored: ScoreResult, text: str, question: str) -> list[TokenStep]:
     """The scored steps of the question's own tokens within `text` (empty if it is not found)."""
     q = question.strip()
-    qpos = text.find(q)
+    qpos = text.rfind(q)  # the last occurrence: a conversation may have asked it before
     if qpos < 0:
         return []
     return [s for s, o in zip(scored.steps, scored.offsets, strict=True) if qpos <= o < qpos + len(q)]
@@ -259,9 +285,10 @@ def stage_budgets_for(budgets: tuple[int, ...], max_budget: int) -> list[int]:
 class _Run:
     """State of one solve."""
 
-    def __init__(self, t: Tandem, cfg: PipelineConfig, question: str, emit: EventHook) -> None:
+    def __init__(self, t: Tandem, cfg: PipelineConfig, question: str, emit: EventHook,
+                 conversation: Conversation) -> None:
         self.t, self.cfg, self.q, self.emit = t, cfg, question, emit
-        self.prompts = PromptSet(cfg.task, cfg.prompts)
+        self.prompts = PromptSet(cfg.task, cfg.prompts, conversation)
         self.thinks = t.llm.info.thinks
         self.cost = CostReport()
         self.llm_cost = self._model_cost("llm", t.llm)

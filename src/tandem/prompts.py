@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -113,20 +114,57 @@ def load_prompt_texts(path: str | Path) -> PromptTexts:
     return PromptTexts(**out, source=str(path))
 
 
+def strip_thoughts(text: str) -> str:
+    """An earlier assistant turn as a reasoning API expects it back: without its `<think>` blocks (and
+    without a thought its template opened, up to `</think>`)."""
+    import re
+
+    out = re.sub(r"<think>.*?</think>\s*", "", text, flags=re.DOTALL)
+    if "</think>" in out:  # the template opened the thought: the turn starts inside it
+        out = out.rsplit("</think>", 1)[1]
+    return out.lstrip() if out != text else text
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """What comes before the question in a multi-turn chat: the client's system text and the earlier
+    turns (thoughts stripped). The rule: tandem's system prompt for the task first, then a blank line
+    and the client's system / developer messages; then the earlier user and assistant turns as turns;
+    then the question, which is the last user message."""
+
+    system: str = ""
+    turns: tuple[Message, ...] = ()
+
+    @classmethod
+    def from_messages(cls, messages: Sequence[Message]) -> tuple[Conversation, str]:
+        """Split a chat into what comes before the question and the question (the last user message)."""
+        from .errors import InputError
+
+        if not messages or messages[-1].role != "user":
+            raise InputError("the last message must be from the user (tandem answers one question)")
+        system = "\n\n".join(m.content.strip() for m in messages[:-1]
+                             if m.role in ("system", "developer") and m.content.strip())
+        turns = tuple(Message(m.role, strip_thoughts(m.content) if m.role == "assistant" else m.content)
+                      for m in messages[:-1] if m.role in ("user", "assistant"))
+        return cls(system, turns), messages[-1].content
+
+
 @dataclass(frozen=True)
 class PromptSet:
-    """The prompts of one method for one task."""
+    """The prompts of one method for one task (after the earlier turns of a conversation, if any)."""
 
     task: Task
     texts: PromptTexts = DEFAULT_TEXTS
+    conversation: Conversation = Conversation()
 
     @property
     def version(self) -> str:
         return self.texts.version
 
     def _system(self) -> tuple[Message, ...]:
-        text = self.texts.solve_system_math if self.task == "math" else self.texts.solve_system_code
-        return () if text is None else (Message("system", text),)
+        own = self.texts.solve_system_math if self.task == "math" else self.texts.solve_system_code
+        text = "\n\n".join(t for t in (own, self.conversation.system) if t)
+        return ((Message("system", text),) if text else ()) + self.conversation.turns
 
     def solve(self, question: str) -> Prompt:
         """The plain "reason step by step" prompt: SLM alone, LLM alone, and continue mode."""
@@ -155,9 +193,9 @@ class PromptSet:
 
     def coordinator(self, question: str) -> Prompt:
         """Hint mode: the LLM writes GPRA insights instead of a solution."""
-        return Prompt(
-            messages=(Message("system", self.texts.coordinator_system), Message("user", self.question_text(question)))
-        )
+        system = "\n\n".join(t for t in (self.texts.coordinator_system, self.conversation.system) if t)
+        return Prompt(messages=(Message("system", system), *self.conversation.turns,
+                                Message("user", self.question_text(question))))
 
     def with_hint(self, question: str, insights: str) -> Prompt:
         """Hint mode: the SLM solves with the insights at the end of its user message.

@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 from ..backends.guard import CallGuard, guarded
 from ..errors import BackendError, Cancelled
 from ..pipeline import Tandem
+from ..prompts import Conversation
 from ..result import TandemResult
 from .answer import StopScanner, find_stop  # noqa: F401  (they lived here: importable as before)
 
@@ -47,6 +48,7 @@ class RunSpec:
     fallback: str | None = None  # "slm" | "llm": retry once with that model alone after a backend failure
     request_id: str = ""
     handover: str = "continue"  # the run's hand-over mode (tandem runs)
+    conversation: Conversation | None = None  # what comes before the question
 
 
 @dataclass
@@ -170,7 +172,8 @@ def run_spec(tandem: Tandem, spec: RunSpec, handle: RunHandle) -> Outcome:
     handle.check()
     handle.continue_mode = spec.method == "tandem" and spec.handover == "continue"
     try:
-        result = tandem.solve(spec.question, method=spec.method, on_event=handle.hook, **spec.overrides)
+        result = tandem.solve(spec.question, method=spec.method, on_event=handle.hook,
+                              conversation=spec.conversation, **spec.overrides)
         return Outcome(result, list(handle.deltas))
     except BackendError as exc:
         fb = spec.fallback
@@ -180,7 +183,8 @@ def run_spec(tandem: Tandem, spec: RunSpec, handle: RunHandle) -> Outcome:
                     type(exc).__name__, exc)
         handle.deltas.clear()
         handle.continue_mode = False
-        result = tandem.solve(spec.question, method=fb, on_event=handle.hook, **spec.overrides)
+        result = tandem.solve(spec.question, method=fb, on_event=handle.hook, conversation=spec.conversation,
+                              **spec.overrides)
         # the client learns what kind of failure it was; the details (upstream URLs, its own error
         # text) stay in the log
         return Outcome(result, list(handle.deltas), {"used": True, "model": fb, "reason": type(exc).__name__})

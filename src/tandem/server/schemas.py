@@ -11,6 +11,8 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field, ValidationError, model_validator
 
 from ..config import StrictModel
+from ..prompts import Conversation
+from ..types import Message
 
 Effort = Literal["low", "medium", "high"]
 SERVED_MODELS: dict[str, tuple[str, Effort | None]] = {
@@ -216,8 +218,23 @@ def _quote(text: str) -> str:
     return "\n".join("> " + line if line else ">" for line in text.strip("\n").split("\n"))
 
 
+def conversation_of(messages: list[ChatMessage]) -> tuple[str, Conversation]:
+    """The question (the last user message) and what comes before it (`tandem.prompts.Conversation`:
+    tandem's system prompt, then the client's system / developer messages; the earlier turns as turns,
+    their thoughts stripped)."""
+    if messages[-1].role != "user":
+        raise RequestError("the last message must be from the user (tandem answers one question)",
+                           param="messages", code="invalid_value")
+    if not messages[-1].text.strip():
+        raise RequestError("the last user message is empty", param=f"messages[{len(messages) - 1}].content",
+                           code="invalid_value")
+    chat = [Message("system" if m.role == "developer" else m.role, m.text) for m in messages]
+    conversation, question = Conversation.from_messages(chat)
+    return question, conversation
+
+
 def build_question(messages: list[ChatMessage]) -> str:
-    """Fold a conversation into the one question tandem solves.
+    """Fold a conversation into one question (the form before conversations were passed as turns).
 
     A single user message is the question as it is. Otherwise, in this order and each only when
     present: the system / developer messages (joined by blank lines), then "Earlier conversation:"

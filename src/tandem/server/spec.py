@@ -9,7 +9,7 @@ from ..config import ServerSettings
 from ..errors import ConfigError
 from ..pipeline import Tandem
 from .runner import RunSpec
-from .schemas import SERVED_MODELS, ChatCompletionRequest, Effort, RequestError, build_question
+from .schemas import SERVED_MODELS, ChatCompletionRequest, Effort, RequestError, conversation_of
 
 
 def run_spec_for(req: ChatCompletionRequest, tandem: Tandem, srv: ServerSettings, request_id: str) -> RunSpec:
@@ -24,8 +24,9 @@ def run_spec_for(req: ChatCompletionRequest, tandem: Tandem, srv: ServerSettings
         overrides["temperature"] = float(req.temperature)
     if req.seed is not None:
         overrides["seed"] = req.seed
-    return RunSpec(build_question(req.messages), method, overrides, req.stream, srv.fallback, request_id,
-                   handover=req.handover or tandem.config.handover)
+    question, conversation = conversation_of(req.messages)
+    return RunSpec(question, method, overrides, req.stream, srv.fallback, request_id,
+                   handover=req.handover or tandem.config.handover, conversation=conversation)
 
 
 def _effort(req: ChatCompletionRequest, fixed: Effort | None) -> tuple[Effort | None, str]:
