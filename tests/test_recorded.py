@@ -372,7 +372,8 @@ def test_a_context_too_small_is_refused_up_front(recordings: Path) -> None:
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
-async def test_serve_with_a_recorded_llm(recordings: Path, anyio_backend: str) -> None:
+@pytest.mark.parametrize("field", ["reasoning_content", "reasoning", "inline"])
+async def test_serve_with_a_recorded_llm(recordings: Path, anyio_backend: str, field: str) -> None:
     import httpx
 
     from tandem.config import TandemSettings
@@ -380,18 +381,31 @@ async def test_serve_with_a_recorded_llm(recordings: Path, anyio_backend: str) -
 
     t = Tandem(backend(recordings), slm(), policy=BudgetPolicy(), rule=StopRule(),
                config=PipelineConfig(stage_budgets=(16, 32, 64), decoding=DecodingSettings(2000, slm_max_tokens=50)))
-    app = create_app(TandemSettings(), tandem=t)
+    app = create_app(TandemSettings(server={"reasoning_field": field}), tandem=t)
+    thought = THOUGHT1[: len(" ".join(THOUGHT1.split()[:16]))]  # the first 16 words reach the SLM
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test", timeout=30) as c:
         r = await c.post("/v1/chat/completions", json={"model": "tandem-low", "max_tokens": 2000,
                                                        "messages": [{"role": "user", "content": Q1}]})
         assert r.status_code == 200, r.text
         data = r.json()
-        text = data["choices"][0]["message"]["content"]
-        assert text.startswith("<think>\n") and text.rsplit("</think>", 1)[1].strip().endswith("\\boxed{7}.")
+        msg = data["choices"][0]["message"]
         assert data["tandem"]["stop_reason"] == "budget"
-        r = await c.post("/v1/chat/completions", json={"model": "tandem", "stream": True, "max_tokens": 2000,
+        if field == "inline":
+            assert msg["content"].startswith("<think>\n" + thought) and "reasoning_content" not in msg
+            assert msg["content"].rsplit("</think>", 1)[1].strip() == "Therefore the total is \\boxed{7}."
+        else:
+            assert msg["content"] == "Therefore the total is \\boxed{7}." and msg[field].startswith(thought)
+            assert "</think>" not in msg[field]
+            parts = data["tandem"]["parts"]
+            assert [p["role"] for p in parts] == ["slm"] and parts[0]["end"] == len(msg["content"])
+        r = await c.post("/v1/chat/completions", json={"model": "tandem-low", "stream": True, "max_tokens": 2000,
                                                        "messages": [{"role": "user", "content": Q1}]})
-        assert r.status_code == 200 and "boxed{7}" in r.text
+        assert r.status_code == 200
+        deltas = [json.loads(line[6:])["choices"] for line in r.text.splitlines()
+                  if line.startswith("data: {")]
+        content = "".join(c[0]["delta"].get("content") or "" for c in deltas if c)
+        reasoning = "".join(c[0]["delta"].get(field) or "" for c in deltas if c) if field != "inline" else ""
+        assert content == msg["content"] and reasoning == msg.get(field, "")
         bad = await c.post("/v1/chat/completions", json={"model": "tandem",
                                                          "messages": [{"role": "user", "content": "2+2?"}]})
         assert bad.status_code == 400 and "no recording" in bad.json()["error"]["message"]

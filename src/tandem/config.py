@@ -151,6 +151,10 @@ class ServerSettings(StrictModel):
         default=None, gt=0, description="LLM-alone tokens (prompt + generated) per request, for the "
         "FLOPs-relative-to-the-LLM-alone metric")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    reasoning_field: Literal["reasoning_content", "reasoning", "inline"] = Field(
+        default="reasoning_content", description="where a reasoning LLM's thought goes: this field of the "
+        "message / delta (vLLM's parsers and DeepSeek's API use reasoning_content; OpenRouter reasoning), or "
+        "inline: in content between <think> tags")
 
 
 class TandemSettings(StrictModel):

@@ -107,7 +107,8 @@ class ChatRun:
         if outcome.fallback:
             metrics.fallbacks.labels(model, outcome.fallback["model"]).inc()
         return final_report(outcome, answer, self.tandem, request_id=self.request_id,
-                            return_trace=self.req.return_trace, compare_estimate=self.state.srv.compare_estimate)
+                            return_trace=self.req.return_trace, compare_estimate=self.state.srv.compare_estimate,
+                            thought_apart=self.state.srv.reasoning_field != "inline")
 
     def release(self) -> None:
         self.watcher.cancel()

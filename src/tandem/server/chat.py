@@ -15,6 +15,7 @@ from .failures import error_response
 from .schemas import AssistantMessage, ChatCompletion, Choice, RequestError
 from .state import app_state
 from .streaming import stream_completion
+from .thought import split_thought
 
 
 async def chat_completions(request: Request) -> Response:
@@ -40,11 +41,16 @@ async def complete(run: ChatRun) -> Response:
         run.release()  # also when this task was cancelled (the server is stopping)
     run.record(200)
     answer = AnswerText(run.req.stop_sequences)
-    answer.finish(outcome.result.text)
+    field = run.state.srv.reasoning_field
+    thought, content = ("", outcome.result.text) if field == "inline" else split_thought(outcome.result.text)
+    answer.finish(content)
     report = run.report(outcome, answer)
+    message = AssistantMessage(content=answer.text)
+    if thought:
+        message = message.model_copy(update={field: thought})
     completion = ChatCompletion(
         id=f"chatcmpl-{uuid.uuid4().hex[:24]}", created=int(time.time()), model=run.req.model,
-        choices=[Choice(message=AssistantMessage(content=answer.text), finish_reason=report.finish_reason)],
+        choices=[Choice(message=message, finish_reason=report.finish_reason)],
         usage=report.usage, tandem=report.tandem,
     )
     return Response(completion.model_dump_json(), media_type="application/json")

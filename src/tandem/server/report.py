@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .answer import AnswerText
 from .schemas import CompletionUsage
+from .thought import split_thought
 
 if TYPE_CHECKING:
     from ..pipeline import Tandem
@@ -23,11 +24,12 @@ class FinalReport:
 
 
 def final_report(outcome: Outcome, answer: AnswerText, tandem: Tandem, *, request_id: str, return_trace: bool,
-                 compare_estimate: float | None) -> FinalReport:
-    """The report of a run that finished with `outcome` and whose client got `answer` (finished)."""
+                 compare_estimate: float | None, thought_apart: bool = False) -> FinalReport:
+    """The report of a run that finished with `outcome` and whose client got `answer` (finished);
+    `thought_apart`: a reasoning LLM's thought went out in its own field, not in the content."""
     return FinalReport(_finish_reason(outcome, answer.stop_hit), _usage(outcome),
                        _tandem_object(outcome, answer, tandem, request_id=request_id, return_trace=return_trace,
-                                      compare_estimate=compare_estimate))
+                                      compare_estimate=compare_estimate, thought_apart=thought_apart))
 
 
 def _finish_reason(outcome: Outcome, stop_hit: str | None) -> Literal["stop", "length"]:
@@ -44,9 +46,11 @@ def _usage(outcome: Outcome) -> CompletionUsage:
                            prompt_tokens_details={"cached_tokens": sum(m.prompt_tokens_cached for m in models)})
 
 
-def _parts(outcome: Outcome, tandem: Tandem, content_len: int) -> list[dict[str, Any]]:
-    """Which model wrote which characters of the returned content ([start, end) code points)."""
+def _parts(outcome: Outcome, tandem: Tandem, content_len: int, thought_apart: bool) -> list[dict[str, Any]]:
+    """Which model wrote which characters of the returned content ([start, end) code points). A
+    reasoning LLM's thought, when sent apart from the content, is left out."""
     r = outcome.result
+    offset = len(r.text) - len(split_thought(r.text)[1]) if thought_apart else 0
     pieces = outcome.deltas
     if "".join(t for _, t in pieces) != r.text:  # not expected: derive from the result instead
         pieces = [("llm", r.llm_text), ("slm", r.slm_text)] if r.handover_mode == "continue" or r.method == "llm" \
@@ -55,7 +59,7 @@ def _parts(outcome: Outcome, tandem: Tandem, content_len: int) -> list[dict[str,
     parts: list[dict[str, Any]] = []
     pos = 0
     for role, text in pieces:
-        start, end = pos, min(pos + len(text), content_len)
+        start, end = max(pos - offset, 0), min(pos + len(text) - offset, content_len)
         pos += len(text)
         if end <= start:
             continue
@@ -67,7 +71,7 @@ def _parts(outcome: Outcome, tandem: Tandem, content_len: int) -> list[dict[str,
 
 
 def _tandem_object(outcome: Outcome, answer: AnswerText, tandem: Tandem, *, request_id: str, return_trace: bool,
-                   compare_estimate: float | None) -> dict[str, Any]:
+                   compare_estimate: float | None, thought_apart: bool) -> dict[str, Any]:
     r = outcome.result
     cost = r.cost.to_dict()
     obj: dict[str, Any] = {
@@ -80,7 +84,7 @@ def _tandem_object(outcome: Outcome, answer: AnswerText, tandem: Tandem, *, requ
         "handover_tokens": r.handover_tokens,
         "model_finish_reason": r.finish_reason,
         "stop_sequence": answer.stop_hit,
-        "parts": _parts(outcome, tandem, len(answer.text)),
+        "parts": _parts(outcome, tandem, len(answer.text), thought_apart),
         "insights": [{"text": u.text, "kind": u.kind, "end_token": u.end_token} for u in r.insights],
         "checkpoints": [c.summary() for c in r.checkpoints],
         "answer": {"answer": r.answer.answer, "rule": r.answer.rule},

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, ValidationError, model_serializer, model_validator
 
 from ..config import StrictModel
 from ..prompts import Conversation
@@ -279,6 +279,16 @@ class AssistantMessage(StrictModel):
     role: Literal["assistant"] = "assistant"
     content: str
     refusal: None = None
+    reasoning_content: str | None = None  # a reasoning LLM's thought (server.reasoning_field)
+    reasoning: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_absent_thought(self, handler: Any) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        for key in ("reasoning_content", "reasoning"):
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
 
 
 class Choice(StrictModel):
@@ -302,6 +312,8 @@ class ChatCompletion(StrictModel):
 class Delta(StrictModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    reasoning_content: str | None = None
+    reasoning: str | None = None
 
 
 class ChunkChoice(StrictModel):

@@ -24,6 +24,7 @@ from .failures import cancel_error, error_response
 from .report import FinalReport
 from .runner import Item
 from .schemas import ChatCompletionChunk, ChunkChoice, CompletionUsage, Delta, RequestError
+from .thought import ThoughtSplitter, split_thought
 
 log = logging.getLogger("tandem.server")
 
@@ -53,6 +54,8 @@ class _ChatStream:
     def __init__(self, run: ChatRun) -> None:
         self.run = run
         self.answer = AnswerText(run.req.stop_sequences)
+        self.field = run.state.srv.reasoning_field
+        self.thought = ThoughtSplitter() if self.field != "inline" else None
         self.id, self.created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         self.include_usage = bool(run.req.stream_options and run.req.stream_options.include_usage)
         self.status = 499
@@ -65,10 +68,8 @@ class _ChatStream:
             while True:
                 kind, text, _ = item
                 if kind == "delta":
-                    out = self.answer.feed(text)
-                    if out:
-                        self._first_text()
-                        yield self._chunk(delta={"content": out})
+                    for chunk in self._deltas(*(self.thought.feed(text) if self.thought else ("", text))):
+                        yield chunk
                 elif kind == "cancelled":
                     err = cancel_error(text)
                     self.status = err.status
@@ -78,7 +79,11 @@ class _ChatStream:
                 else:  # the run ended
                     try:
                         outcome = await self.run.outcome()
-                        rest = self.answer.finish(outcome.result.text)
+                        if self.thought is not None:
+                            for chunk in self._deltas(*self.thought.flush()):
+                                yield chunk
+                        final = outcome.result.text
+                        rest = self.answer.finish(split_thought(final)[1] if self.thought else final)
                     except (RequestError, StreamDiverged) as exc:
                         err = self._failure(exc)
                         self.status = err.status
@@ -95,6 +100,17 @@ class _ChatStream:
         finally:
             self.run.release()
             self.run.record(self.status)
+
+    def _deltas(self, thought: str, answer: str) -> Iterator[bytes]:
+        """The chunks of one piece of the run's text: its thought in the reasoning field, its answer (past
+        the stop-sequence hold-back) as content."""
+        if thought:
+            self._first_text()
+            yield self._chunk(delta={self.field: thought})
+        out = self.answer.feed(answer) if answer else ""
+        if out:
+            self._first_text()
+            yield self._chunk(delta={"content": out})
 
     def _first_text(self) -> None:
         if not self.first_sent:
