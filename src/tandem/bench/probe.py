@@ -117,6 +117,16 @@ class Prober:
             "_steps": steps, "_times": times,
         }
 
+    def _shadow_pass(self, scored: str, prev_tokens: list[Any] | None) -> tuple[Any, list[Any] | None, int]:
+        """Score `scored` on the SLM's cache; return the result, its tokens, and what a live shadow pass
+        computes of it: the tokens past the previous pass's, plus the one re-read at the seam."""
+        sr = self.slm.score(scored)
+        toks = self._tokens(scored)
+        if toks is not None and prev_tokens is not None:
+            common = _common_prefix(prev_tokens, toks)
+            return sr, toks, len(toks) - common + (1 if common > 0 else 0)
+        return sr, toks, sr.usage.computed_prompt_tokens
+
     def _reset(self) -> None:
         for b in (self.llm, self.slm):
             getattr(b, "reset_cache", lambda: None)()
@@ -175,14 +185,7 @@ class Prober:
         for stage, k, prefix, n_units in marks:
             prompt = ps.continue_from(q, prefix) if cfg.handover == "continue" else ps.with_hint(q, prefix)
             scored, start = shadow_span(self.slm.render(prompt), base, prefix, cfg.handover, cfg.prompts.hint_guide)
-            sr = self.slm.score(scored)
-            toks = self._tokens(scored)
-            if toks is not None and prev_tokens is not None:
-                # what a live shadow pass computes: the new tokens, plus the one re-read at the seam
-                common = _common_prefix(prev_tokens, toks)
-                live = len(toks) - common + (1 if common > 0 else 0)
-            else:
-                live = sr.usage.computed_prompt_tokens
+            sr, toks, live = self._shadow_pass(scored, prev_tokens)
             prev_tokens = toks
             streamed = llm_steps[:k] if self.llm.info.capabilities.stream_logprobs else None
             feats = compute_features(CheckpointInputs(stage, k, seg.units[:n_units], streamed, q_steps,
@@ -274,13 +277,7 @@ class Prober:
             thought = full[:n_chars]
             scored, start = shadow_span(self.slm.render(ps.handover(q, thought, shadow)), base, thought, shadow,
                                         cfg.prompts.hint_guide)
-            sr = self.slm.score(scored)
-            toks = self._tokens(scored)
-            if toks is not None and prev_tokens is not None:
-                common = _common_prefix(prev_tokens, toks)
-                live = len(toks) - common + (1 if common > 0 else 0)
-            else:
-                live = sr.usage.computed_prompt_tokens
+            sr, toks, live = self._shadow_pass(scored, prev_tokens)
             prev_tokens = toks
             trial = self._trial(problem, ps.trial(q, thought, shadow), prev_trial) if trials else None
             prev_trial = trial
