@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ..config import DEFAULT_N_CTX, DEFAULT_N_THREADS
 from ..errors import BackendError, InputError, ModelError
 from ..types import (
     Capabilities,
@@ -32,8 +33,8 @@ LLAMA_CPP_VERSION = "0.3.36"
 class LlamaCppConfig:
     model_path: str
     name: str = ""
-    n_ctx: int = 4096
-    n_threads: int = 0  # 0: all cores
+    n_ctx: int = DEFAULT_N_CTX
+    n_threads: int = DEFAULT_N_THREADS  # 0: all cores
     n_batch: int = 512
     seed: int = 0
     checksum: str = ""  # sha256 of the file; "" (a file given by path): hashed at load, once per change

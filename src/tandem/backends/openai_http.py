@@ -93,6 +93,15 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 
+from ..config import (
+    DEFAULT_CONNECT_TIMEOUT_S,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_MIN_TOKENS_PER_S,
+    DEFAULT_N_CTX,
+    DEFAULT_RETRY_BACKOFF_S,
+    DEFAULT_TIMEOUT_S,
+    DEFAULT_TOP_LOGPROBS,
+)
 from ..errors import (
     BackendError,
     BackendProtocolError,
@@ -188,17 +197,17 @@ class OpenAIBackendConfig:
     base_url: str
     model: str
     n_params: int
-    n_ctx: int = 4096
+    n_ctx: int = DEFAULT_N_CTX
     api: Api = "completions"
     api_key: str | None = field(default=None, repr=False)
     api_key_env: str | None = None
-    timeout_s: float = 120.0
-    connect_timeout_s: float = 10.0
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
     idle_timeout_s: float | None = None
-    min_tokens_per_s: float = 1.0
-    max_retries: int = 2
-    retry_backoff_s: float = 0.5
-    top_logprobs: int = 5
+    min_tokens_per_s: float = DEFAULT_MIN_TOKENS_PER_S
+    max_retries: int = DEFAULT_MAX_RETRIES
+    retry_backoff_s: float = DEFAULT_RETRY_BACKOFF_S
+    top_logprobs: int = DEFAULT_TOP_LOGPROBS
     tokenizer_id: str = ""
     chat_template_id: str = ""
     chat_template: str | None = field(default=None, repr=False)

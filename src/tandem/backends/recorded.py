@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..config import DEFAULT_TOKENIZER
 from ..errors import ConfigError, InputError, UnsupportedError
 from ..types import Capabilities, GenerationRequest, ModelInfo, Prompt, TokenStep, TokenStream, Usage
 from .tokenizers import Tokenizer
@@ -197,7 +198,7 @@ class RecordingSet:
 @dataclass(frozen=True)
 class RecordedConfig:
     path: str
-    tokenizer: str = "qwen2.5-coder-0.5b"
+    tokenizer: str = DEFAULT_TOKENIZER
     name: str = ""
     n_params: int = 0
     n_ctx: int = 32768
