@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from ..config import DEFAULT_N_CTX, DEFAULT_N_THREADS
-from ..errors import BackendError, InputError, ModelError
+from ..errors import BackendError, ModelError
 from ..types import (
     Capabilities,
     GenerationRequest,
-    Message,
     ModelInfo,
     Prompt,
     ScoreResult,
@@ -25,6 +24,7 @@ from ..types import (
     TokenStream,
     Usage,
 )
+from .chat_template import render_chat, template_id
 
 LLAMA_CPP_VERSION = "0.3.36"
 
@@ -79,6 +79,7 @@ class LlamaCppBackend:
         except (ValueError, RuntimeError) as exc:
             raise ModelError(f"cannot load {path}: {exc}") from exc
         self.config = config
+        self._name = config.name or path.stem
         self._llama = llama
         self._adapter = LlamaAdapter(llama)
         self._lock = threading.Lock()
@@ -87,11 +88,11 @@ class LlamaCppBackend:
         self._bos = self._piece(llama.token_bos())
         self._eos = self._piece(llama.token_eos())
         self._info = ModelInfo(
-            name=config.name or path.stem,
+            name=self._name,
             n_params=config.n_params or self._matmul_params(),
             n_ctx=self._adapter.n_ctx,
             tokenizer_id=self._tokenizer_id(meta),
-            chat_template_id=self._template_id(),
+            chat_template_id=template_id(self.render) if self._template else "",
             capabilities=Capabilities(stream_logprobs=True, entropy="exact", score=True, raw_prompt=True),
             checksum=config.checksum,
         )
@@ -100,17 +101,6 @@ class LlamaCppBackend:
         """All weights as llama.cpp counts them. For a model with an untied output head this counts the
         input embedding table too (a lookup, no FLOPs): registered models pass their exact count."""
         return int(self._llama._model.n_params())
-
-    def _template_id(self) -> str:
-        """Identity of the chat template as it renders a probe conversation: two templates that differ
-        only in branches tandem never uses (tools, say) render identically and count as one."""
-        if not self._template:
-            return ""
-        probe = Prompt(
-            messages=(Message("system", "S"), Message("user", "U"), Message("assistant", "A"), Message("user", "V")),
-            assistant_prefix="P",
-        )
-        return _sha(self.render(probe))
 
     def _piece(self, token: int) -> str:
         if token < 0:
@@ -135,25 +125,12 @@ class LlamaCppBackend:
         return self._adapter
 
     def render(self, prompt: Prompt) -> str:
+        """The GGUF's chat template applied (`tandem.backends.chat_template`), then `assistant_prefix`."""
         if not self._template:
-            raise BackendError(f"{self._info.name} has no chat template in its GGUF metadata")
-        from jinja2 import TemplateError
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        env.globals["raise_exception"] = self._template_refuses
-        messages = [{"role": m.role, "content": m.content} for m in prompt.messages]
-        try:
-            text = env.from_string(self._template).render(
-                messages=messages, add_generation_prompt=True, bos_token=self._bos, eos_token=self._eos
-            )
-        except TemplateError as exc:
-            raise BackendError(f"the chat template of {self._info.name} failed: {exc}") from exc
+            raise BackendError(f"{self._name} has no chat template in its GGUF metadata")
+        text = render_chat(self._template, prompt.messages, owner=self._name, bos_token=self._bos,
+                           eos_token=self._eos)
         return text + prompt.assistant_prefix
-
-    def _template_refuses(self, message: str) -> None:
-        """`raise_exception` of Hugging Face chat templates: the conversation is not one it accepts."""
-        raise InputError(f"the chat template of {self._info.name} refuses this conversation: {message}")
 
     def score(self, text: str) -> ScoreResult:
         import time

@@ -11,7 +11,10 @@ the boundary (`raise ... from exc`) into the project's types:
 - the run's `CallGuard` (`tandem.backends.guard`) interrupted, or its deadline passed ->
   `Cancelled`;
 - a stream that ends with neither `[DONE]` nor a finish reason (server killed mid-stream) ->
-  `BackendError("stream ended unexpectedly ...")`.
+  `BackendError("stream ended unexpectedly ...")`;
+- a local `chat_template` that refuses the conversation or fails -> the errors of
+  `tandem.backends.chat_template` (an `InputError`, a `BackendError`), as the embedded backend
+  raises them; one that cannot render a probe conversation at construction -> `ConfigError`.
 
 The API key is sent as a bearer token and appears in no message, log or repr.
 
@@ -82,7 +85,6 @@ received; a server with no tokenizer endpoint (OpenAI) leaves `prompt_tokens` at
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -124,6 +126,7 @@ from ..types import (
 )
 from ._net import guard_client
 from ._sse import LineTooLong, iter_sse_data, split_lines
+from .chat_template import ChatTemplateFailed, ChatTemplateRefused, render_chat, template_id
 from .guard import DeadlineExceeded, Interrupted, bounded, current_guard
 
 if TYPE_CHECKING:
@@ -355,18 +358,6 @@ def topk_entropy(logprobs: Iterable[float | None]) -> float | None:
     return max(0.0, h)
 
 
-def _sha16(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
-# LlamaCppBackend identifies a chat template by how it renders this conversation (tests check that
-# both backends give one template the same id)
-_TEMPLATE_PROBE = Prompt(
-    messages=(Message("system", "S"), Message("user", "U"), Message("assistant", "A"), Message("user", "V")),
-    assistant_prefix="P",
-)
-
-
 @dataclass
 class _Entry:
     """One token as an API reports it: text, log-prob, and the log-probs of the alternatives."""
@@ -520,7 +511,6 @@ class OpenAIBackend:
         # every connect / read / write obeys the deadlines and the run's guard (False with a mock)
         self.guarded_network = guard_client(self._client)
         self._render_via: str | None = None  # "apply-template", "tokenize" or "none", once probed
-        self._template: Any = None
         self._count_via: int | None = None  # index into the tokenize probes, -1: none works
         self._absent_paths: set[str] = set()
         scoring = config.api == "completions" and config.supports_scoring
@@ -541,7 +531,10 @@ class OpenAIBackend:
         )
         if config.chat_template is not None and not config.chat_template_id and config.api == "completions":
             try:
-                self._info = replace(self._info, chat_template_id=_sha16(self.render(_TEMPLATE_PROBE)))
+                self._info = replace(self._info, chat_template_id=template_id(self.render))
+            except (ChatTemplateRefused, ChatTemplateFailed) as exc:
+                self._client.close()
+                raise ConfigError(f"invalid chat_template: {exc}") from exc
             except BaseException:
                 self._client.close()
                 raise
@@ -821,9 +814,10 @@ class OpenAIBackend:
 
     # ---- render ----------------------------------------------------------------------------------
     def _apply_template(self, messages: Sequence[Message]) -> str:
-        msgs = [{"role": m.role, "content": m.content} for m in messages]
         if self.config.chat_template is not None:
-            return self._render_local(msgs)
+            return render_chat(self.config.chat_template, messages, owner=self._info.name,
+                               bos_token=self.config.bos_token, eos_token=self.config.eos_token)
+        msgs = [{"role": m.role, "content": m.content} for m in messages]
         methods = ("apply-template", "tokenize") if self._render_via is None else (self._render_via,)
         for method in methods:
             if method == "none":
@@ -864,35 +858,6 @@ class OpenAIBackend:
         if not isinstance(prompt, str):
             raise BackendProtocolError(f"{self._info.name}: /detokenize answered without a prompt")
         return prompt
-
-    def _render_local(self, msgs: list[dict[str, str]]) -> str:
-        if self._template is None:
-            try:
-                from jinja2 import TemplateError
-                from jinja2.sandbox import ImmutableSandboxedEnvironment
-            except ImportError as exc:
-                raise ConfigError("a local chat_template needs jinja2: pip install jinja2") from exc
-
-            def raise_exception(message: str) -> None:
-                raise ConfigError(f"chat template: {message}")
-
-            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-            env.globals["raise_exception"] = raise_exception
-            try:
-                self._template = env.from_string(self.config.chat_template or "")
-            except TemplateError as exc:
-                raise ConfigError(f"invalid chat_template: {exc}") from exc
-        from jinja2 import TemplateError as RenderError
-
-        try:
-            return str(
-                self._template.render(
-                    messages=msgs, add_generation_prompt=True,
-                    bos_token=self.config.bos_token, eos_token=self.config.eos_token,
-                )
-            )
-        except RenderError as exc:
-            raise ConfigError(f"chat_template failed to render: {exc}") from exc
 
     # ---- scoring ---------------------------------------------------------------------------------
     def _score_entries(
