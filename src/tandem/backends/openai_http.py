@@ -1,43 +1,12 @@
 """Any OpenAI-compatible HTTP endpoint (vLLM, SGLang, llama.cpp's servers, OpenAI) as a `Backend`.
 
-One `httpx.Client` per backend, created in the constructor; every library error is translated at
-the boundary (`raise ... from exc`) into the project's types:
-
-- connection refused, DNS failure, connection lost before an answer -> `BackendUnavailable`;
-- a deadline passed -> `BackendTimeout` (see "Deadlines" below);
-- a non-2xx answer -> `BackendHTTPError` (a `BackendProtocolError`) with the status and the
-  server's own error message; malformed JSON or SSE, an answer or a line larger than its cap, more
-  tokens than `max_tokens` -> `BackendProtocolError`;
-- the run's `CallGuard` (`tandem.backends.guard`) interrupted, or its deadline passed ->
-  `Cancelled`;
-- a stream that ends with neither `[DONE]` nor a finish reason (server killed mid-stream) ->
-  `BackendError("stream ended unexpectedly ...")`;
-- a local `chat_template` that refuses the conversation or fails -> the errors of
-  `tandem.backends.chat_template` (an `InputError`, a `BackendError`), as the embedded backend
-  raises them; one that cannot render a probe conversation at construction -> `ConfigError`.
-
-The API key is sent as a bearer token and appears in no message, log or repr.
-
-Deadlines (monotonic clock; time the consumer spends between two tokens, e.g. on a checkpoint, is
-not counted against the server):
-
-- the answer's headers and, for a stream, its first data event within `timeout_s` of the request;
-  a non-streamed answer whole within `timeout_s`;
-- between two data events at most `idle_timeout_s` (default `timeout_s`): SSE comments and other
-  keep-alive lines do not count as data;
-- the whole stream within `timeout_s + max_tokens / min_tokens_per_s`, so that long reasoning
-  survives while a server that trickles tokens forever does not.
-
-Every network operation (connect, each read and write) waits at most until the nearest deadline,
-also when the server trickles bytes (httpx's own read timeout restarts with every byte), and a
-run's `CallGuard` may interrupt it from another thread (the server does when a request times out
-or its client goes away): see `tandem.backends._net`.
-
-Sizes: a streamed answer may hold `1 MiB + (max_tokens + 16) x (1 KiB + 128 B x top_logprobs)`,
-one SSE line `256 KiB + 16 x (1 KiB + 128 B x top_logprobs)`; a scoring echo
-`1 MiB + (bytes of the text + score_max_tokens + 16) x (1 KiB + 128 B x k)` (twice that with
-`prompt_logprobs`); other JSON answers `1 MiB + 16 x` the request's size; an error body is read up
-to 64 KiB. Reading stops at the cap (a protocol error) whatever the server sends next.
+The transport (`_http`: one `httpx.Client`, retries, deadlines, size caps) is where every library
+error becomes the project's (`raise ... from exc`); the mapping, the deadlines and the size caps are
+listed there. Besides: a stream that ends with neither `[DONE]` nor a finish reason (server killed
+mid-stream) -> `BackendError("stream ended unexpectedly ...")`; more tokens than `max_tokens` ->
+`BackendProtocolError`; a local `chat_template` that refuses the conversation or fails -> the errors
+of `tandem.backends.chat_template` (an `InputError`, a `BackendError`), as the embedded backend
+raises them; one that cannot render a probe conversation at construction -> `ConfigError`.
 
 Two APIs, chosen in the config:
 
@@ -85,11 +54,10 @@ received; a server with no tokenizer endpoint (OpenAI) leaves `prompt_tokens` at
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
-from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -104,15 +72,7 @@ from ..config import (
     DEFAULT_TIMEOUT_S,
     DEFAULT_TOP_LOGPROBS,
 )
-from ..errors import (
-    BackendError,
-    BackendProtocolError,
-    BackendTimeout,
-    BackendUnavailable,
-    Cancelled,
-    ConfigError,
-    UnsupportedError,
-)
+from ..errors import BackendError, BackendProtocolError, Cancelled, ConfigError, UnsupportedError
 from ..types import (
     Capabilities,
     GenerationRequest,
@@ -124,10 +84,10 @@ from ..types import (
     TokenStream,
     Usage,
 )
-from ._net import guard_client
-from ._sse import LineTooLong, iter_sse_data, split_lines
+from ._http import TOKEN_SLACK, BackendHTTPError, HttpClient, Watch, line_cap, score_cap, stream_cap
+from ._sse import iter_sse_data
 from .chat_template import ChatTemplateFailed, ChatTemplateRefused, render_chat, template_id
-from .guard import DeadlineExceeded, Interrupted, bounded, current_guard
+from .guard import current_guard
 
 if TYPE_CHECKING:
     from ..config import BackendSettings
@@ -142,34 +102,9 @@ __all__ = [
 
 Api = Literal["completions", "chat"]
 
-_MAX_BACKOFF_S = 8.0
 # statuses with which a probe learns that the server has no such endpoint or field
 _ABSENT = frozenset({400, 404, 405, 422, 501})
 _ALIGN_TOL = 0.3  # nats: batched and one-token decoding differ by up to ~0.1 on quantised models
-# size caps (see the module docstring): what any answer may hold besides its tokens, and per token
-_BASE_BYTES = 1 << 20
-_LINE_BASE_BYTES = 256 << 10
-_ERROR_BODY_BYTES = 64 << 10
-_TOKEN_SLACK = 16  # tokens a stream may send beyond max_tokens before it is a protocol error
-
-
-def _token_bytes(k: int) -> int:
-    """Generous bytes of JSON per token with `k` alternatives (a chat-API alternative with its
-    `bytes` array is ~60-120 bytes; a completions-API one ~30)."""
-    return 1024 + 128 * max(0, k)
-
-
-def _stream_cap(max_tokens: int, k: int) -> int:
-    return _BASE_BYTES + (max(0, max_tokens) + _TOKEN_SLACK) * _token_bytes(k)
-
-
-def _line_cap(k: int) -> int:
-    return _LINE_BASE_BYTES + 16 * _token_bytes(k)
-
-
-def _score_cap(text: str, k: int, *, max_tokens: int, prompt_logprobs: bool) -> int:
-    n_tokens = len(text.encode("utf-8")) + max_tokens + _TOKEN_SLACK  # a token holds at least one byte
-    return _BASE_BYTES + n_tokens * _token_bytes(k) * (2 if prompt_logprobs else 1)
 
 
 @dataclass(frozen=True)
@@ -276,68 +211,6 @@ class OpenAIBackendConfig:
             max_retries=settings.max_retries, top_logprobs=settings.top_logprobs, api=settings.api,
             tokenizer_id=settings.tokenizer_id, chat_template_id=settings.chat_template_id,
         )
-
-
-class BackendHTTPError(BackendProtocolError):
-    """The server answered with a non-2xx status."""
-
-    def __init__(self, message: str, status_code: int) -> None:
-        super().__init__(message)
-        self.status_code = status_code
-
-
-class _Watch:
-    """The deadlines of one request to the server (`time.monotonic()` seconds): its answer (the
-    headers, then a stream's first data event, or a whole non-streamed answer) by `first_s`; with
-    `idle_s`, each next data event within `idle_s` of the previous one; with `total_s`, the end.
-    Time the consumer holds a streamed token (between `pause` and `resume`) is not counted."""
-
-    def __init__(self, first_s: float, idle_s: float | None = None, total_s: float | None = None,
-                 *, stream: bool = False) -> None:
-        self.first_s, self.idle_s, self.total_s, self.stream = first_s, idle_s, total_s, stream
-        self.restart()
-
-    def restart(self) -> None:
-        now = time.monotonic()
-        self.data_by = now + self.first_s
-        self.end_by = None if self.total_s is None else now + self.total_s
-        self.got_data = False
-        self._paused: float | None = None
-
-    def deadline(self) -> float:
-        return self.data_by if self.end_by is None else min(self.data_by, self.end_by)
-
-    def data(self) -> None:
-        """A data event arrived: the idle deadline starts again."""
-        self.got_data = True
-        if self.idle_s is not None:
-            self.data_by = time.monotonic() + self.idle_s
-
-    def pause(self) -> None:
-        self._paused = time.monotonic()
-
-    def resume(self) -> None:
-        if self._paused is not None:
-            held = time.monotonic() - self._paused
-            self._paused = None
-            self.data_by += held
-            if self.end_by is not None:
-                self.end_by += held
-
-    def check(self) -> None:
-        if time.monotonic() >= self.deadline():
-            raise DeadlineExceeded("deadline reached")
-
-    def describe(self) -> str:
-        """Which deadline passed."""
-        if self.end_by is not None and self.end_by <= self.data_by:
-            return (f"the stream did not end within {self.total_s:g} s "
-                    "(timeout_s + max_tokens / min_tokens_per_s)")
-        if not self.stream:
-            return f"no complete answer within {self.first_s:g} s"
-        if not self.got_data:
-            return f"no data within {self.first_s:g} s of the request"
-        return f"no data for {self.idle_s:g} s (keep-alive comments do not count)"
 
 
 # ---- pure helpers --------------------------------------------------------------------------------
@@ -462,20 +335,6 @@ def _apply_usage(usage: Usage, u: Any) -> bool:
     return True
 
 
-def _error_message(raw: bytes) -> str:
-    """The server's own error message, from the usual shapes of error bodies."""
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        return raw[:500].decode("utf-8", "replace").strip()
-    msg: Any = body
-    if isinstance(body, Mapping):
-        msg = body.get("error", body.get("detail", body.get("message", body)))
-        if isinstance(msg, Mapping):
-            msg = msg.get("message", msg)
-    return (msg if isinstance(msg, str) else json.dumps(msg))[:500]
-
-
 # ---- the backend ---------------------------------------------------------------------------------
 class OpenAIBackend:
     """A `Backend` for one model served by an OpenAI-compatible endpoint.
@@ -493,23 +352,13 @@ class OpenAIBackend:
             key = os.environ.get(config.api_key_env)
             if not key:
                 raise ConfigError(f"environment variable {config.api_key_env} (API key) is not set")
-        self._secret = key or ""
-        headers = {"Accept": "application/json", "Accept-Encoding": "identity"}
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        api_base = config.base_url.rstrip("/")
-        self._api_base = api_base
-        self._root = api_base[: -len("/v1")] if api_base.endswith("/v1") else api_base
-        self._timeout_s = config.timeout_s
-        self._idle_s = config.idle_timeout_s if config.idle_timeout_s is not None else config.timeout_s
-        self._client = httpx.Client(
-            headers=headers,
-            timeout=httpx.Timeout(config.timeout_s, connect=config.connect_timeout_s),
-            transport=transport,
-            follow_redirects=False,
+        self._http = HttpClient(
+            name=config.name or config.model, base_url=config.base_url, api_key=key or "",
+            timeout_s=config.timeout_s, connect_timeout_s=config.connect_timeout_s,
+            max_retries=config.max_retries, retry_backoff_s=config.retry_backoff_s, transport=transport,
         )
-        # every connect / read / write obeys the deadlines and the run's guard (False with a mock)
-        self.guarded_network = guard_client(self._client)
+        self.guarded_network = self._http.guarded_network
+        self._idle_s = config.idle_timeout_s if config.idle_timeout_s is not None else config.timeout_s
         self._render_via: str | None = None  # "apply-template", "tokenize" or "none", once probed
         self._count_via: int | None = None  # index into the tokenize probes, -1: none works
         self._absent_paths: set[str] = set()
@@ -533,10 +382,10 @@ class OpenAIBackend:
             try:
                 self._info = replace(self._info, chat_template_id=template_id(self.render))
             except (ChatTemplateRefused, ChatTemplateFailed) as exc:
-                self._client.close()
+                self._http.close()
                 raise ConfigError(f"invalid chat_template: {exc}") from exc
             except BaseException:
-                self._client.close()
+                self._http.close()
                 raise
 
     # ---- Backend ---------------------------------------------------------------------------------
@@ -545,7 +394,7 @@ class OpenAIBackend:
         return self._info
 
     def close(self) -> None:
-        self._client.close()
+        self._http.close()
 
     def __enter__(self) -> OpenAIBackend:
         return self
@@ -589,9 +438,9 @@ class OpenAIBackend:
         if self.config.prompt_logprobs:
             body["prompt_logprobs"] = k
         t0 = time.perf_counter()
-        cap = _score_cap(text, k, max_tokens=self.config.score_max_tokens,
+        cap = score_cap(text, k, max_tokens=self.config.score_max_tokens,
                          prompt_logprobs=self.config.prompt_logprobs)
-        data = self._post_json("/completions", self._merge(body), cap=cap)
+        data = self._http.post_json("/completions", self._merge(body), cap=cap)
         choice = self._first_choice(data)
         usage = Usage()
         has_usage = _apply_usage(usage, data.get("usage"))
@@ -650,23 +499,22 @@ class OpenAIBackend:
         max_tokens = int(body["max_tokens"])
         chat = cfg.api == "chat"
         k = int(body.get("top_logprobs", 0) if chat else body.get("logprobs", 0))
-        watch = _Watch(cfg.timeout_s, self._idle_s, cfg.timeout_s + max_tokens / cfg.min_tokens_per_s, stream=True)
-        resp = self._send(path, body, watch=watch)
+        watch = Watch(cfg.timeout_s, self._idle_s, cfg.timeout_s + max_tokens / cfg.min_tokens_per_s, stream=True)
+        resp = self._http.send(path, body, watch=watch)
         finish: str | None = None
         done = reported = ended_well = cancelled = False
         n_tokens = 0
         try:
-            lines = split_lines(self._chunks(resp, watch, _stream_cap(max_tokens, k)), _line_cap(k))
-            for data in iter_sse_data(lines):
+            for data in self._http.sse_data(resp, watch, cap=stream_cap(max_tokens, k), max_line=line_cap(k)):
                 watch.data()
                 if data.strip() == "[DONE]":
                     done = True
                     break
-                chunk = self._parse_json(data, "stream chunk")
+                chunk = self._http.parse_json(data, "stream chunk")
                 if chunk.get("error"):
                     err = chunk["error"]
                     msg = err.get("message", err) if isinstance(err, Mapping) else err
-                    raise BackendProtocolError(self._redact(f"{self._info.name}: server error mid-stream: {msg}"))
+                    raise BackendProtocolError(self._http.redact(f"{self._info.name}: server error mid-stream: {msg}"))
                 reported = _apply_usage(usage, chunk.get("usage")) or reported
                 for choice in chunk.get("choices") or []:
                     if not isinstance(choice, Mapping) or choice.get("index", 0) != 0:
@@ -682,7 +530,7 @@ class OpenAIBackend:
                         raise BackendProtocolError(f"{self._info.name}: malformed stream chunk (text)")
                     steps = _steps_for_chunk(text, entries, with_entropy=k > 0)
                     n_tokens += len(entries) or len(steps)
-                    if n_tokens > max_tokens + _TOKEN_SLACK:
+                    if n_tokens > max_tokens + TOKEN_SLACK:
                         raise BackendProtocolError(
                             f"{self._info.name}: the server sent more than {n_tokens - 1} tokens for "
                             f"max_tokens={max_tokens}"
@@ -700,8 +548,6 @@ class OpenAIBackend:
                     f"{self._info.name}: stream ended unexpectedly (neither [DONE] nor a finish reason)"
                 )
             ended_well = True
-        except LineTooLong as exc:
-            raise BackendProtocolError(f"{self._info.name}: malformed stream: {exc}") from exc
         except GeneratorExit:
             cancelled = True
             raise
@@ -710,61 +556,6 @@ class OpenAIBackend:
             if (ended_well or cancelled) and not reported:
                 self._count_prompt(count_body, usage)
         return finish or "stop"
-
-    def _chunks(self, resp: httpx.Response, watch: _Watch, cap: int) -> Iterator[bytes]:
-        """The response's body as it arrives, at most `cap` bytes, each read bounded by the watch's
-        deadline (and the run's guard); errors translated (the answer has started)."""
-        it = resp.iter_bytes()
-        total = 0
-        while True:
-            try:
-                watch.check()
-                with bounded(watch.deadline()):
-                    chunk = next(it, None)
-                watch.check()  # bytes trickled in until past the deadline
-            except (DeadlineExceeded, Interrupted) as exc:
-                raise self._limit_error(exc, watch, self._api_base) from exc
-            except httpx.TimeoutException as exc:
-                raise BackendTimeout(
-                    f"{self._info.name}: no data from {self._api_base} for {self._timeout_s:g} s"
-                ) from exc
-            except (httpx.RemoteProtocolError, httpx.NetworkError) as exc:
-                raise BackendError(
-                    self._redact(f"{self._info.name}: stream ended unexpectedly (connection lost: {exc})")
-                ) from exc
-            except httpx.HTTPError as exc:
-                raise BackendError(self._redact(f"{self._info.name}: stream failed: {exc}")) from exc
-            if chunk is None:
-                return
-            total += len(chunk)
-            if total > cap:
-                raise BackendProtocolError(f"{self._info.name}: the answer is larger than {cap} bytes")
-            yield chunk
-
-    def _read_body(self, resp: httpx.Response, watch: _Watch, cap: int, *, truncate: bool = False) -> bytes:
-        """A whole body of at most `cap` bytes (a protocol error beyond, or with `truncate` the
-        first `cap` bytes)."""
-        length = resp.headers.get("content-length")
-        if not truncate and length is not None and length.isdigit() and int(length) > cap:
-            raise BackendProtocolError(f"{self._info.name}: the answer is larger than {cap} bytes ({length})")
-        parts: list[bytes] = []
-        size = 0
-        for chunk in self._chunks(resp, watch, cap if not truncate else 1 << 62):
-            parts.append(chunk)
-            size += len(chunk)
-            if truncate and size >= cap:
-                break
-        return b"".join(parts)[:cap] if truncate else b"".join(parts)
-
-    def _limit_error(self, exc: Exception, watch: _Watch, url: str) -> Exception:
-        """What a passed deadline or an interrupt becomes: the run's (Cancelled) or this call's
-        (BackendTimeout)."""
-        guard = current_guard()
-        if guard is not None and (guard.interrupted or isinstance(exc, Interrupted)):
-            return Cancelled(f"run cancelled ({guard.reason or 'interrupted'})")
-        if guard is not None and guard.expired():
-            return Cancelled("run cancelled (timeout)")
-        return BackendTimeout(f"{self._info.name}: {watch.describe()} ({url})")
 
     def _count_prompt(self, count_body: dict[str, Any], usage: Usage) -> None:
         """Prompt tokens when the server reported no usage (no usage chunk, or a cancelled stream):
@@ -790,7 +581,7 @@ class OpenAIBackend:
             if path in self._absent_paths:
                 continue
             try:
-                data = self._post_json(path, body, root=True, retry=False)
+                data = self._http.post_json(path, body, root=True, retry=False)
             except BackendHTTPError as exc:
                 if exc.status_code in (404, 405):
                     self._absent_paths.add(path)
@@ -832,12 +623,12 @@ class OpenAIBackend:
             return text
         self._render_via = "none"
         raise UnsupportedError(
-            f"{self._info.name}: the server at {self._root} cannot apply the chat template (tried POST "
+            f"{self._info.name}: the server at {self._http.root} cannot apply the chat template (tried POST "
             "/apply-template and POST /tokenize with messages): set chat_template in the config"
         )
 
     def _render_apply_template(self, msgs: list[dict[str, str]]) -> str:
-        data = self._post_json("/apply-template", {"messages": msgs}, root=True)
+        data = self._http.post_json("/apply-template", {"messages": msgs}, root=True)
         prompt = data.get("prompt")
         if not isinstance(prompt, str):
             raise BackendProtocolError(f"{self._info.name}: /apply-template answered without a prompt")
@@ -845,7 +636,7 @@ class OpenAIBackend:
 
     def _render_tokenize(self, msgs: list[dict[str, str]]) -> str:
         model = self.config.model
-        data = self._post_json(
+        data = self._http.post_json(
             "/tokenize",
             {"model": model, "messages": msgs, "add_generation_prompt": True, "add_special_tokens": False},
             root=True,
@@ -853,7 +644,7 @@ class OpenAIBackend:
         tokens = data.get("tokens")
         if not isinstance(tokens, list):
             raise BackendProtocolError(f"{self._info.name}: /tokenize answered without tokens")
-        out = self._post_json("/detokenize", {"model": model, "tokens": tokens}, root=True)
+        out = self._http.post_json("/detokenize", {"model": model, "tokens": tokens}, root=True)
         prompt = out.get("prompt")
         if not isinstance(prompt, str):
             raise BackendProtocolError(f"{self._info.name}: /detokenize answered without a prompt")
@@ -948,7 +739,7 @@ class OpenAIBackend:
             "model": self.config.model, "prompt": text, "max_tokens": 1, "temperature": 0.0,
             "logprobs": k, "stream": False,
         }
-        data = self._post_json("/completions", self._merge(body))
+        data = self._http.post_json("/completions", self._merge(body))
         after = _completion_entries(self._first_choice(data).get("logprobs"))
         if not after or not after[0].top:
             raise UnsupportedError(
@@ -963,108 +754,6 @@ class OpenAIBackend:
                 "texts that do not begin with a BOS token). Score with the embedded llama.cpp "
                 "backend or a server that returns prompt log-probs (vLLM)"
             )
-
-    # ---- HTTP ------------------------------------------------------------------------------------
-    def _url(self, path: str, root: bool) -> str:
-        return (self._root if root else self._api_base) + path
-
-    def _redact(self, text: str) -> str:
-        return text.replace(self._secret, "***") if self._secret else text
-
-    def _backoff(self, attempt: int, resp: httpx.Response | None) -> float:
-        if resp is not None:
-            after = resp.headers.get("retry-after")
-            try:
-                if after is not None:
-                    return min(_MAX_BACKOFF_S, max(0.0, float(after)))
-            except ValueError:
-                pass
-        return min(_MAX_BACKOFF_S, self.config.retry_backoff_s * 2 ** (attempt - 1))
-
-    def _pause(self, seconds: float, watch: _Watch) -> None:
-        """Back off before a retry: no longer than the deadlines allow, interrupted by the guard."""
-        seconds = min(seconds, max(0.0, watch.deadline() - time.monotonic()))
-        guard = current_guard()
-        if guard is None:
-            time.sleep(seconds)
-        elif guard.wait(seconds):
-            raise Cancelled(f"run cancelled ({guard.reason or 'interrupted'})")
-
-    def _send(self, path: str, body: dict[str, Any], *, watch: _Watch, root: bool = False,
-              retry: bool = True) -> httpx.Response:
-        """POST `body`; a 2xx response with its headers read and its body not. Retries connection
-        errors, 5xx and 429 up to `max_retries` times with backoff; each attempt restarts `watch`."""
-        url = self._url(path, root)
-        retries = self.config.max_retries if retry else 0
-        attempt = 0
-        while True:
-            attempt += 1
-            watch.restart()
-            try:
-                req = self._client.build_request("POST", url, json=body)
-                with bounded(watch.deadline()):
-                    resp = self._client.send(req, stream=True)
-            except (DeadlineExceeded, Interrupted) as exc:
-                raise self._limit_error(exc, watch, url) from exc
-            except httpx.HTTPError as exc:
-                retryable = isinstance(
-                    exc, httpx.NetworkError | httpx.RemoteProtocolError | httpx.ConnectTimeout | httpx.PoolTimeout
-                )
-                if retryable and attempt <= retries:
-                    self._pause(self._backoff(attempt, None), watch)
-                    continue
-                raise self._translate(exc, url) from exc
-            if 200 <= resp.status_code < 300:
-                return resp
-            status = resp.status_code
-            try:
-                message = _error_message(self._read_body(resp, watch, _ERROR_BODY_BYTES, truncate=True))
-            except (BackendTimeout, BackendError):
-                message = "(the error body could not be read)"
-            finally:
-                resp.close()
-            if (status == 429 or status >= 500) and attempt <= retries:
-                self._pause(self._backoff(attempt, resp), watch)
-                continue
-            raise BackendHTTPError(
-                self._redact(f"{self._info.name}: {url} answered HTTP {status}: {message}"), status
-            )
-
-    def _translate(self, exc: httpx.HTTPError, url: str) -> BackendError:
-        name = self._info.name
-        if isinstance(exc, httpx.ConnectTimeout):
-            return BackendTimeout(f"{name}: cannot connect to {url} within {self.config.connect_timeout_s:g} s")
-        if isinstance(exc, httpx.TimeoutException):
-            return BackendTimeout(f"{name}: no answer from {url} within {self._timeout_s:g} s")
-        if isinstance(exc, httpx.NetworkError | httpx.RemoteProtocolError):
-            return BackendUnavailable(self._redact(f"{name}: cannot reach {url}: {exc}"))
-        if isinstance(exc, httpx.UnsupportedProtocol):
-            return BackendUnavailable(self._redact(f"{name}: unsupported URL {url}: {exc}"))
-        return BackendError(self._redact(f"{name}: request to {url} failed: {exc}"))
-
-    def _parse_json(self, raw: str | bytes, what: str) -> dict[str, Any]:
-        try:
-            data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            snippet = raw[:200] if isinstance(raw, str) else raw[:200].decode("utf-8", "replace")
-            raise BackendProtocolError(self._redact(f"{self._info.name}: malformed {what}: {snippet!r}")) from exc
-        if not isinstance(data, dict):
-            raise BackendProtocolError(f"{self._info.name}: malformed {what}: not a JSON object")
-        return data
-
-    def _post_json(self, path: str, body: dict[str, Any], *, root: bool = False, retry: bool = True,
-                   cap: int | None = None) -> dict[str, Any]:
-        """POST and parse a JSON answer that must come whole within `timeout_s` and hold at most
-        `cap` bytes (default: 1 MiB + 16 x the request's size)."""
-        if cap is None:
-            cap = _BASE_BYTES + 16 * len(json.dumps(body))
-        watch = _Watch(self.config.timeout_s)
-        resp = self._send(path, body, watch=watch, root=root, retry=retry)
-        try:
-            raw = self._read_body(resp, watch, cap)
-        finally:
-            resp.close()
-        return self._parse_json(raw, f"answer from {path}")
 
     def _first_choice(self, data: Mapping[str, Any]) -> Mapping[str, Any]:
         choices = data.get("choices")
