@@ -18,12 +18,7 @@ Two APIs, chosen in the config:
   add_generation_prompt: false` (vLLM's semantics): the server must support these fields, which
   OpenAI proper does not.
 
-Entropy is estimated from the top-k log-probs the server returns (`Capabilities.entropy =
-"topk"`): with p_1..p_k the top-k probabilities (plus the chosen token's, when it is not among
-them), S their sum and r = 1 - S the leftover mass, the estimate is the entropy of the k + 1
-buckets p_1..p_k, r, i.e. S * H(p / S) + h(S), the renormalised top-k entropy weighted by S plus
-the binary entropy of "in the top-k or not". It is a lower bound of the true entropy (merging the
-tail into one bucket removes its spread) and exact when the top-k hold all the mass.
+Entropies are estimated from the top-k log-probs the server returns (see `_wire`).
 
 Scoring uses `echo`: `POST /v1/completions` with `prompt=text, echo=true, logprobs=k` (and, when
 configured, vLLM's `prompt_logprobs=k`), and parses either the echoed `choices[0].logprobs` or
@@ -54,10 +49,9 @@ received; a server with no tokenizer endpoint (OpenAI) leaves `prompt_tokens` at
 
 from __future__ import annotations
 
-import math
 import os
 import time
-from collections.abc import Generator, Iterable, Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -86,6 +80,7 @@ from ..types import (
 )
 from ._http import TOKEN_SLACK, BackendHTTPError, HttpClient, Watch, line_cap, score_cap, stream_cap
 from ._sse import iter_sse_data
+from ._wire import Entry, apply_usage, completion_entries, cumulative, num, parse_chunk, topk_entropy
 from .chat_template import ChatTemplateFailed, ChatTemplateRefused, render_chat, template_id
 from .guard import current_guard
 
@@ -213,128 +208,6 @@ class OpenAIBackendConfig:
         )
 
 
-# ---- pure helpers --------------------------------------------------------------------------------
-def topk_entropy(logprobs: Iterable[float | None]) -> float | None:
-    """Entropy (nats) of the buckets `exp(lp)` for the given log-probs plus one bucket for the
-    leftover mass: a lower bound of the full distribution's entropy (see the module docstring)."""
-    ps = [math.exp(lp) for lp in logprobs if lp is not None and math.isfinite(lp)]
-    if not ps:
-        return None
-    total = sum(ps)
-    if total > 1.0:  # rounding on the server: renormalise
-        ps = [p / total for p in ps]
-        total = 1.0
-    h = -sum(p * math.log(p) for p in ps if p > 0.0)
-    rest = 1.0 - total
-    if rest > 1e-12:
-        h -= rest * math.log(rest)
-    return max(0.0, h)
-
-
-@dataclass
-class _Entry:
-    """One token as an API reports it: text, log-prob, and the log-probs of the alternatives."""
-
-    text: str
-    logprob: float | None
-    top: dict[str, float] | None  # completions form: {token text: logprob}
-    top_list: list[float] | None = None  # chat form (token texts may repeat)
-
-    def entropy(self) -> float | None:
-        if self.top_list is not None:
-            known = list(self.top_list)
-            if self.logprob is not None and not any(abs(v - self.logprob) < 1e-9 for v in known):
-                known.append(self.logprob)
-            return topk_entropy(known) if self.top_list else None
-        if not self.top:
-            return None
-        known = list(self.top.values())
-        if self.logprob is not None and self.text not in self.top:
-            known.append(self.logprob)
-        return topk_entropy(known)
-
-
-def _num(x: Any) -> float | None:
-    if x is None:
-        return None
-    if isinstance(x, bool) or not isinstance(x, int | float):
-        raise BackendProtocolError(f"malformed log-probs: expected a number, got {x!r}")
-    return float(x)
-
-
-def _completion_entries(lp: Any) -> list[_Entry]:
-    """Entries of a completions-style `logprobs` object (tokens / token_logprobs / top_logprobs)."""
-    if not lp:
-        return []
-    if not isinstance(lp, Mapping):
-        raise BackendProtocolError("malformed logprobs object")
-    tokens = lp.get("tokens") or []
-    values = lp.get("token_logprobs") or [None] * len(tokens)
-    tops = lp.get("top_logprobs") or [None] * len(tokens)
-    if not (len(tokens) == len(values) == len(tops)):
-        raise BackendProtocolError("logprobs lists of different lengths")
-    out = []
-    for tok, val, top in zip(tokens, values, tops, strict=True):
-        if not isinstance(tok, str) or (top is not None and not isinstance(top, Mapping)):
-            raise BackendProtocolError("malformed logprobs entry")
-        top_d = {str(k): float(v) for k, v in top.items() if v is not None} if top else None
-        out.append(_Entry(tok, _num(val), top_d))
-    return out
-
-
-def _chat_entries(lp: Any) -> list[_Entry]:
-    """Entries of a chat-style `logprobs` object (`content: [{token, logprob, top_logprobs}]`)."""
-    if not lp:
-        return []
-    if not isinstance(lp, Mapping):
-        raise BackendProtocolError("malformed logprobs object")
-    out = []
-    for item in lp.get("content") or []:
-        if not isinstance(item, Mapping) or not isinstance(item.get("token"), str):
-            raise BackendProtocolError("malformed logprobs entry")
-        tops = [_num(t.get("logprob")) for t in item.get("top_logprobs") or [] if isinstance(t, Mapping)]
-        out.append(_Entry(item["token"], _num(item.get("logprob")), None, [t for t in tops if t is not None]))
-    return out
-
-
-def _steps_for_chunk(text: str, entries: Sequence[_Entry], *, with_entropy: bool = True) -> list[TokenStep]:
-    """TokenSteps for one streamed chunk: one per token when the log-probs say which tokens the
-    text is made of, else the text alone (log-prob unknown)."""
-    if len(entries) == 1:
-        e = entries[0]
-        return [TokenStep(text, e.logprob, e.entropy() if with_entropy else None)]
-    if entries and "".join(e.text for e in entries) == text:
-        return [TokenStep(e.text, e.logprob, e.entropy() if with_entropy else None) for e in entries]
-    return [TokenStep(text)] if text else []
-
-
-def _cumulative(entries: Sequence[_Entry]) -> list[int]:
-    offsets, pos = [], 0
-    for e in entries:
-        offsets.append(pos)
-        pos += len(e.text)
-    return offsets
-
-
-def _apply_usage(usage: Usage, u: Any) -> bool:
-    """Fill `usage` from an OpenAI `usage` object; False when there is none."""
-    if not isinstance(u, Mapping) or u.get("prompt_tokens") is None:
-        return False
-    try:
-        pt = int(u["prompt_tokens"])
-        ct = int(u.get("completion_tokens") or 0)
-        details = u.get("prompt_tokens_details")
-        cached = int(details.get("cached_tokens") or 0) if isinstance(details, Mapping) else 0
-    except (TypeError, ValueError) as exc:
-        raise BackendProtocolError(f"malformed usage object: {u!r}") from exc
-    cached = max(0, min(cached, pt))
-    usage.prompt_tokens = pt
-    usage.cached_prompt_tokens = cached
-    usage.computed_prompt_tokens = pt - cached
-    usage.generated_tokens = ct
-    return True
-
-
 # ---- the backend ---------------------------------------------------------------------------------
 class OpenAIBackend:
     """A `Backend` for one model served by an OpenAI-compatible endpoint.
@@ -443,7 +316,7 @@ class OpenAIBackend:
         data = self._http.post_json("/completions", self._merge(body), cap=cap)
         choice = self._first_choice(data)
         usage = Usage()
-        has_usage = _apply_usage(usage, data.get("usage"))
+        has_usage = apply_usage(usage, data.get("usage"))
         entries, offsets, trusted = self._score_entries(choice, text, usage.prompt_tokens if has_usage else None)
         if not entries:
             raise UnsupportedError(
@@ -511,38 +384,27 @@ class OpenAIBackend:
                     done = True
                     break
                 chunk = self._http.parse_json(data, "stream chunk")
-                if chunk.get("error"):
-                    err = chunk["error"]
-                    msg = err.get("message", err) if isinstance(err, Mapping) else err
-                    raise BackendProtocolError(self._http.redact(f"{self._info.name}: server error mid-stream: {msg}"))
-                reported = _apply_usage(usage, chunk.get("usage")) or reported
-                for choice in chunk.get("choices") or []:
-                    if not isinstance(choice, Mapping) or choice.get("index", 0) != 0:
-                        continue
-                    if chat:
-                        delta = choice.get("delta") or {}
-                        text = (delta.get("content") or "") if isinstance(delta, Mapping) else ""
-                        entries = _chat_entries(choice.get("logprobs"))
-                    else:
-                        text = choice.get("text") or ""
-                        entries = _completion_entries(choice.get("logprobs"))
-                    if not isinstance(text, str):
-                        raise BackendProtocolError(f"{self._info.name}: malformed stream chunk (text)")
-                    steps = _steps_for_chunk(text, entries, with_entropy=k > 0)
-                    n_tokens += len(entries) or len(steps)
+                parsed = parse_chunk(chunk, chat=chat, with_entropy=k > 0)
+                if parsed.error is not None:
+                    raise BackendProtocolError(
+                        self._http.redact(f"{self._info.name}: server error mid-stream: {parsed.error}")
+                    )
+                reported = apply_usage(usage, chunk.get("usage")) or reported
+                for delta in parsed.deltas:
+                    n_tokens += delta.n_tokens
                     if n_tokens > max_tokens + TOKEN_SLACK:
                         raise BackendProtocolError(
                             f"{self._info.name}: the server sent more than {n_tokens - 1} tokens for "
                             f"max_tokens={max_tokens}"
                         )
                     if not reported:
-                        usage.generated_tokens += len(entries) or len(steps)
-                    for step in steps:
+                        usage.generated_tokens += delta.n_tokens
+                    for step in delta.steps:
                         watch.pause()
                         yield step
                         watch.resume()
-                    if choice.get("finish_reason"):
-                        finish = str(choice["finish_reason"])
+                    if delta.finish is not None:
+                        finish = delta.finish
             if not done and finish is None:
                 raise BackendError(
                     f"{self._info.name}: stream ended unexpectedly (neither [DONE] nor a finish reason)"
@@ -653,7 +515,7 @@ class OpenAIBackend:
     # ---- scoring ---------------------------------------------------------------------------------
     def _score_entries(
         self, choice: Mapping[str, Any], text: str, n_prompt: int | None
-    ) -> tuple[list[_Entry], list[int], bool]:
+    ) -> tuple[list[Entry], list[int], bool]:
         """The prompt's entries and their character offsets in `text`; True when the answer also
         carries vLLM's `prompt_logprobs` (a server known to align its echo correctly).
 
@@ -663,15 +525,15 @@ class OpenAIBackend:
         raw_prompt_lps = choice.get("prompt_logprobs")
         prompt_lps: list[Any] = raw_prompt_lps if isinstance(raw_prompt_lps, list) else []
         trusted = len(prompt_lps) > 0
-        entries = _completion_entries(lp)
+        entries = completion_entries(lp)
         if not entries:
             entries = self._prompt_logprob_entries(prompt_lps, text) if trusted else []
-            return entries, _cumulative(entries), trusted
+            return entries, cumulative(entries), trusted
         raw_offsets = lp.get("text_offset") if isinstance(lp, Mapping) else None
         if isinstance(raw_offsets, list) and len(raw_offsets) == len(entries):
             offsets = [int(o) for o in raw_offsets]
         else:
-            offsets = _cumulative(entries)
+            offsets = cumulative(entries)
         shift = 0
         first = entries[0].text
         if (len(entries) > 1 and first and not text.startswith(first) and offsets[1] == len(first)
@@ -688,13 +550,13 @@ class OpenAIBackend:
                 keep = min(keep, n_prompt)
         return entries[:keep], offsets[:keep], trusted
 
-    def _prompt_logprob_entries(self, prompt_lps: list[Any], text: str) -> list[_Entry]:
+    def _prompt_logprob_entries(self, prompt_lps: list[Any], text: str) -> list[Entry]:
         """vLLM's `prompt_logprobs`: per position None (the first) or {token id: {logprob, rank,
         decoded_token}}, the prompt's own token first."""
-        out: list[_Entry] = []
+        out: list[Entry] = []
         for item in prompt_lps:
             if item is None:
-                out.append(_Entry("", None, None))
+                out.append(Entry("", None, None))
                 continue
             if not isinstance(item, Mapping) or not item:
                 raise BackendProtocolError(f"{self._info.name}: malformed prompt_logprobs entry")
@@ -703,14 +565,14 @@ class OpenAIBackend:
                 raise BackendProtocolError(f"{self._info.name}: malformed prompt_logprobs entry")
             own = vals[0]
             top = {str(v.get("decoded_token", i)): float(v["logprob"]) for i, v in enumerate(vals)}
-            out.append(_Entry(str(own.get("decoded_token", "")), _num(own.get("logprob")), top))
+            out.append(Entry(str(own.get("decoded_token", "")), num(own.get("logprob")), top))
         if out and out[0].text == "":  # the first token's text: what the others leave of the text
             rest = "".join(e.text for e in out[1:])
             if text.endswith(rest):
                 out[0].text = text[: len(text) - len(rest)]
         return out
 
-    def _check_pieces(self, entries: Sequence[_Entry], offsets: Sequence[int], text: str) -> None:
+    def _check_pieces(self, entries: Sequence[Entry], offsets: Sequence[int], text: str) -> None:
         """The echoed tokens must sit where they say in the scored text."""
         last = -1
         bos = len(offsets) > 1 and offsets[1] == 0  # a leading token the text does not contain
@@ -731,7 +593,7 @@ class OpenAIBackend:
                 f"{self._info.name}: the server's echoed tokens cover {end} of {len(text)} characters"
             )
 
-    def _check_alignment(self, entries: Sequence[_Entry], text: str) -> None:
+    def _check_alignment(self, entries: Sequence[Entry], text: str) -> None:
         """Compare the distribution after the whole text (non-echo request) with the echo's entry
         for the text's last token: if they are the same distribution, the echo is one off."""
         k = max(1, self.config.top_logprobs)
@@ -740,7 +602,7 @@ class OpenAIBackend:
             "logprobs": k, "stream": False,
         }
         data = self._http.post_json("/completions", self._merge(body))
-        after = _completion_entries(self._first_choice(data).get("logprobs"))
+        after = completion_entries(self._first_choice(data).get("logprobs"))
         if not after or not after[0].top:
             raise UnsupportedError(
                 f"{self._info.name}: cannot verify the echo's alignment (no log-probs after the text); "
