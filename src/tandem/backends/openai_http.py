@@ -1,34 +1,37 @@
 """Any OpenAI-compatible HTTP endpoint (vLLM, SGLang, llama.cpp's servers, OpenAI) as a `Backend`.
 
-The transport (`_http`: one `httpx.Client`, retries, deadlines, size caps) is where every library
-error becomes the project's (`raise ... from exc`); the mapping, the deadlines and the size caps are
-listed there. Besides: a stream that ends with neither `[DONE]` nor a finish reason (server killed
-mid-stream) -> `BackendError("stream ended unexpectedly ...")`; more tokens than `max_tokens` ->
-`BackendProtocolError`; a local `chat_template` that refuses the conversation or fails -> the errors
-of `tandem.backends.chat_template` (an `InputError`, a `BackendError`), as the embedded backend
-raises them; one that cannot render a probe conversation at construction -> `ConfigError`.
+The backend composes small layers, each in its own module:
+
+- `_http`: the transport: one `httpx.Client`, retries, deadlines, size caps, and the one place
+  where library errors (httpx, the network layer, JSON, SSE) become the project's (`raise ... from
+  exc`): the mapping is listed there. The API key appears in no message, log or repr;
+- `_wire`: the wire format: streamed chunks and log-prob objects to `TokenStep`s, top-k entropy,
+  usage objects;
+- `_echo`: scoring a text from the server's echo, checked before it is trusted;
+- `_endpoints`: the server's own endpoints (applying the chat template, counting prompt tokens);
+- `chat_template`: local chat templates, rendered as the embedded llama.cpp backend renders them.
+
+Errors besides those of `_http`: a stream that ends with neither `[DONE]` nor a finish reason
+(server killed mid-stream) -> `BackendError("stream ended unexpectedly ...")`; more tokens than
+`max_tokens` -> `BackendProtocolError`; a local `chat_template` that refuses the conversation or
+fails -> the errors of `tandem.backends.chat_template` (an `InputError`, a `BackendError`), one
+that cannot render a probe conversation at construction -> `ConfigError`.
 
 Two APIs, chosen in the config:
 
 - `completions` (`POST /v1/completions`): raw text prompts. The chat template is applied by the
-  server or by a template given in the config (`render`), so that a `continue` hand-over can send the exact text another model
-  started; also the only API that can `score` a text.
+  server or by a template given in the config (`render`), so that a `continue` hand-over can send
+  the exact text another model started; also the only API that can `score` a text.
 - `chat` (`POST /v1/chat/completions`): messages only (e.g. OpenAI proper). A prompt with an
   `assistant_prefix` is sent with the assistant message last and `continue_final_message: true,
   add_generation_prompt: false` (vLLM's semantics): the server must support these fields, which
   OpenAI proper does not.
 
-Entropies are estimated from the top-k log-probs the server returns (see `_wire`).
-
-Scoring uses the server's echo, checked before it is trusted (see `_echo`).
-
 Usage comes from the final `usage` chunk (requested with `stream_options.include_usage`),
 including `prompt_tokens_details.cached_tokens` when the server reports it (vLLM with
-`--enable-prompt-tokens-details`, OpenAI); without it every prompt token counts as computed.
-A cancelled stream never gets that chunk, and some servers (llama-cpp-python) never send it: the
-prompt is then counted with the server's tokenizer endpoint (vLLM's `/tokenize`, llama.cpp's
-`/tokenize`, llama-cpp-python's `/extras/tokenize`, probed once) and generated tokens are those
-received; a server with no tokenizer endpoint (OpenAI) leaves `prompt_tokens` at 0.
+`--enable-prompt-tokens-details`, OpenAI); without it every prompt token counts as computed and
+the prompt is counted with the server's tokenizer endpoint (`_endpoints`), generated tokens being
+those received.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ from ..config import (
     DEFAULT_TIMEOUT_S,
     DEFAULT_TOP_LOGPROBS,
 )
-from ..errors import BackendError, BackendProtocolError, Cancelled, ConfigError, UnsupportedError
+from ..errors import BackendError, BackendProtocolError, ConfigError, UnsupportedError
 from ..types import (
     Capabilities,
     GenerationRequest,
@@ -62,11 +65,11 @@ from ..types import (
     Usage,
 )
 from ._echo import EchoScorer
+from ._endpoints import ServerEndpoints
 from ._http import TOKEN_SLACK, BackendHTTPError, HttpClient, Watch, line_cap, stream_cap
 from ._sse import iter_sse_data
 from ._wire import apply_usage, parse_chunk, topk_entropy
 from .chat_template import ChatTemplateFailed, ChatTemplateRefused, render_chat, template_id
-from .guard import current_guard
 
 if TYPE_CHECKING:
     from ..config import BackendSettings
@@ -80,9 +83,6 @@ __all__ = [
 ]
 
 Api = Literal["completions", "chat"]
-
-# statuses with which a probe learns that the server has no such endpoint or field
-_ABSENT = frozenset({400, 404, 405, 422, 501})
 
 
 @dataclass(frozen=True)
@@ -191,7 +191,6 @@ class OpenAIBackendConfig:
         )
 
 
-# ---- the backend ---------------------------------------------------------------------------------
 class OpenAIBackend:
     """A `Backend` for one model served by an OpenAI-compatible endpoint.
 
@@ -208,24 +207,22 @@ class OpenAIBackend:
             key = os.environ.get(config.api_key_env)
             if not key:
                 raise ConfigError(f"environment variable {config.api_key_env} (API key) is not set")
+        name = config.name or config.model
         self._http = HttpClient(
-            name=config.name or config.model, base_url=config.base_url, api_key=key or "",
-            timeout_s=config.timeout_s, connect_timeout_s=config.connect_timeout_s,
-            max_retries=config.max_retries, retry_backoff_s=config.retry_backoff_s, transport=transport,
+            name=name, base_url=config.base_url, api_key=key or "", timeout_s=config.timeout_s,
+            connect_timeout_s=config.connect_timeout_s, max_retries=config.max_retries,
+            retry_backoff_s=config.retry_backoff_s, transport=transport,
         )
         self.guarded_network = self._http.guarded_network
         self._idle_s = config.idle_timeout_s if config.idle_timeout_s is not None else config.timeout_s
-        self._render_via: str | None = None  # "apply-template", "tokenize" or "none", once probed
-        self._count_via: int | None = None  # index into the tokenize probes, -1: none works
-        self._absent_paths: set[str] = set()
+        self._endpoints = ServerEndpoints(self._http, config.model)
         self._echo = EchoScorer(
             self._http, model=config.model, top_logprobs=config.top_logprobs, max_tokens=config.score_max_tokens,
             prompt_logprobs=config.prompt_logprobs, check=config.score_check, merge=self._merge,
         )
-        scoring = config.api == "completions" and config.supports_scoring
         k = config.top_logprobs
         self._info = ModelInfo(
-            name=config.name or config.model,
+            name=name,
             n_params=config.n_params,
             n_ctx=config.n_ctx,
             tokenizer_id=config.tokenizer_id,
@@ -233,7 +230,7 @@ class OpenAIBackend:
             capabilities=Capabilities(
                 stream_logprobs=True,
                 entropy="topk" if k > 0 else "none",
-                score=scoring,
+                score=config.api == "completions" and config.supports_scoring,
                 raw_prompt=config.api == "completions",
             ),
             checksum=config.checksum,
@@ -264,8 +261,7 @@ class OpenAIBackend:
 
     def render(self, prompt: Prompt) -> str:
         """The raw prompt text: the chat template applied (locally with `chat_template`, else by
-        the server: llama.cpp's `POST /apply-template` or vLLM's `POST /tokenize` + `/detokenize`,
-        probed once), the assistant turn opened and `assistant_prefix` appended."""
+        the server, see `_endpoints`), the assistant turn opened and `assistant_prefix` appended."""
         if self.config.api == "chat":
             raise UnsupportedError(
                 f"{self._info.name}: the chat API takes messages only, it has no raw prompt text"
@@ -290,6 +286,12 @@ class OpenAIBackend:
         return self._echo.score(text)
 
     # ---- generation ------------------------------------------------------------------------------
+    def _apply_template(self, messages: Sequence[Message]) -> str:
+        if self.config.chat_template is not None:
+            return render_chat(self.config.chat_template, messages, owner=self._info.name,
+                               bos_token=self.config.bos_token, eos_token=self.config.eos_token)
+        return self._endpoints.apply_template(messages)
+
     def _merge(self, body: dict[str, Any]) -> dict[str, Any]:
         return {**dict(self.config.extra_body), **body}
 
@@ -323,34 +325,31 @@ class OpenAIBackend:
     def _generate(
         self, path: str, body: dict[str, Any], count_body: dict[str, Any], usage: Usage
     ) -> Generator[TokenStep, None, str]:
-        cfg = self.config
+        cfg, http, name = self.config, self._http, self._info.name
         max_tokens = int(body["max_tokens"])
         chat = cfg.api == "chat"
         k = int(body.get("top_logprobs", 0) if chat else body.get("logprobs", 0))
         watch = Watch(cfg.timeout_s, self._idle_s, cfg.timeout_s + max_tokens / cfg.min_tokens_per_s, stream=True)
-        resp = self._http.send(path, body, watch=watch)
+        resp = http.send(path, body, watch=watch)
         finish: str | None = None
         done = reported = ended_well = cancelled = False
         n_tokens = 0
         try:
-            for data in self._http.sse_data(resp, watch, cap=stream_cap(max_tokens, k), max_line=line_cap(k)):
+            for data in http.sse_data(resp, watch, cap=stream_cap(max_tokens, k), max_line=line_cap(k)):
                 watch.data()
                 if data.strip() == "[DONE]":
                     done = True
                     break
-                chunk = self._http.parse_json(data, "stream chunk")
+                chunk = http.parse_json(data, "stream chunk")
                 parsed = parse_chunk(chunk, chat=chat, with_entropy=k > 0)
                 if parsed.error is not None:
-                    raise BackendProtocolError(
-                        self._http.redact(f"{self._info.name}: server error mid-stream: {parsed.error}")
-                    )
+                    raise BackendProtocolError(http.redact(f"{name}: server error mid-stream: {parsed.error}"))
                 reported = apply_usage(usage, chunk.get("usage")) or reported
                 for delta in parsed.deltas:
                     n_tokens += delta.n_tokens
                     if n_tokens > max_tokens + TOKEN_SLACK:
                         raise BackendProtocolError(
-                            f"{self._info.name}: the server sent more than {n_tokens - 1} tokens for "
-                            f"max_tokens={max_tokens}"
+                            f"{name}: the server sent more than {n_tokens - 1} tokens for max_tokens={max_tokens}"
                         )
                     if not reported:
                         usage.generated_tokens += delta.n_tokens
@@ -361,108 +360,13 @@ class OpenAIBackend:
                     if delta.finish is not None:
                         finish = delta.finish
             if not done and finish is None:
-                raise BackendError(
-                    f"{self._info.name}: stream ended unexpectedly (neither [DONE] nor a finish reason)"
-                )
+                raise BackendError(f"{name}: stream ended unexpectedly (neither [DONE] nor a finish reason)")
             ended_well = True
         except GeneratorExit:
             cancelled = True
             raise
         finally:
             resp.close()
-            if (ended_well or cancelled) and not reported:
-                self._count_prompt(count_body, usage)
+            if (ended_well or cancelled) and not reported and cfg.count_prompt_tokens:
+                self._endpoints.count_prompt(count_body, usage)
         return finish or "stop"
-
-    def _count_prompt(self, count_body: dict[str, Any], usage: Usage) -> None:
-        """Prompt tokens when the server reported no usage (no usage chunk, or a cancelled stream):
-        asked from the server's tokenizer endpoint; all counted as computed. Best effort: left at
-        0 when the server has no such endpoint."""
-        if not self.config.count_prompt_tokens or self._count_via == -1:
-            return
-        guard = current_guard()
-        if guard is not None and (guard.interrupted or guard.expired()):
-            return  # the run is over: no more calls for it
-        if "messages" in count_body:
-            probes = [("/tokenize", {"model": self.config.model, **count_body})]
-        else:
-            prompt = count_body["prompt"]
-            probes = [
-                ("/tokenize", {"model": self.config.model, "prompt": prompt}),  # vLLM, SGLang
-                ("/tokenize", {"content": prompt, "add_special": True}),  # llama.cpp's llama-server
-                ("/extras/tokenize", {"model": self.config.model, "input": prompt}),  # llama-cpp-python
-            ]
-        order = range(len(probes)) if self._count_via is None else [self._count_via]
-        for i in order:
-            path, body = probes[i]
-            if path in self._absent_paths:
-                continue
-            try:
-                data = self._http.post_json(path, body, root=True, retry=False)
-            except BackendHTTPError as exc:
-                if exc.status_code in (404, 405):
-                    self._absent_paths.add(path)
-                if exc.status_code in _ABSENT:
-                    continue
-                return
-            except (BackendError, Cancelled):
-                return
-            n = data.get("count")
-            tokens = data.get("tokens")
-            if not isinstance(n, int):
-                n = len(tokens) if isinstance(tokens, list) else None
-            if n is None:
-                continue
-            self._count_via = i
-            usage.prompt_tokens = usage.computed_prompt_tokens = n
-            usage.cached_prompt_tokens = 0
-            return
-        if self._count_via is None:
-            self._count_via = -1
-
-    # ---- render ----------------------------------------------------------------------------------
-    def _apply_template(self, messages: Sequence[Message]) -> str:
-        if self.config.chat_template is not None:
-            return render_chat(self.config.chat_template, messages, owner=self._info.name,
-                               bos_token=self.config.bos_token, eos_token=self.config.eos_token)
-        msgs = [{"role": m.role, "content": m.content} for m in messages]
-        methods = ("apply-template", "tokenize") if self._render_via is None else (self._render_via,)
-        for method in methods:
-            if method == "none":
-                break
-            try:
-                text = self._render_apply_template(msgs) if method == "apply-template" else self._render_tokenize(msgs)
-            except BackendHTTPError as exc:
-                if exc.status_code in _ABSENT and self._render_via is None:
-                    continue
-                raise
-            self._render_via = method
-            return text
-        self._render_via = "none"
-        raise UnsupportedError(
-            f"{self._info.name}: the server at {self._http.root} cannot apply the chat template (tried POST "
-            "/apply-template and POST /tokenize with messages): set chat_template in the config"
-        )
-
-    def _render_apply_template(self, msgs: list[dict[str, str]]) -> str:
-        data = self._http.post_json("/apply-template", {"messages": msgs}, root=True)
-        prompt = data.get("prompt")
-        if not isinstance(prompt, str):
-            raise BackendProtocolError(f"{self._info.name}: /apply-template answered without a prompt")
-        return prompt
-
-    def _render_tokenize(self, msgs: list[dict[str, str]]) -> str:
-        model = self.config.model
-        data = self._http.post_json(
-            "/tokenize",
-            {"model": model, "messages": msgs, "add_generation_prompt": True, "add_special_tokens": False},
-            root=True,
-        )
-        tokens = data.get("tokens")
-        if not isinstance(tokens, list):
-            raise BackendProtocolError(f"{self._info.name}: /tokenize answered without tokens")
-        out = self._http.post_json("/detokenize", {"model": model, "tokens": tokens}, root=True)
-        prompt = out.get("prompt")
-        if not isinstance(prompt, str):
-            raise BackendProtocolError(f"{self._info.name}: /detokenize answered without a prompt")
-        return prompt
