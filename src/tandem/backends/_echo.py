@@ -61,10 +61,11 @@ class EchoScorer:
         t0 = time.perf_counter()
         cap = score_cap(text, k, max_tokens=self.max_tokens, prompt_logprobs=self.prompt_logprobs)
         data = self.http.post_json("/completions", self.merge(body), cap=cap)
-        choice = self._first_choice(data)
-        usage = Usage()
-        has_usage = apply_usage(usage, data.get("usage"))
-        entries, offsets, trusted = self._entries(choice, text, usage.prompt_tokens if has_usage else None)
+        with self.http.parsing("scoring answer"):
+            choice = self._first_choice(data)
+            usage = Usage()
+            has_usage = apply_usage(usage, data.get("usage"))
+            entries, offsets, trusted = self._entries(choice, text, usage.prompt_tokens if has_usage else None)
         if not entries:
             raise UnsupportedError(
                 f"{self.name}: the server returned no log-probs for the prompt (no echo support)"
@@ -174,7 +175,8 @@ class EchoScorer:
             "logprobs": k, "stream": False,
         }
         data = self.http.post_json("/completions", self.merge(body))
-        after = completion_entries(self._first_choice(data).get("logprobs"))
+        with self.http.parsing("answer after the text"):
+            after = completion_entries(self._first_choice(data).get("logprobs"))
         if not after or not after[0].top:
             raise UnsupportedError(
                 f"{self.name}: cannot verify the echo's alignment (no log-probs after the text); "

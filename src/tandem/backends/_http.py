@@ -10,7 +10,8 @@ translated here, with `raise ... from exc`; the modules above (`_wire`, `_echo`,
 - a deadline passed -> `BackendTimeout` (see "Deadlines" below);
 - a non-2xx answer -> `BackendHTTPError` (a `BackendProtocolError`) with the status and the
   server's own error message;
-- malformed JSON or SSE, an answer or a line larger than its cap -> `BackendProtocolError`;
+- malformed JSON or SSE, a malformed value in an answer (`parsing`), an answer or a line larger
+  than its cap -> `BackendProtocolError`;
 - the run's `CallGuard` (`tandem.backends.guard`) interrupted, or its deadline passed ->
   `Cancelled`;
 - the connection lost or failing once a streamed answer has begun -> `BackendError`.
@@ -47,6 +48,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -326,6 +328,16 @@ class HttpClient:
         if not isinstance(data, dict):
             raise BackendProtocolError(f"{self.name}: malformed {what}: not a JSON object")
         return data
+
+    @contextmanager
+    def parsing(self, what: str) -> Iterator[None]:
+        """Reading values out of a decoded answer (`_wire`): a value of the wrong type or shape
+        (a string where a number belongs, a missing key) is a protocol error. Keep the block free
+        of `yield`s."""
+        try:
+            yield
+        except (TypeError, ValueError, KeyError) as exc:
+            raise BackendProtocolError(self.redact(f"{self.name}: malformed {what}: {exc}")) from exc
 
     # ---- what library errors become ----------------------------------------------------------------
     def _limit_error(self, exc: Exception, watch: Watch, url: str) -> TandemError:

@@ -1,7 +1,9 @@
 """The OpenAI wire format: log-prob objects to token steps, streamed chunks, usage objects.
 
 Pure functions over decoded JSON (no network). What does not have the expected shape raises
-`BackendProtocolError`.
+`BackendProtocolError`; a value that cannot be read (a string where a number belongs) raises the
+plain `TypeError` / `ValueError` / `KeyError`, which the caller's `HttpClient.parsing` block
+translates.
 
 Entropy is estimated from the top-k log-probs the server returns (`Capabilities.entropy =
 "topk"`): with p_1..p_k the top-k probabilities (plus the chosen token's, when it is not among
@@ -128,13 +130,10 @@ def apply_usage(usage: Usage, u: Any) -> bool:
     """Fill `usage` from an OpenAI `usage` object; False when there is none."""
     if not isinstance(u, Mapping) or u.get("prompt_tokens") is None:
         return False
-    try:
-        pt = int(u["prompt_tokens"])
-        ct = int(u.get("completion_tokens") or 0)
-        details = u.get("prompt_tokens_details")
-        cached = int(details.get("cached_tokens") or 0) if isinstance(details, Mapping) else 0
-    except (TypeError, ValueError) as exc:
-        raise BackendProtocolError(f"malformed usage object: {u!r}") from exc
+    pt = int(u["prompt_tokens"])
+    ct = int(u.get("completion_tokens") or 0)
+    details = u.get("prompt_tokens_details")
+    cached = int(details.get("cached_tokens") or 0) if isinstance(details, Mapping) else 0
     cached = max(0, min(cached, pt))
     usage.prompt_tokens = pt
     usage.cached_prompt_tokens = cached

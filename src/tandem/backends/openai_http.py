@@ -341,10 +341,12 @@ class OpenAIBackend:
                     done = True
                     break
                 chunk = http.parse_json(data, "stream chunk")
-                parsed = parse_chunk(chunk, chat=chat, with_entropy=k > 0)
+                with http.parsing("stream chunk"):
+                    parsed = parse_chunk(chunk, chat=chat, with_entropy=k > 0)
+                    if parsed.error is None:
+                        reported = apply_usage(usage, chunk.get("usage")) or reported
                 if parsed.error is not None:
                     raise BackendProtocolError(http.redact(f"{name}: server error mid-stream: {parsed.error}"))
-                reported = apply_usage(usage, chunk.get("usage")) or reported
                 for delta in parsed.deltas:
                     n_tokens += delta.n_tokens
                     if n_tokens > max_tokens + TOKEN_SLACK:
