@@ -5,6 +5,7 @@ what comes out."""
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -19,6 +20,7 @@ from tandem.errors import (
     BackendTimeout,
     BackendUnavailable,
     InputError,
+    ModelError,
     TandemError,
 )
 from tandem.types import GenerationRequest, Message, Prompt
@@ -151,3 +153,75 @@ def test_a_template_the_http_backend_renders_fails_as_the_shared_errors() -> Non
         drain(refusing)
     with pytest.raises(BackendError):
         drain(broken)
+
+
+# ---- the embedded llama.cpp backend -----------------------------------------------------------------
+def test_llamacpp_without_its_library_is_a_backend_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    from tandem.backends.llamacpp import LlamaCppBackend, LlamaCppConfig
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # import llama_cpp raises ImportError
+    with pytest.raises(BackendError, match="not installed") as exc:
+        LlamaCppBackend(LlamaCppConfig(str(tmp_path / "m.gguf")))
+    assert isinstance(exc.value.__cause__, ImportError)
+
+
+@pytest.mark.parametrize("failure", [ValueError("bad file"), RuntimeError("bad file")])
+def test_an_engine_that_cannot_load_the_file_is_a_model_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Any,
+                                                              failure: Exception) -> None:
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from tandem.backends.llamacpp import LlamaCppBackend, LlamaCppConfig
+
+    def fail(**kw: Any) -> None:
+        raise failure
+
+    monkeypatch.setattr(llama_cpp, "Llama", fail)
+    path = tmp_path / "m.gguf"
+    path.write_bytes(b"GGUF")
+    with pytest.raises(ModelError, match="bad file") as exc:
+        LlamaCppBackend(LlamaCppConfig(str(path), checksum="given"))
+    assert exc.value.__cause__ is failure
+
+
+def _fail_with(failure: Exception) -> Callable[..., Any]:
+    def fail(*args: Any, **kw: Any) -> Any:
+        raise failure
+    return fail
+
+
+def _generator_failing_with(failure: Exception) -> Callable[..., Any]:
+    def gen(*args: Any, **kw: Any) -> Iterator[Any]:
+        raise failure
+        yield  # a generator
+    return gen
+
+
+@pytest.mark.real
+@pytest.mark.parametrize("failure", [ValueError("engine"), RuntimeError("engine")], ids=["ValueError", "RuntimeError"])
+@pytest.mark.parametrize("where", ["score", "generate", "tokenize-prompt", "tokenize"])
+def test_engine_failures_of_llamacpp_are_backend_errors(smol: Any, monkeypatch: pytest.MonkeyPatch, failure: Exception,
+                                                        where: str) -> None:
+    adapter = smol.adapter
+    if where == "score":
+        monkeypatch.setattr(adapter, "score", _fail_with(failure))
+        call: Callable[[], Any] = lambda: smol.score("hello")  # noqa: E731
+    elif where == "generate":
+        monkeypatch.setattr(adapter, "generate", _generator_failing_with(failure))
+        call = lambda: list(smol.stream(GenerationRequest(PROMPT, max_tokens=2)))  # noqa: E731
+    else:
+        monkeypatch.setattr(adapter, "tokenize", _fail_with(failure))
+        call = (lambda: smol.tokenize("hello")) if where == "tokenize" else \
+            (lambda: smol.stream(GenerationRequest(PROMPT, max_tokens=2)))
+    with pytest.raises(BackendError, match="llama.cpp failed") as exc:
+        call()
+    assert exc.value.__cause__ is failure
+
+
+@pytest.mark.real
+def test_text_utf8_cannot_encode_is_an_input_error_of_llamacpp(smol: Any) -> None:
+    bad = "x \ud800 y"  # a lone surrogate, as a JSON request may carry
+    calls = [lambda: smol.score(bad), lambda: smol.tokenize(bad),
+             lambda: smol.stream(GenerationRequest(Prompt((Message("user", bad),)), max_tokens=2))]
+    for call in calls:
+        with pytest.raises(InputError, match="cannot be encoded as UTF-8") as exc:
+            call()
+        assert isinstance(exc.value.__cause__, UnicodeEncodeError)

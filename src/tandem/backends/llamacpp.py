@@ -1,5 +1,9 @@
 """Embedded GGUF models through llama-cpp-python: one loaded model per file, KV cache reused
-across calls that share a prefix, exact per-token log-probs and entropies, and scoring."""
+across calls that share a prefix, exact per-token log-probs and entropies, and scoring.
+
+llama-cpp-python's exceptions become the project's in one place, `engine_errors`; chat templates
+are rendered by `tandem.backends.chat_template`, which translates jinja2's.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +14,11 @@ import threading
 from collections.abc import Generator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from ..config import DEFAULT_N_CTX, DEFAULT_N_THREADS
-from ..errors import BackendError, ModelError
+from ..errors import BackendError, InputError, ModelError
 from ..types import (
     Capabilities,
     GenerationRequest,
@@ -41,6 +46,31 @@ class LlamaCppConfig:
     n_params: int = 0  # 0: read from the GGUF (parameters that cost FLOPs per token)
 
 
+class engine_errors:  # a `with` block, lowercase like contextlib.suppress
+    """The boundary of the embedded backend: what llama-cpp-python raises in the block becomes a
+    project error, raised from it. The library missing -> BackendError; text UTF-8 cannot encode
+    (lone surrogates, which JSON allows) -> InputError; the engine's ValueError or RuntimeError ->
+    ModelError while loading the file (`doing="load"`), else BackendError. Project errors (a
+    ContextOverflow, a template's errors) and StopIteration pass through."""
+
+    def __init__(self, doing: str, model: str) -> None:
+        self.doing, self.model = doing, model
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:  # None: nothing is suppressed
+        if isinstance(exc, ImportError):
+            raise BackendError("llama-cpp-python is not installed: pip install 'tandem[llamacpp]'") from exc
+        if isinstance(exc, UnicodeEncodeError):
+            raise InputError(f"the text cannot be encoded as UTF-8: {exc.reason} at position {exc.start}") from exc
+        if isinstance(exc, ValueError | RuntimeError):
+            if self.doing == "load":
+                raise ModelError(f"cannot load {self.model}: {exc}") from exc
+            raise BackendError(f"llama.cpp failed to {self.doing} with {self.model}: {exc}") from exc
+
+
 def _sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
@@ -51,15 +81,11 @@ class LlamaCppBackend:
     max_in_flight: int | None = 1
 
     def __init__(self, config: LlamaCppConfig) -> None:
-        try:
+        path = Path(config.model_path).expanduser()
+        with engine_errors("load", str(path)):
             import llama_cpp
-        except ImportError as exc:
-            raise BackendError(
-                "llama-cpp-python is not installed: pip install 'tandem[llamacpp]'"
-            ) from exc
         from ._llama_adapter import LlamaAdapter
 
-        path = Path(config.model_path).expanduser()
         if not path.is_file():
             raise ModelError(f"model file not found: {path}")
         if llama_cpp.__version__ != LLAMA_CPP_VERSION:
@@ -70,14 +96,12 @@ class LlamaCppBackend:
             from ..models import local_sha256
 
             config = replace(config, checksum=local_sha256(path))
-        try:
+        with engine_errors("load", str(path)):
             llama = llama_cpp.Llama(
                 model_path=str(path), n_ctx=config.n_ctx, n_threads=config.n_threads or os.cpu_count(),
                 n_threads_batch=config.n_threads or os.cpu_count(),
                 n_batch=config.n_batch, seed=config.seed, logits_all=False, verbose=False,
             )
-        except (ValueError, RuntimeError) as exc:
-            raise ModelError(f"cannot load {path}: {exc}") from exc
         self.config = config
         self._name = config.name or path.stem
         self._llama = llama
@@ -137,10 +161,8 @@ class LlamaCppBackend:
 
         with self._lock:
             t0 = time.perf_counter()
-            try:
+            with engine_errors("score a text", self._name):
                 tokens, lps, ents, computed = self._adapter.score(text)
-            except (ValueError, RuntimeError) as exc:
-                raise BackendError(f"llama.cpp failed to score a text with {self._info.name}: {exc}") from exc
             secs = time.perf_counter() - t0
             steps, offsets, pos = [], [], 0
             for i, tok in enumerate(tokens):
@@ -155,7 +177,8 @@ class LlamaCppBackend:
     def stream(self, request: GenerationRequest) -> TokenStream:
         """A prompt that does not fit the context is refused here, before the stream starts."""
         text = self.render(request.prompt)
-        tokens = self._adapter.tokenize(text)  # reads the vocabulary only: no lock, no cache change
+        with engine_errors("tokenize the prompt", self._name):
+            tokens = self._adapter.tokenize(text)  # reads the vocabulary only: no lock, no cache change
         self._adapter.fit(len(tokens), "the prompt", generating=True)
         usage = Usage()
         return TokenStream(self._generate(tokens, request, usage), usage)
@@ -170,17 +193,17 @@ class LlamaCppBackend:
                 tok = None
                 while True:
                     try:
-                        tok = next(gen)
+                        with engine_errors("generate", self._name):
+                            tok = next(gen)
                     except StopIteration as done:
                         return str(done.value)
-                    except (ValueError, RuntimeError) as exc:
-                        raise BackendError(f"llama.cpp failed to generate with {self._info.name}: {exc}") from exc
                     yield TokenStep(tok.text, tok.logprob, tok.entropy, tok.token_id)
             finally:
                 gen.close()
 
     def tokenize(self, text: str) -> list[int]:
-        return self._adapter.tokenize(text)
+        with engine_errors("tokenize a text", self._name):
+            return self._adapter.tokenize(text)
 
     def reset_cache(self) -> None:
         """Forget the KV cache (cold start for fair measurements)."""
