@@ -225,3 +225,62 @@ def test_text_utf8_cannot_encode_is_an_input_error_of_llamacpp(smol: Any) -> Non
         with pytest.raises(InputError, match="cannot be encoded as UTF-8") as exc:
             call()
         assert isinstance(exc.value.__cause__, UnicodeEncodeError)
+
+
+# ---- the recorded backend -----------------------------------------------------------------------------
+def _recordings(tmp_path: Any, raw: bytes) -> Any:
+    p = tmp_path / "rec.jsonl"
+    p.write_bytes(raw)
+    return p
+
+
+RECORDED_CASES = [
+    ("missing-file", lambda tmp: tmp / "none.jsonl", FileNotFoundError),
+    ("not-utf8", lambda tmp: _recordings(tmp, b'{"question": "q", "output": "\xff"}\n'), UnicodeDecodeError),
+    ("not-json", lambda tmp: _recordings(tmp, b'{"question": "q", "output": \n'), json.JSONDecodeError),
+]
+
+
+@pytest.mark.parametrize("name,make,cause", RECORDED_CASES, ids=[c[0] for c in RECORDED_CASES])
+def test_the_recorded_backend_translates_every_failure_of_its_file(tmp_path: Any, name: str, make: Any,
+                                                                   cause: type) -> None:
+    from tandem.backends.recorded import RecordingSet
+
+    with pytest.raises(InputError) as exc:
+        RecordingSet(make(tmp_path))
+    assert isinstance(exc.value.__cause__, cause)
+
+
+def test_an_unreadable_recordings_file_is_an_input_error(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pathlib import Path
+
+    from tandem.backends.recorded import RecordingSet
+
+    failure = OSError(5, "Input/output error")
+    monkeypatch.setattr(Path, "read_bytes", _fail_with(failure))
+    with pytest.raises(InputError, match="Input/output error") as exc:
+        RecordingSet(_recordings(tmp_path, b""))
+    assert exc.value.__cause__ is failure
+
+
+@pytest.mark.real
+def test_the_gguf_tokenizer_of_recordings_translates_its_failures(smol_path: Any, tmp_path: Any,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from tandem.backends.recorded import RecordedBackend, RecordedConfig
+    from tandem.backends.tokenizers import GGUFTokenizer
+
+    tok = GGUFTokenizer(smol_path)
+    path = _recordings(tmp_path, b'{"question": "q", "output": "a \\ud800 b", "params_total": 10}\n')
+    b = RecordedBackend(RecordedConfig(path=str(path), tokenizer=str(smol_path)), tok)
+    with pytest.raises(InputError, match="cannot be encoded as UTF-8") as exc:
+        list(b.stream(GenerationRequest(Prompt((Message("user", "q"),)))))
+    assert isinstance(exc.value.__cause__, UnicodeEncodeError)
+    failure = RuntimeError("engine")
+    monkeypatch.setattr(tok._llama, "tokenize", _fail_with(failure))
+    with pytest.raises(BackendError, match="llama.cpp failed") as exc2:
+        tok.encode("hello")
+    assert exc2.value.__cause__ is failure
+    bad = _recordings(tmp_path, b"GGUF")
+    with pytest.raises(ModelError) as exc3:
+        GGUFTokenizer(bad)
+    assert exc3.value.__cause__ is not None

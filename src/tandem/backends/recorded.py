@@ -146,15 +146,15 @@ class RecordingSet:
             raise InputError(f"{self.path} is a directory, not a recordings file")
         try:
             data = self.path.read_bytes()
-        except FileNotFoundError:
-            raise InputError(f"recordings file not found: {self.path}") from None
+        except FileNotFoundError as exc:
+            raise InputError(f"recordings file not found: {self.path}") from exc
         except OSError as exc:
-            raise InputError(f"cannot read {self.path}: {exc.strerror or exc}") from None
+            raise InputError(f"cannot read {self.path}: {exc.strerror or exc}") from exc
         self.sha256 = hashlib.sha256(data).hexdigest()
         try:
             text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            raise InputError(f"{self.path} is not UTF-8 text") from None
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{self.path} is not UTF-8 text") from exc
         self.rows: list[Recording] = []
         self._by_q: dict[str, Recording] = {}
         self._by_id: dict[str, Recording] = {}
@@ -164,7 +164,7 @@ class RecordingSet:
             try:
                 obj = json.loads(raw)
             except json.JSONDecodeError as exc:
-                raise InputError(f"{self.path}:{i}: not JSON: {exc.msg}") from None
+                raise InputError(f"{self.path}:{i}: not JSON: {exc.msg}") from exc
             rec = _parse(obj, i, str(self.path))
             for key, index, what in ((_norm(rec.question), self._by_q, "question"), (rec.id, self._by_id, "id")):
                 if not key:
