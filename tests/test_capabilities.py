@@ -10,11 +10,15 @@ from collections.abc import Generator
 import pytest
 
 from tandem import ConfigError, Tandem, capabilities
+from tandem.backends.llamacpp import LlamaCppBackend
+from tandem.backends.openai_http import OpenAIBackend
+from tandem.backends.recorded import RecordedBackend
 from tandem.backends.scripted import ScriptedBackend
 from tandem.bench.graders import get_grader
 from tandem.bench.probe import ProbeConfig, Prober
 from tandem.bench.runner import max_concurrency
-from tandem.policy import BudgetPolicy, EffortSetting, StopRule
+from tandem.classifier import SufficiencyClassifier
+from tandem.policy import BudgetPolicy, ConstantPolicy, EffortSetting, StopRule
 from tandem.types import (
     Backend,
     BackendBase,
@@ -131,6 +135,14 @@ def test_the_helpers_read_what_a_backend_or_policy_declares() -> None:
     c = Calibrated()
     assert (capabilities.uses_shadow(c), capabilities.route_threshold(c), capabilities.cascade_threshold(c)) == (
         False, 0.7, -1.5)
+
+
+def test_the_projects_backends_and_policies_inherit_the_bases() -> None:
+    for cls in (ScriptedBackend, LlamaCppBackend, OpenAIBackend, RecordedBackend):
+        assert issubclass(cls, BackendBase), cls
+    for pcls in (BudgetPolicy, ConstantPolicy, SufficiencyClassifier):
+        assert issubclass(pcls, PolicyBase), pcls
+    assert (OpenAIBackend.max_in_flight, RecordedBackend.max_in_flight, LlamaCppBackend.max_in_flight) == (None, None, 1)
 
 
 @pytest.mark.parametrize("method", ["tandem", "slm", "llm", "fixed:8", "route"])

@@ -20,6 +20,7 @@ from typing import Any
 from ..config import DEFAULT_N_CTX, DEFAULT_N_THREADS
 from ..errors import BackendError, InputError, ModelError
 from ..types import (
+    BackendBase,
     Capabilities,
     GenerationRequest,
     ModelInfo,
@@ -75,7 +76,7 @@ def _sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-class LlamaCppBackend:
+class LlamaCppBackend(BackendBase):
     """A GGUF model loaded in this process. Not thread-safe: one call at a time (a lock enforces it)."""
 
     max_in_flight: int | None = 1

@@ -54,6 +54,7 @@ from ..config import (
 )
 from ..errors import BackendError, BackendProtocolError, ConfigError, UnsupportedError
 from ..types import (
+    BackendBase,
     Capabilities,
     GenerationRequest,
     Message,
@@ -191,7 +192,7 @@ class OpenAIBackendConfig:
         )
 
 
-class OpenAIBackend:
+class OpenAIBackend(BackendBase):
     """A `Backend` for one model served by an OpenAI-compatible endpoint.
 
     `transport` replaces the network (e.g. `httpx.MockTransport` in tests). The backend is safe to

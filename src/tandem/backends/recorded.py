@@ -35,7 +35,16 @@ from typing import Any
 
 from ..config import DEFAULT_TOKENIZER
 from ..errors import ConfigError, InputError, UnsupportedError
-from ..types import Capabilities, GenerationRequest, ModelInfo, Prompt, TokenStep, TokenStream, Usage
+from ..types import (
+    BackendBase,
+    Capabilities,
+    GenerationRequest,
+    ModelInfo,
+    Prompt,
+    TokenStep,
+    TokenStream,
+    Usage,
+)
 from .tokenizers import Tokenizer
 
 __all__ = ["PROMPT_RULES", "Recording", "RecordingSet", "RecordedBackend", "RecordedConfig", "check_recordings"]
@@ -207,7 +216,7 @@ class RecordedConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class RecordedBackend:
+class RecordedBackend(BackendBase):
     """Streams recorded outputs as a live engine would: token by token, cancellable, counted."""
 
     max_in_flight = None  # no engine behind it: any number of streams at once

@@ -41,6 +41,7 @@ from ..bench.replay import PairParams, replay, replay_cascade, replay_policy, re
 from ..classifier import SufficiencyClassifier
 from ..errors import ConfigError
 from ..policy import EFFORTS, EffortSetting, StopRule
+from ..types import PolicyBase
 from .data import ProbeTable
 
 ObjectiveKind = Literal["lambda", "target", "budget"]
@@ -123,7 +124,7 @@ class Objective:
                 "budget": f"best accuracy at relative cost <= {self.value:g}"}[self.kind]
 
 
-class _Cached:
+class _Cached(PolicyBase):
     """The classifier's probabilities, computed once per checkpoint of the table."""
 
     def __init__(self, clf: SufficiencyClassifier) -> None:
