@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .. import capabilities
 from ..errors import ConfigError
 from ..pipeline import route_without_classifier, stage_budgets_for
 from ..policy import StopRule
@@ -181,7 +182,7 @@ def replay_policy(rec: dict[str, Any], p: PairParams, policy: StopPolicy, rule: 
         out.handover_tokens = 0  # as live: handed over before the LLM wrote anything
         return out
     visited: list[dict[str, Any]] = []
-    shadow = getattr(policy, "uses_shadow", True)
+    shadow = capabilities.uses_shadow(policy)
     for ck in rec["checkpoints"]:
         if ck["stage"] > n_stages:
             break
@@ -225,7 +226,7 @@ def replay_route(rec: dict[str, Any], p: PairParams, policy: StopPolicy, thresho
         return _slm(rec, p, "route") if fixed == "slm" else _llm(rec, p, "route")
     prob = policy.sufficiency(rec["ck0"]["features"])
     ck0 = rec["ck0"]
-    shadow = getattr(policy, "uses_shadow", True)  # as live: no shadow features, no scoring pass
+    shadow = capabilities.uses_shadow(policy)  # as live: no shadow features, no scoring pass
     if prob >= threshold:
         out = _slm(rec, p, "route")
         if shadow:
