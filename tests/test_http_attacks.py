@@ -229,7 +229,7 @@ def test_a_guard_interrupts_a_blocked_stream_from_another_thread(behaviour):
         # the backend is still usable afterwards, outside the guard
         with misbehaving_upstream(fixed_answer(200, '{"tokens": [1, 2]}')) as ok:
             b2 = backend(ok.base_url)
-            assert b2._post_json("/tokenize", {"x": 1}, root=True) == {"tokens": [1, 2]}
+            assert b2._http.post_json("/tokenize", {"x": 1}, root=True) == {"tokens": [1, 2]}
             b2.close()
         b.close()
 

@@ -39,7 +39,7 @@ from .config import format_validation_error
 from .errors import ConfigError, InputError
 from .features import FEATURE_GROUPS, SHADOW_GROUPS
 from .policy import EFFORTS, EffortSetting, StopRule
-from .types import ModelInfo
+from .types import ModelInfo, PolicyBase
 
 __all__ = [
     "FORMAT",
@@ -361,7 +361,7 @@ def _same_model(expected: ModelRef, actual: ModelInfo | Mapping[str, Any]) -> bo
     return expected.name == name
 
 
-class SufficiencyClassifier:
+class SufficiencyClassifier(PolicyBase):
     """Probability that the SLM answers correctly from the current checkpoint (a `StopPolicy`)."""
 
     def __init__(self, spec: ClassifierFile, *, name: str | None = None) -> None:

@@ -239,6 +239,7 @@ def solve(
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
     """Solve one problem with the LLM and the SLM in tandem and show what it cost."""
+    from . import capabilities
     from .config import load_settings
     from .factory import build_tandem
 
@@ -273,7 +274,7 @@ def solve(
             if hook:
                 out.print("\n[bold]── LLM alone (--compare) ──[/]")
             for b in (tandem.llm, tandem.slm):  # a cold cache, as the tandem run had
-                getattr(b, "reset_cache", lambda: None)()
+                capabilities.reset_cache(b)
             results["llm"] = tandem.solve(text, method="llm", on_event=hook)
     finally:
         tandem.llm.close()

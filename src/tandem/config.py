@@ -16,6 +16,18 @@ from .errors import ConfigError
 DEFAULT_LLM = "qwen2.5-coder-1.5b"
 DEFAULT_SLM = "qwen2.5-coder-0.5b"
 
+# Backend defaults: `BackendSettings` below and the backends' own config classes (`OpenAIBackendConfig`,
+# `LlamaCppConfig`, `RecordedConfig`) all take them from here.
+DEFAULT_N_CTX = 4096
+DEFAULT_N_THREADS = 0  # all cores
+DEFAULT_TIMEOUT_S = 120.0
+DEFAULT_CONNECT_TIMEOUT_S = 10.0
+DEFAULT_MIN_TOKENS_PER_S = 1.0
+DEFAULT_MAX_RETRIES = 2
+DEFAULT_RETRY_BACKOFF_S = 0.5
+DEFAULT_TOP_LOGPROBS = 5
+DEFAULT_TOKENIZER = DEFAULT_SLM  # recorded outputs are cut into tokens with this model's tokenizer
+
 
 class StrictModel(BaseModel):
     """The base of tandem's pydantic models: an unknown key or field is an error, instances are immutable."""
@@ -34,23 +46,23 @@ class BackendSettings(StrictModel):
     api_key_env: str | None = None
     api: Literal["completions", "chat"] = "completions"
     n_params: int | None = Field(default=None, ge=1, description="parameters, for FLOPs (openai: required)")
-    n_ctx: int = Field(default=4096, ge=1)
-    n_threads: int = Field(default=0, ge=0, description="0: all cores")
-    timeout_s: float = Field(default=120.0, gt=0, description="openai: longest wait for the answer's headers "
-                             "and first token, or for a whole non-streamed answer")
+    n_ctx: int = Field(default=DEFAULT_N_CTX, ge=1)
+    n_threads: int = Field(default=DEFAULT_N_THREADS, ge=0, description="0: all cores")
+    timeout_s: float = Field(default=DEFAULT_TIMEOUT_S, gt=0, description="openai: longest wait for the answer's "
+                             "headers and first token, or for a whole non-streamed answer")
     idle_timeout_s: float | None = Field(default=None, gt=0, description="openai: longest wait between two "
                                          "streamed tokens (keep-alive comments do not count); unset: timeout_s")
-    min_tokens_per_s: float = Field(default=1.0, gt=0, description="openai: a stream must end within "
-                                    "timeout_s + max_tokens / min_tokens_per_s")
-    max_retries: int = Field(default=2, ge=0)
-    top_logprobs: int = Field(default=5, ge=0)
+    min_tokens_per_s: float = Field(default=DEFAULT_MIN_TOKENS_PER_S, gt=0, description="openai: a stream must "
+                                    "end within timeout_s + max_tokens / min_tokens_per_s")
+    max_retries: int = Field(default=DEFAULT_MAX_RETRIES, ge=0)
+    top_logprobs: int = Field(default=DEFAULT_TOP_LOGPROBS, ge=0)
     tokenizer_id: str = ""
     chat_template_id: str = ""
     price_input_per_mtok: float = Field(default=0.0, ge=0)
     price_output_per_mtok: float = Field(default=0.0, ge=0)
     reply: str | None = Field(default=None, description="scripted backend: the reply text")
     token_delay_s: float = Field(default=0.0, ge=0.0, description="scripted backend: seconds per token")
-    tokenizer: str = Field(default="qwen2.5-coder-0.5b", description="recorded: the tokenizer that cuts the "
+    tokenizer: str = Field(default=DEFAULT_TOKENIZER, description="recorded: the tokenizer that cuts the "
                            "recorded text into tokens (an embedded model's name, a GGUF path, or 'words')")
     name: str | None = Field(default=None, description="recorded: the model's name (default: the recordings')")
     prompt_rule: str | None = Field(default=None, description="recorded: how prompt tokens are counted "

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from . import capabilities
 from .answer import answer_complete, extract_answer
 from .cost import CostReport, ModelCost, Price
 from .errors import ConfigError, InputError
@@ -184,7 +185,7 @@ class Tandem:
         (as replay does)."""
         if isinstance(self.policy, BudgetPolicy):
             raise ConfigError("method 'route' needs a classifier (the budget policy never routes)")
-        thr = getattr(self.policy, "route_threshold", None)
+        thr = capabilities.route_threshold(self.policy)
         return float(thr) if thr is not None else self.rule.setting("medium").threshold_at(0)
 
     def _cascade_threshold(self, method: str) -> float:
@@ -193,7 +194,7 @@ class Tandem:
                 return float(method.split(":", 1)[1])
             except ValueError:
                 raise ConfigError(f"bad method {method!r}: use cascade:T with T a mean log-prob") from None
-        thr = getattr(self.policy, "cascade_threshold", None)
+        thr = capabilities.cascade_threshold(self.policy)
         if thr is None:
             raise ConfigError("method 'cascade' needs a classifier with a calibrated cascade threshold "
                               "(tandem train calibrate); or give the threshold: cascade:T")
@@ -374,10 +375,10 @@ class _Run:
         """Whether checkpoints score question + insights with the SLM (the policy reads those features
         and the SLM can score raw text), and the rendered solve prompt the scored text starts with."""
         caps = self.t.slm.info.capabilities
-        self.can_shadow = self.cfg.shadow and getattr(policy, "uses_shadow", True) and caps.score and caps.raw_prompt
+        self.can_shadow = self.cfg.shadow and capabilities.uses_shadow(policy) and caps.score and caps.raw_prompt
         self.base_text = self.t.slm.render(self.prompts.solve(self.q)) if self.can_shadow else ""
         # trial answers: where the policy reads them, on the SLM's warm cache (math answers only)
-        self.uses_trial = self.can_shadow and self.cfg.task == "math" and getattr(policy, "uses_trial", False)
+        self.uses_trial = self.can_shadow and self.cfg.task == "math" and capabilities.uses_trial(policy)
         self.prev_trial: dict[str, Any] | None = None
 
     def _checkpoint(self, policy: StopPolicy, rule: StopRule, effort: str, stage: int, llm_text: str,

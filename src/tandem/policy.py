@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from .types import PolicyBase
+
 Effort = Literal["low", "medium", "high"]
 EFFORTS: tuple[Effort, ...] = ("low", "medium", "high")
 DEFAULT_STAGE_BUDGETS: tuple[int, ...] = (32, 64, 128, 192, 256)
@@ -103,7 +105,7 @@ class StopRule:
         return StopRule({e: replace(s, finish=False) for e, s in self.efforts.items()})
 
 
-class BudgetPolicy:
+class BudgetPolicy(PolicyBase):
     """Never judges the insights sufficient: hand-over happens at the effort's budget.
 
     This is the `fixed:N` method and the default until a trained classifier is installed.
@@ -116,7 +118,7 @@ class BudgetPolicy:
         return 0.0
 
 
-class ConstantPolicy:
+class ConstantPolicy(PolicyBase):
     """Always returns the same probability (tests, and the `slm` router extreme)."""
 
     def __init__(self, p: float) -> None:

@@ -186,12 +186,47 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
+class BackendBase:
+    """The optional members of a `Backend`, with their defaults. The project's backends inherit it;
+    a backend that implements only the `Backend` Protocol gets the same defaults from the helpers of
+    `tandem.capabilities`, which is how callers read these members."""
+
+    max_in_flight: int | None = 1
+    """Calls the backend takes at once; None: no limit of its own (a server that batches)."""
+
+    def reset_cache(self) -> None:
+        """Forget any cached prompt state (a cold start, for fair measurements). Default: none kept."""
+
+    def tokenize(self, text: str) -> list[Any] | None:
+        """The tokens of `text` as the model sees them (ids or pieces); None: it cannot say."""
+        return None
+
+
 class StopPolicy(Protocol):
     """Probability that the insights seen so far suffice for the SLM."""
 
     name: str
 
     def sufficiency(self, features: dict[str, float]) -> float: ...
+
+
+class PolicyBase:
+    """The optional members of a `StopPolicy`, with their defaults (see `BackendBase`)."""
+
+    uses_shadow: bool = True
+    """Whether the policy reads the SLM's shadow features (False: the pipeline skips scoring)."""
+    uses_trial: bool = False
+    """Whether the policy reads trial answers (the pipeline then asks for them at every checkpoint)."""
+
+    @property
+    def route_threshold(self) -> float | None:
+        """A calibrated threshold for the `route` method; None: use the effort's checkpoint-0 one."""
+        return None
+
+    @property
+    def cascade_threshold(self) -> float | None:
+        """A calibrated threshold (mean log-prob) for the `cascade` method; None: none calibrated."""
+        return None
 
 
 @dataclass(frozen=True)

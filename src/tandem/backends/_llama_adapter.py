@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ContextOverflow, InputError
+from ..errors import ContextOverflow
 from ..types import Usage
 
 SCORE_CHUNK = 64  # rows of logits held at once while scoring (64 x vocab floats)
@@ -76,11 +76,9 @@ class LlamaAdapter:
 
     # ---- tokens --------------------------------------------------------------------------------
     def tokenize(self, text: str) -> list[int]:
-        try:
-            data = text.encode("utf-8")
-        except UnicodeEncodeError as exc:  # lone surrogates, e.g. "\ud800" escaped in a JSON request
-            raise InputError(f"the text cannot be encoded as UTF-8: {exc.reason} at position {exc.start}") from None
-        return list(self.llama.tokenize(data, add_bos=True, special=True))
+        """Raises UnicodeEncodeError for text UTF-8 cannot encode (lone surrogates): the backend
+        translates it."""
+        return list(self.llama.tokenize(text.encode("utf-8"), add_bos=True, special=True))
 
     def cached_tokens(self) -> list[int]:
         return [int(t) for t in self.llama.input_ids[: self.llama.n_tokens]]

@@ -1,5 +1,9 @@
 """Embedded GGUF models through llama-cpp-python: one loaded model per file, KV cache reused
-across calls that share a prefix, exact per-token log-probs and entropies, and scoring."""
+across calls that share a prefix, exact per-token log-probs and entropies, and scoring.
+
+llama-cpp-python's exceptions become the project's in one place, `engine_errors`; chat templates
+are rendered by `tandem.backends.chat_template`, which translates jinja2's.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +14,15 @@ import threading
 from collections.abc import Generator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
+from ..config import DEFAULT_N_CTX, DEFAULT_N_THREADS
 from ..errors import BackendError, InputError, ModelError
 from ..types import (
+    BackendBase,
     Capabilities,
     GenerationRequest,
-    Message,
     ModelInfo,
     Prompt,
     ScoreResult,
@@ -24,6 +30,7 @@ from ..types import (
     TokenStream,
     Usage,
 )
+from .chat_template import render_chat, template_id
 
 LLAMA_CPP_VERSION = "0.3.36"
 
@@ -32,33 +39,54 @@ LLAMA_CPP_VERSION = "0.3.36"
 class LlamaCppConfig:
     model_path: str
     name: str = ""
-    n_ctx: int = 4096
-    n_threads: int = 0  # 0: all cores
+    n_ctx: int = DEFAULT_N_CTX
+    n_threads: int = DEFAULT_N_THREADS  # 0: all cores
     n_batch: int = 512
     seed: int = 0
     checksum: str = ""  # sha256 of the file; "" (a file given by path): hashed at load, once per change
     n_params: int = 0  # 0: read from the GGUF (parameters that cost FLOPs per token)
 
 
+class engine_errors:  # a `with` block, lowercase like contextlib.suppress
+    """The boundary of the embedded backend: what llama-cpp-python raises in the block becomes a
+    project error, raised from it. The library missing -> BackendError; text UTF-8 cannot encode
+    (lone surrogates, which JSON allows) -> InputError; the engine's ValueError or RuntimeError ->
+    ModelError while loading the file (`doing="load"`), else BackendError. Project errors (a
+    ContextOverflow, a template's errors) and StopIteration pass through."""
+
+    def __init__(self, doing: str, model: str) -> None:
+        self.doing, self.model = doing, model
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:  # None: nothing is suppressed
+        if isinstance(exc, ImportError):
+            raise BackendError("llama-cpp-python is not installed: pip install 'tandem[llamacpp]'") from exc
+        if isinstance(exc, UnicodeEncodeError):
+            raise InputError(f"the text cannot be encoded as UTF-8: {exc.reason} at position {exc.start}") from exc
+        if isinstance(exc, ValueError | RuntimeError):
+            if self.doing == "load":
+                raise ModelError(f"cannot load {self.model}: {exc}") from exc
+            raise BackendError(f"llama.cpp failed to {self.doing} with {self.model}: {exc}") from exc
+
+
 def _sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-class LlamaCppBackend:
+class LlamaCppBackend(BackendBase):
     """A GGUF model loaded in this process. Not thread-safe: one call at a time (a lock enforces it)."""
 
     max_in_flight: int | None = 1
 
     def __init__(self, config: LlamaCppConfig) -> None:
-        try:
+        path = Path(config.model_path).expanduser()
+        with engine_errors("load", str(path)):
             import llama_cpp
-        except ImportError as exc:
-            raise BackendError(
-                "llama-cpp-python is not installed: pip install 'tandem[llamacpp]'"
-            ) from exc
         from ._llama_adapter import LlamaAdapter
 
-        path = Path(config.model_path).expanduser()
         if not path.is_file():
             raise ModelError(f"model file not found: {path}")
         if llama_cpp.__version__ != LLAMA_CPP_VERSION:
@@ -69,15 +97,14 @@ class LlamaCppBackend:
             from ..models import local_sha256
 
             config = replace(config, checksum=local_sha256(path))
-        try:
+        with engine_errors("load", str(path)):
             llama = llama_cpp.Llama(
                 model_path=str(path), n_ctx=config.n_ctx, n_threads=config.n_threads or os.cpu_count(),
                 n_threads_batch=config.n_threads or os.cpu_count(),
                 n_batch=config.n_batch, seed=config.seed, logits_all=False, verbose=False,
             )
-        except (ValueError, RuntimeError) as exc:
-            raise ModelError(f"cannot load {path}: {exc}") from exc
         self.config = config
+        self._name = config.name or path.stem
         self._llama = llama
         self._adapter = LlamaAdapter(llama)
         self._lock = threading.Lock()
@@ -86,11 +113,11 @@ class LlamaCppBackend:
         self._bos = self._piece(llama.token_bos())
         self._eos = self._piece(llama.token_eos())
         self._info = ModelInfo(
-            name=config.name or path.stem,
+            name=self._name,
             n_params=config.n_params or self._matmul_params(),
             n_ctx=self._adapter.n_ctx,
             tokenizer_id=self._tokenizer_id(meta),
-            chat_template_id=self._template_id(),
+            chat_template_id=template_id(self.render) if self._template else "",
             capabilities=Capabilities(stream_logprobs=True, entropy="exact", score=True, raw_prompt=True),
             checksum=config.checksum,
         )
@@ -99,17 +126,6 @@ class LlamaCppBackend:
         """All weights as llama.cpp counts them. For a model with an untied output head this counts the
         input embedding table too (a lookup, no FLOPs): registered models pass their exact count."""
         return int(self._llama._model.n_params())
-
-    def _template_id(self) -> str:
-        """Identity of the chat template as it renders a probe conversation: two templates that differ
-        only in branches tandem never uses (tools, say) render identically and count as one."""
-        if not self._template:
-            return ""
-        probe = Prompt(
-            messages=(Message("system", "S"), Message("user", "U"), Message("assistant", "A"), Message("user", "V")),
-            assistant_prefix="P",
-        )
-        return _sha(self.render(probe))
 
     def _piece(self, token: int) -> str:
         if token < 0:
@@ -134,35 +150,20 @@ class LlamaCppBackend:
         return self._adapter
 
     def render(self, prompt: Prompt) -> str:
+        """The GGUF's chat template applied (`tandem.backends.chat_template`), then `assistant_prefix`."""
         if not self._template:
-            raise BackendError(f"{self._info.name} has no chat template in its GGUF metadata")
-        from jinja2 import TemplateError
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        env.globals["raise_exception"] = self._template_refuses
-        messages = [{"role": m.role, "content": m.content} for m in prompt.messages]
-        try:
-            text = env.from_string(self._template).render(
-                messages=messages, add_generation_prompt=True, bos_token=self._bos, eos_token=self._eos
-            )
-        except TemplateError as exc:
-            raise BackendError(f"the chat template of {self._info.name} failed: {exc}") from exc
+            raise BackendError(f"{self._name} has no chat template in its GGUF metadata")
+        text = render_chat(self._template, prompt.messages, owner=self._name, bos_token=self._bos,
+                           eos_token=self._eos)
         return text + prompt.assistant_prefix
-
-    def _template_refuses(self, message: str) -> None:
-        """`raise_exception` of Hugging Face chat templates: the conversation is not one it accepts."""
-        raise InputError(f"the chat template of {self._info.name} refuses this conversation: {message}")
 
     def score(self, text: str) -> ScoreResult:
         import time
 
         with self._lock:
             t0 = time.perf_counter()
-            try:
+            with engine_errors("score a text", self._name):
                 tokens, lps, ents, computed = self._adapter.score(text)
-            except (ValueError, RuntimeError) as exc:
-                raise BackendError(f"llama.cpp failed to score a text with {self._info.name}: {exc}") from exc
             secs = time.perf_counter() - t0
             steps, offsets, pos = [], [], 0
             for i, tok in enumerate(tokens):
@@ -177,7 +178,8 @@ class LlamaCppBackend:
     def stream(self, request: GenerationRequest) -> TokenStream:
         """A prompt that does not fit the context is refused here, before the stream starts."""
         text = self.render(request.prompt)
-        tokens = self._adapter.tokenize(text)  # reads the vocabulary only: no lock, no cache change
+        with engine_errors("tokenize the prompt", self._name):
+            tokens = self._adapter.tokenize(text)  # reads the vocabulary only: no lock, no cache change
         self._adapter.fit(len(tokens), "the prompt", generating=True)
         usage = Usage()
         return TokenStream(self._generate(tokens, request, usage), usage)
@@ -192,17 +194,17 @@ class LlamaCppBackend:
                 tok = None
                 while True:
                     try:
-                        tok = next(gen)
+                        with engine_errors("generate", self._name):
+                            tok = next(gen)
                     except StopIteration as done:
                         return str(done.value)
-                    except (ValueError, RuntimeError) as exc:
-                        raise BackendError(f"llama.cpp failed to generate with {self._info.name}: {exc}") from exc
                     yield TokenStep(tok.text, tok.logprob, tok.entropy, tok.token_id)
             finally:
                 gen.close()
 
     def tokenize(self, text: str) -> list[int]:
-        return self._adapter.tokenize(text)
+        with engine_errors("tokenize a text", self._name):
+            return self._adapter.tokenize(text)
 
     def reset_cache(self) -> None:
         """Forget the KV cache (cold start for fair measurements)."""

@@ -1,108 +1,60 @@
 """Any OpenAI-compatible HTTP endpoint (vLLM, SGLang, llama.cpp's servers, OpenAI) as a `Backend`.
 
-One `httpx.Client` per backend, created in the constructor; every library error is translated at
-the boundary (`raise ... from exc`) into the project's types:
+The backend composes small layers, each in its own module:
 
-- connection refused, DNS failure, connection lost before an answer -> `BackendUnavailable`;
-- a deadline passed -> `BackendTimeout` (see "Deadlines" below);
-- a non-2xx answer -> `BackendHTTPError` (a `BackendProtocolError`) with the status and the
-  server's own error message; malformed JSON or SSE, an answer or a line larger than its cap, more
-  tokens than `max_tokens` -> `BackendProtocolError`;
-- the run's `CallGuard` (`tandem.backends.guard`) interrupted, or its deadline passed ->
-  `Cancelled`;
-- a stream that ends with neither `[DONE]` nor a finish reason (server killed mid-stream) ->
-  `BackendError("stream ended unexpectedly ...")`.
+- `_http`: the transport: one `httpx.Client`, retries, deadlines, size caps, and the one place
+  where library errors (httpx, the network layer, JSON, SSE) become the project's (`raise ... from
+  exc`): the mapping is listed there. The API key appears in no message, log or repr;
+- `_wire`: the wire format: streamed chunks and log-prob objects to `TokenStep`s, top-k entropy,
+  usage objects;
+- `_echo`: scoring a text from the server's echo, checked before it is trusted;
+- `_endpoints`: the server's own endpoints (applying the chat template, counting prompt tokens);
+- `chat_template`: local chat templates, rendered as the embedded llama.cpp backend renders them.
 
-The API key is sent as a bearer token and appears in no message, log or repr.
-
-Deadlines (monotonic clock; time the consumer spends between two tokens, e.g. on a checkpoint, is
-not counted against the server):
-
-- the answer's headers and, for a stream, its first data event within `timeout_s` of the request;
-  a non-streamed answer whole within `timeout_s`;
-- between two data events at most `idle_timeout_s` (default `timeout_s`): SSE comments and other
-  keep-alive lines do not count as data;
-- the whole stream within `timeout_s + max_tokens / min_tokens_per_s`, so that long reasoning
-  survives while a server that trickles tokens forever does not.
-
-Every network operation (connect, each read and write) waits at most until the nearest deadline,
-also when the server trickles bytes (httpx's own read timeout restarts with every byte), and a
-run's `CallGuard` may interrupt it from another thread (the server does when a request times out
-or its client goes away): see `tandem.backends._net`.
-
-Sizes: a streamed answer may hold `1 MiB + (max_tokens + 16) x (1 KiB + 128 B x top_logprobs)`,
-one SSE line `256 KiB + 16 x (1 KiB + 128 B x top_logprobs)`; a scoring echo
-`1 MiB + (bytes of the text + score_max_tokens + 16) x (1 KiB + 128 B x k)` (twice that with
-`prompt_logprobs`); other JSON answers `1 MiB + 16 x` the request's size; an error body is read up
-to 64 KiB. Reading stops at the cap (a protocol error) whatever the server sends next.
+Errors besides those of `_http`: a stream that ends with neither `[DONE]` nor a finish reason
+(server killed mid-stream) -> `BackendError("stream ended unexpectedly ...")`; more tokens than
+`max_tokens` -> `BackendProtocolError`; a local `chat_template` that refuses the conversation or
+fails -> the errors of `tandem.backends.chat_template` (an `InputError`, a `BackendError`), one
+that cannot render a probe conversation at construction -> `ConfigError`.
 
 Two APIs, chosen in the config:
 
 - `completions` (`POST /v1/completions`): raw text prompts. The chat template is applied by the
-  server or by a template given in the config (`render`), so that a `continue` hand-over can send the exact text another model
-  started; also the only API that can `score` a text.
+  server or by a template given in the config (`render`), so that a `continue` hand-over can send
+  the exact text another model started; also the only API that can `score` a text.
 - `chat` (`POST /v1/chat/completions`): messages only (e.g. OpenAI proper). A prompt with an
   `assistant_prefix` is sent with the assistant message last and `continue_final_message: true,
   add_generation_prompt: false` (vLLM's semantics): the server must support these fields, which
   OpenAI proper does not.
 
-Entropy is estimated from the top-k log-probs the server returns (`Capabilities.entropy =
-"topk"`): with p_1..p_k the top-k probabilities (plus the chosen token's, when it is not among
-them), S their sum and r = 1 - S the leftover mass, the estimate is the entropy of the k + 1
-buckets p_1..p_k, r, i.e. S * H(p / S) + h(S), the renormalised top-k entropy weighted by S plus
-the binary entropy of "in the top-k or not". It is a lower bound of the true entropy (merging the
-tail into one bucket removes its spread) and exact when the top-k hold all the mass.
-
-Scoring uses `echo`: `POST /v1/completions` with `prompt=text, echo=true, logprobs=k` (and, when
-configured, vLLM's `prompt_logprobs=k`), and parses either the echoed `choices[0].logprobs` or
-vLLM's `choices[0].prompt_logprobs`. Servers get echo wrong in ways that give plausible but
-meaningless numbers, so unless the answer carries `prompt_logprobs` (vLLM, whose echo is right),
-`score_check` verifies it before trusting it:
-
-- the echoed token texts must reproduce the scored text at their offsets (llama-cpp-python's
-  server drops special tokens such as `<|im_start|>` from its echo and shifts the offsets);
-- the echo must be aligned: a second, non-echo request (`max_tokens=1`) gives the distribution
-  after the whole text; if the echo reports that very distribution for the text's *last* token,
-  every log-prob is one position off. llama-cpp-python 0.3.36's server does exactly this for any
-  text that does not begin with the model's BOS token (all of SmolLM2 and the Qwen models here
-  add no BOS): the log-prob it reports for token i is that of token i under the distribution
-  *after* token i (on SmolLM2 up to 16.6 nats from the embedded backend's value; its top-k for
-  token i match the embedded log-prob of token i + 1 exactly).
-
-A failed check raises `UnsupportedError` instead of returning wrong numbers.
-
 Usage comes from the final `usage` chunk (requested with `stream_options.include_usage`),
 including `prompt_tokens_details.cached_tokens` when the server reports it (vLLM with
-`--enable-prompt-tokens-details`, OpenAI); without it every prompt token counts as computed.
-A cancelled stream never gets that chunk, and some servers (llama-cpp-python) never send it: the
-prompt is then counted with the server's tokenizer endpoint (vLLM's `/tokenize`, llama.cpp's
-`/tokenize`, llama-cpp-python's `/extras/tokenize`, probed once) and generated tokens are those
-received; a server with no tokenizer endpoint (OpenAI) leaves `prompt_tokens` at 0.
+`--enable-prompt-tokens-details`, OpenAI); without it every prompt token counts as computed and
+the prompt is counted with the server's tokenizer endpoint (`_endpoints`), generated tokens being
+those received.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
 import os
-import time
-from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 
-from ..errors import (
-    BackendError,
-    BackendProtocolError,
-    BackendTimeout,
-    BackendUnavailable,
-    Cancelled,
-    ConfigError,
-    UnsupportedError,
+from ..config import (
+    DEFAULT_CONNECT_TIMEOUT_S,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_MIN_TOKENS_PER_S,
+    DEFAULT_N_CTX,
+    DEFAULT_RETRY_BACKOFF_S,
+    DEFAULT_TIMEOUT_S,
+    DEFAULT_TOP_LOGPROBS,
 )
+from ..errors import BackendError, BackendProtocolError, ConfigError, UnsupportedError
 from ..types import (
+    BackendBase,
     Capabilities,
     GenerationRequest,
     Message,
@@ -113,9 +65,12 @@ from ..types import (
     TokenStream,
     Usage,
 )
-from ._net import guard_client
-from ._sse import LineTooLong, iter_sse_data, split_lines
-from .guard import DeadlineExceeded, Interrupted, bounded, current_guard
+from ._echo import EchoScorer
+from ._endpoints import ServerEndpoints
+from ._http import TOKEN_SLACK, BackendHTTPError, HttpClient, Watch, line_cap, stream_cap
+from ._sse import iter_sse_data
+from ._wire import apply_usage, parse_chunk, topk_entropy
+from .chat_template import ChatTemplateFailed, ChatTemplateRefused, render_chat, template_id
 
 if TYPE_CHECKING:
     from ..config import BackendSettings
@@ -129,35 +84,6 @@ __all__ = [
 ]
 
 Api = Literal["completions", "chat"]
-
-_MAX_BACKOFF_S = 8.0
-# statuses with which a probe learns that the server has no such endpoint or field
-_ABSENT = frozenset({400, 404, 405, 422, 501})
-_ALIGN_TOL = 0.3  # nats: batched and one-token decoding differ by up to ~0.1 on quantised models
-# size caps (see the module docstring): what any answer may hold besides its tokens, and per token
-_BASE_BYTES = 1 << 20
-_LINE_BASE_BYTES = 256 << 10
-_ERROR_BODY_BYTES = 64 << 10
-_TOKEN_SLACK = 16  # tokens a stream may send beyond max_tokens before it is a protocol error
-
-
-def _token_bytes(k: int) -> int:
-    """Generous bytes of JSON per token with `k` alternatives (a chat-API alternative with its
-    `bytes` array is ~60-120 bytes; a completions-API one ~30)."""
-    return 1024 + 128 * max(0, k)
-
-
-def _stream_cap(max_tokens: int, k: int) -> int:
-    return _BASE_BYTES + (max(0, max_tokens) + _TOKEN_SLACK) * _token_bytes(k)
-
-
-def _line_cap(k: int) -> int:
-    return _LINE_BASE_BYTES + 16 * _token_bytes(k)
-
-
-def _score_cap(text: str, k: int, *, max_tokens: int, prompt_logprobs: bool) -> int:
-    n_tokens = len(text.encode("utf-8")) + max_tokens + _TOKEN_SLACK  # a token holds at least one byte
-    return _BASE_BYTES + n_tokens * _token_bytes(k) * (2 if prompt_logprobs else 1)
 
 
 @dataclass(frozen=True)
@@ -188,17 +114,17 @@ class OpenAIBackendConfig:
     base_url: str
     model: str
     n_params: int
-    n_ctx: int = 4096
+    n_ctx: int = DEFAULT_N_CTX
     api: Api = "completions"
     api_key: str | None = field(default=None, repr=False)
     api_key_env: str | None = None
-    timeout_s: float = 120.0
-    connect_timeout_s: float = 10.0
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
     idle_timeout_s: float | None = None
-    min_tokens_per_s: float = 1.0
-    max_retries: int = 2
-    retry_backoff_s: float = 0.5
-    top_logprobs: int = 5
+    min_tokens_per_s: float = DEFAULT_MIN_TOKENS_PER_S
+    max_retries: int = DEFAULT_MAX_RETRIES
+    retry_backoff_s: float = DEFAULT_RETRY_BACKOFF_S
+    top_logprobs: int = DEFAULT_TOP_LOGPROBS
     tokenizer_id: str = ""
     chat_template_id: str = ""
     chat_template: str | None = field(default=None, repr=False)
@@ -266,218 +192,7 @@ class OpenAIBackendConfig:
         )
 
 
-class BackendHTTPError(BackendProtocolError):
-    """The server answered with a non-2xx status."""
-
-    def __init__(self, message: str, status_code: int) -> None:
-        super().__init__(message)
-        self.status_code = status_code
-
-
-class _Watch:
-    """The deadlines of one request to the server (`time.monotonic()` seconds): its answer (the
-    headers, then a stream's first data event, or a whole non-streamed answer) by `first_s`; with
-    `idle_s`, each next data event within `idle_s` of the previous one; with `total_s`, the end.
-    Time the consumer holds a streamed token (between `pause` and `resume`) is not counted."""
-
-    def __init__(self, first_s: float, idle_s: float | None = None, total_s: float | None = None,
-                 *, stream: bool = False) -> None:
-        self.first_s, self.idle_s, self.total_s, self.stream = first_s, idle_s, total_s, stream
-        self.restart()
-
-    def restart(self) -> None:
-        now = time.monotonic()
-        self.data_by = now + self.first_s
-        self.end_by = None if self.total_s is None else now + self.total_s
-        self.got_data = False
-        self._paused: float | None = None
-
-    def deadline(self) -> float:
-        return self.data_by if self.end_by is None else min(self.data_by, self.end_by)
-
-    def data(self) -> None:
-        """A data event arrived: the idle deadline starts again."""
-        self.got_data = True
-        if self.idle_s is not None:
-            self.data_by = time.monotonic() + self.idle_s
-
-    def pause(self) -> None:
-        self._paused = time.monotonic()
-
-    def resume(self) -> None:
-        if self._paused is not None:
-            held = time.monotonic() - self._paused
-            self._paused = None
-            self.data_by += held
-            if self.end_by is not None:
-                self.end_by += held
-
-    def check(self) -> None:
-        if time.monotonic() >= self.deadline():
-            raise DeadlineExceeded("deadline reached")
-
-    def describe(self) -> str:
-        """Which deadline passed."""
-        if self.end_by is not None and self.end_by <= self.data_by:
-            return (f"the stream did not end within {self.total_s:g} s "
-                    "(timeout_s + max_tokens / min_tokens_per_s)")
-        if not self.stream:
-            return f"no complete answer within {self.first_s:g} s"
-        if not self.got_data:
-            return f"no data within {self.first_s:g} s of the request"
-        return f"no data for {self.idle_s:g} s (keep-alive comments do not count)"
-
-
-# ---- pure helpers --------------------------------------------------------------------------------
-def topk_entropy(logprobs: Iterable[float | None]) -> float | None:
-    """Entropy (nats) of the buckets `exp(lp)` for the given log-probs plus one bucket for the
-    leftover mass: a lower bound of the full distribution's entropy (see the module docstring)."""
-    ps = [math.exp(lp) for lp in logprobs if lp is not None and math.isfinite(lp)]
-    if not ps:
-        return None
-    total = sum(ps)
-    if total > 1.0:  # rounding on the server: renormalise
-        ps = [p / total for p in ps]
-        total = 1.0
-    h = -sum(p * math.log(p) for p in ps if p > 0.0)
-    rest = 1.0 - total
-    if rest > 1e-12:
-        h -= rest * math.log(rest)
-    return max(0.0, h)
-
-
-def _sha16(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
-# LlamaCppBackend identifies a chat template by how it renders this conversation (tests check that
-# both backends give one template the same id)
-_TEMPLATE_PROBE = Prompt(
-    messages=(Message("system", "S"), Message("user", "U"), Message("assistant", "A"), Message("user", "V")),
-    assistant_prefix="P",
-)
-
-
-@dataclass
-class _Entry:
-    """One token as an API reports it: text, log-prob, and the log-probs of the alternatives."""
-
-    text: str
-    logprob: float | None
-    top: dict[str, float] | None  # completions form: {token text: logprob}
-    top_list: list[float] | None = None  # chat form (token texts may repeat)
-
-    def entropy(self) -> float | None:
-        if self.top_list is not None:
-            known = list(self.top_list)
-            if self.logprob is not None and not any(abs(v - self.logprob) < 1e-9 for v in known):
-                known.append(self.logprob)
-            return topk_entropy(known) if self.top_list else None
-        if not self.top:
-            return None
-        known = list(self.top.values())
-        if self.logprob is not None and self.text not in self.top:
-            known.append(self.logprob)
-        return topk_entropy(known)
-
-
-def _num(x: Any) -> float | None:
-    if x is None:
-        return None
-    if isinstance(x, bool) or not isinstance(x, int | float):
-        raise BackendProtocolError(f"malformed log-probs: expected a number, got {x!r}")
-    return float(x)
-
-
-def _completion_entries(lp: Any) -> list[_Entry]:
-    """Entries of a completions-style `logprobs` object (tokens / token_logprobs / top_logprobs)."""
-    if not lp:
-        return []
-    if not isinstance(lp, Mapping):
-        raise BackendProtocolError("malformed logprobs object")
-    tokens = lp.get("tokens") or []
-    values = lp.get("token_logprobs") or [None] * len(tokens)
-    tops = lp.get("top_logprobs") or [None] * len(tokens)
-    if not (len(tokens) == len(values) == len(tops)):
-        raise BackendProtocolError("logprobs lists of different lengths")
-    out = []
-    for tok, val, top in zip(tokens, values, tops, strict=True):
-        if not isinstance(tok, str) or (top is not None and not isinstance(top, Mapping)):
-            raise BackendProtocolError("malformed logprobs entry")
-        top_d = {str(k): float(v) for k, v in top.items() if v is not None} if top else None
-        out.append(_Entry(tok, _num(val), top_d))
-    return out
-
-
-def _chat_entries(lp: Any) -> list[_Entry]:
-    """Entries of a chat-style `logprobs` object (`content: [{token, logprob, top_logprobs}]`)."""
-    if not lp:
-        return []
-    if not isinstance(lp, Mapping):
-        raise BackendProtocolError("malformed logprobs object")
-    out = []
-    for item in lp.get("content") or []:
-        if not isinstance(item, Mapping) or not isinstance(item.get("token"), str):
-            raise BackendProtocolError("malformed logprobs entry")
-        tops = [_num(t.get("logprob")) for t in item.get("top_logprobs") or [] if isinstance(t, Mapping)]
-        out.append(_Entry(item["token"], _num(item.get("logprob")), None, [t for t in tops if t is not None]))
-    return out
-
-
-def _steps_for_chunk(text: str, entries: Sequence[_Entry], *, with_entropy: bool = True) -> list[TokenStep]:
-    """TokenSteps for one streamed chunk: one per token when the log-probs say which tokens the
-    text is made of, else the text alone (log-prob unknown)."""
-    if len(entries) == 1:
-        e = entries[0]
-        return [TokenStep(text, e.logprob, e.entropy() if with_entropy else None)]
-    if entries and "".join(e.text for e in entries) == text:
-        return [TokenStep(e.text, e.logprob, e.entropy() if with_entropy else None) for e in entries]
-    return [TokenStep(text)] if text else []
-
-
-def _cumulative(entries: Sequence[_Entry]) -> list[int]:
-    offsets, pos = [], 0
-    for e in entries:
-        offsets.append(pos)
-        pos += len(e.text)
-    return offsets
-
-
-def _apply_usage(usage: Usage, u: Any) -> bool:
-    """Fill `usage` from an OpenAI `usage` object; False when there is none."""
-    if not isinstance(u, Mapping) or u.get("prompt_tokens") is None:
-        return False
-    try:
-        pt = int(u["prompt_tokens"])
-        ct = int(u.get("completion_tokens") or 0)
-        details = u.get("prompt_tokens_details")
-        cached = int(details.get("cached_tokens") or 0) if isinstance(details, Mapping) else 0
-    except (TypeError, ValueError) as exc:
-        raise BackendProtocolError(f"malformed usage object: {u!r}") from exc
-    cached = max(0, min(cached, pt))
-    usage.prompt_tokens = pt
-    usage.cached_prompt_tokens = cached
-    usage.computed_prompt_tokens = pt - cached
-    usage.generated_tokens = ct
-    return True
-
-
-def _error_message(raw: bytes) -> str:
-    """The server's own error message, from the usual shapes of error bodies."""
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        return raw[:500].decode("utf-8", "replace").strip()
-    msg: Any = body
-    if isinstance(body, Mapping):
-        msg = body.get("error", body.get("detail", body.get("message", body)))
-        if isinstance(msg, Mapping):
-            msg = msg.get("message", msg)
-    return (msg if isinstance(msg, str) else json.dumps(msg))[:500]
-
-
-# ---- the backend ---------------------------------------------------------------------------------
-class OpenAIBackend:
+class OpenAIBackend(BackendBase):
     """A `Backend` for one model served by an OpenAI-compatible endpoint.
 
     `transport` replaces the network (e.g. `httpx.MockTransport` in tests). The backend is safe to
@@ -493,31 +208,22 @@ class OpenAIBackend:
             key = os.environ.get(config.api_key_env)
             if not key:
                 raise ConfigError(f"environment variable {config.api_key_env} (API key) is not set")
-        self._secret = key or ""
-        headers = {"Accept": "application/json", "Accept-Encoding": "identity"}
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        api_base = config.base_url.rstrip("/")
-        self._api_base = api_base
-        self._root = api_base[: -len("/v1")] if api_base.endswith("/v1") else api_base
-        self._timeout_s = config.timeout_s
-        self._idle_s = config.idle_timeout_s if config.idle_timeout_s is not None else config.timeout_s
-        self._client = httpx.Client(
-            headers=headers,
-            timeout=httpx.Timeout(config.timeout_s, connect=config.connect_timeout_s),
-            transport=transport,
-            follow_redirects=False,
+        name = config.name or config.model
+        self._http = HttpClient(
+            name=name, base_url=config.base_url, api_key=key or "", timeout_s=config.timeout_s,
+            connect_timeout_s=config.connect_timeout_s, max_retries=config.max_retries,
+            retry_backoff_s=config.retry_backoff_s, transport=transport,
         )
-        # every connect / read / write obeys the deadlines and the run's guard (False with a mock)
-        self.guarded_network = guard_client(self._client)
-        self._render_via: str | None = None  # "apply-template", "tokenize" or "none", once probed
-        self._template: Any = None
-        self._count_via: int | None = None  # index into the tokenize probes, -1: none works
-        self._absent_paths: set[str] = set()
-        scoring = config.api == "completions" and config.supports_scoring
+        self.guarded_network = self._http.guarded_network
+        self._idle_s = config.idle_timeout_s if config.idle_timeout_s is not None else config.timeout_s
+        self._endpoints = ServerEndpoints(self._http, config.model)
+        self._echo = EchoScorer(
+            self._http, model=config.model, top_logprobs=config.top_logprobs, max_tokens=config.score_max_tokens,
+            prompt_logprobs=config.prompt_logprobs, check=config.score_check, merge=self._merge,
+        )
         k = config.top_logprobs
         self._info = ModelInfo(
-            name=config.name or config.model,
+            name=name,
             n_params=config.n_params,
             n_ctx=config.n_ctx,
             tokenizer_id=config.tokenizer_id,
@@ -525,16 +231,19 @@ class OpenAIBackend:
             capabilities=Capabilities(
                 stream_logprobs=True,
                 entropy="topk" if k > 0 else "none",
-                score=scoring,
+                score=config.api == "completions" and config.supports_scoring,
                 raw_prompt=config.api == "completions",
             ),
             checksum=config.checksum,
         )
         if config.chat_template is not None and not config.chat_template_id and config.api == "completions":
             try:
-                self._info = replace(self._info, chat_template_id=_sha16(self.render(_TEMPLATE_PROBE)))
+                self._info = replace(self._info, chat_template_id=template_id(self.render))
+            except (ChatTemplateRefused, ChatTemplateFailed) as exc:
+                self._http.close()
+                raise ConfigError(f"invalid chat_template: {exc}") from exc
             except BaseException:
-                self._client.close()
+                self._http.close()
                 raise
 
     # ---- Backend ---------------------------------------------------------------------------------
@@ -543,7 +252,7 @@ class OpenAIBackend:
         return self._info
 
     def close(self) -> None:
-        self._client.close()
+        self._http.close()
 
     def __enter__(self) -> OpenAIBackend:
         return self
@@ -553,8 +262,7 @@ class OpenAIBackend:
 
     def render(self, prompt: Prompt) -> str:
         """The raw prompt text: the chat template applied (locally with `chat_template`, else by
-        the server: llama.cpp's `POST /apply-template` or vLLM's `POST /tokenize` + `/detokenize`,
-        probed once), the assistant turn opened and `assistant_prefix` appended."""
+        the server, see `_endpoints`), the assistant turn opened and `assistant_prefix` appended."""
         if self.config.api == "chat":
             raise UnsupportedError(
                 f"{self._info.name}: the chat API takes messages only, it has no raw prompt text"
@@ -570,47 +278,21 @@ class OpenAIBackend:
         return TokenStream(self._generate(path, body, count_body, usage), usage)
 
     def score(self, text: str) -> ScoreResult:
-        """Per-token log-probs of `text` from the server's echo (see the module docstring).
-
-        `usage` is that of the echo request (its prompt tokens, cached ones when the server says,
-        and the one token it had to generate); the check's second request is not counted."""
+        """Per-token log-probs of `text` from the server's echo (see `_echo`)."""
         if not self._info.capabilities.score:
             why = "the chat API cannot" if self.config.api == "chat" else "the config says the server cannot"
             raise UnsupportedError(f"{self._info.name}: scoring needs the completions API and echo; {why}")
         if not text:
             raise UnsupportedError("cannot score an empty text")
-        k = max(1, self.config.top_logprobs)
-        body: dict[str, Any] = {
-            "model": self.config.model, "prompt": text, "max_tokens": self.config.score_max_tokens,
-            "temperature": 0.0, "echo": True, "logprobs": k, "stream": False,
-        }
-        if self.config.prompt_logprobs:
-            body["prompt_logprobs"] = k
-        t0 = time.perf_counter()
-        cap = _score_cap(text, k, max_tokens=self.config.score_max_tokens,
-                         prompt_logprobs=self.config.prompt_logprobs)
-        data = self._post_json("/completions", self._merge(body), cap=cap)
-        choice = self._first_choice(data)
-        usage = Usage()
-        has_usage = _apply_usage(usage, data.get("usage"))
-        entries, offsets, trusted = self._score_entries(choice, text, usage.prompt_tokens if has_usage else None)
-        if not entries:
-            raise UnsupportedError(
-                f"{self._info.name}: the server returned no log-probs for the prompt (no echo support)"
-            )
-        if self.config.score_check and not trusted:
-            self._check_pieces(entries, offsets, text)
-            self._check_alignment(entries, text)
-        steps = [
-            TokenStep(e.text, None if i == 0 else e.logprob, None if i == 0 else e.entropy())
-            for i, e in enumerate(entries)
-        ]
-        if not has_usage:
-            usage.prompt_tokens = usage.computed_prompt_tokens = len(entries)
-        usage.seconds = time.perf_counter() - t0
-        return ScoreResult(steps=steps, offsets=offsets, usage=usage)
+        return self._echo.score(text)
 
     # ---- generation ------------------------------------------------------------------------------
+    def _apply_template(self, messages: Sequence[Message]) -> str:
+        if self.config.chat_template is not None:
+            return render_chat(self.config.chat_template, messages, owner=self._info.name,
+                               bos_token=self.config.bos_token, eos_token=self.config.eos_token)
+        return self._endpoints.apply_template(messages)
+
     def _merge(self, body: dict[str, Any]) -> dict[str, Any]:
         return {**dict(self.config.extra_body), **body}
 
@@ -644,468 +326,50 @@ class OpenAIBackend:
     def _generate(
         self, path: str, body: dict[str, Any], count_body: dict[str, Any], usage: Usage
     ) -> Generator[TokenStep, None, str]:
-        cfg = self.config
+        cfg, http, name = self.config, self._http, self._info.name
         max_tokens = int(body["max_tokens"])
         chat = cfg.api == "chat"
         k = int(body.get("top_logprobs", 0) if chat else body.get("logprobs", 0))
-        watch = _Watch(cfg.timeout_s, self._idle_s, cfg.timeout_s + max_tokens / cfg.min_tokens_per_s, stream=True)
-        resp = self._send(path, body, watch=watch)
+        watch = Watch(cfg.timeout_s, self._idle_s, cfg.timeout_s + max_tokens / cfg.min_tokens_per_s, stream=True)
+        resp = http.send(path, body, watch=watch)
         finish: str | None = None
         done = reported = ended_well = cancelled = False
         n_tokens = 0
         try:
-            lines = split_lines(self._chunks(resp, watch, _stream_cap(max_tokens, k)), _line_cap(k))
-            for data in iter_sse_data(lines):
+            for data in http.sse_data(resp, watch, cap=stream_cap(max_tokens, k), max_line=line_cap(k)):
                 watch.data()
                 if data.strip() == "[DONE]":
                     done = True
                     break
-                chunk = self._parse_json(data, "stream chunk")
-                if chunk.get("error"):
-                    err = chunk["error"]
-                    msg = err.get("message", err) if isinstance(err, Mapping) else err
-                    raise BackendProtocolError(self._redact(f"{self._info.name}: server error mid-stream: {msg}"))
-                reported = _apply_usage(usage, chunk.get("usage")) or reported
-                for choice in chunk.get("choices") or []:
-                    if not isinstance(choice, Mapping) or choice.get("index", 0) != 0:
-                        continue
-                    if chat:
-                        delta = choice.get("delta") or {}
-                        text = (delta.get("content") or "") if isinstance(delta, Mapping) else ""
-                        entries = _chat_entries(choice.get("logprobs"))
-                    else:
-                        text = choice.get("text") or ""
-                        entries = _completion_entries(choice.get("logprobs"))
-                    if not isinstance(text, str):
-                        raise BackendProtocolError(f"{self._info.name}: malformed stream chunk (text)")
-                    steps = _steps_for_chunk(text, entries, with_entropy=k > 0)
-                    n_tokens += len(entries) or len(steps)
-                    if n_tokens > max_tokens + _TOKEN_SLACK:
+                chunk = http.parse_json(data, "stream chunk")
+                with http.parsing("stream chunk"):
+                    parsed = parse_chunk(chunk, chat=chat, with_entropy=k > 0)
+                    if parsed.error is None:
+                        reported = apply_usage(usage, chunk.get("usage")) or reported
+                if parsed.error is not None:
+                    raise BackendProtocolError(http.redact(f"{name}: server error mid-stream: {parsed.error}"))
+                for delta in parsed.deltas:
+                    n_tokens += delta.n_tokens
+                    if n_tokens > max_tokens + TOKEN_SLACK:
                         raise BackendProtocolError(
-                            f"{self._info.name}: the server sent more than {n_tokens - 1} tokens for "
-                            f"max_tokens={max_tokens}"
+                            f"{name}: the server sent more than {n_tokens - 1} tokens for max_tokens={max_tokens}"
                         )
                     if not reported:
-                        usage.generated_tokens += len(entries) or len(steps)
-                    for step in steps:
+                        usage.generated_tokens += delta.n_tokens
+                    for step in delta.steps:
                         watch.pause()
                         yield step
                         watch.resume()
-                    if choice.get("finish_reason"):
-                        finish = str(choice["finish_reason"])
+                    if delta.finish is not None:
+                        finish = delta.finish
             if not done and finish is None:
-                raise BackendError(
-                    f"{self._info.name}: stream ended unexpectedly (neither [DONE] nor a finish reason)"
-                )
+                raise BackendError(f"{name}: stream ended unexpectedly (neither [DONE] nor a finish reason)")
             ended_well = True
-        except LineTooLong as exc:
-            raise BackendProtocolError(f"{self._info.name}: malformed stream: {exc}") from exc
         except GeneratorExit:
             cancelled = True
             raise
         finally:
             resp.close()
-            if (ended_well or cancelled) and not reported:
-                self._count_prompt(count_body, usage)
+            if (ended_well or cancelled) and not reported and cfg.count_prompt_tokens:
+                self._endpoints.count_prompt(count_body, usage)
         return finish or "stop"
-
-    def _chunks(self, resp: httpx.Response, watch: _Watch, cap: int) -> Iterator[bytes]:
-        """The response's body as it arrives, at most `cap` bytes, each read bounded by the watch's
-        deadline (and the run's guard); errors translated (the answer has started)."""
-        it = resp.iter_bytes()
-        total = 0
-        while True:
-            try:
-                watch.check()
-                with bounded(watch.deadline()):
-                    chunk = next(it, None)
-                watch.check()  # bytes trickled in until past the deadline
-            except (DeadlineExceeded, Interrupted) as exc:
-                raise self._limit_error(exc, watch, self._api_base) from exc
-            except httpx.TimeoutException as exc:
-                raise BackendTimeout(
-                    f"{self._info.name}: no data from {self._api_base} for {self._timeout_s:g} s"
-                ) from exc
-            except (httpx.RemoteProtocolError, httpx.NetworkError) as exc:
-                raise BackendError(
-                    self._redact(f"{self._info.name}: stream ended unexpectedly (connection lost: {exc})")
-                ) from exc
-            except httpx.HTTPError as exc:
-                raise BackendError(self._redact(f"{self._info.name}: stream failed: {exc}")) from exc
-            if chunk is None:
-                return
-            total += len(chunk)
-            if total > cap:
-                raise BackendProtocolError(f"{self._info.name}: the answer is larger than {cap} bytes")
-            yield chunk
-
-    def _read_body(self, resp: httpx.Response, watch: _Watch, cap: int, *, truncate: bool = False) -> bytes:
-        """A whole body of at most `cap` bytes (a protocol error beyond, or with `truncate` the
-        first `cap` bytes)."""
-        length = resp.headers.get("content-length")
-        if not truncate and length is not None and length.isdigit() and int(length) > cap:
-            raise BackendProtocolError(f"{self._info.name}: the answer is larger than {cap} bytes ({length})")
-        parts: list[bytes] = []
-        size = 0
-        for chunk in self._chunks(resp, watch, cap if not truncate else 1 << 62):
-            parts.append(chunk)
-            size += len(chunk)
-            if truncate and size >= cap:
-                break
-        return b"".join(parts)[:cap] if truncate else b"".join(parts)
-
-    def _limit_error(self, exc: Exception, watch: _Watch, url: str) -> Exception:
-        """What a passed deadline or an interrupt becomes: the run's (Cancelled) or this call's
-        (BackendTimeout)."""
-        guard = current_guard()
-        if guard is not None and (guard.interrupted or isinstance(exc, Interrupted)):
-            return Cancelled(f"run cancelled ({guard.reason or 'interrupted'})")
-        if guard is not None and guard.expired():
-            return Cancelled("run cancelled (timeout)")
-        return BackendTimeout(f"{self._info.name}: {watch.describe()} ({url})")
-
-    def _count_prompt(self, count_body: dict[str, Any], usage: Usage) -> None:
-        """Prompt tokens when the server reported no usage (no usage chunk, or a cancelled stream):
-        asked from the server's tokenizer endpoint; all counted as computed. Best effort: left at
-        0 when the server has no such endpoint."""
-        if not self.config.count_prompt_tokens or self._count_via == -1:
-            return
-        guard = current_guard()
-        if guard is not None and (guard.interrupted or guard.expired()):
-            return  # the run is over: no more calls for it
-        if "messages" in count_body:
-            probes = [("/tokenize", {"model": self.config.model, **count_body})]
-        else:
-            prompt = count_body["prompt"]
-            probes = [
-                ("/tokenize", {"model": self.config.model, "prompt": prompt}),  # vLLM, SGLang
-                ("/tokenize", {"content": prompt, "add_special": True}),  # llama.cpp's llama-server
-                ("/extras/tokenize", {"model": self.config.model, "input": prompt}),  # llama-cpp-python
-            ]
-        order = range(len(probes)) if self._count_via is None else [self._count_via]
-        for i in order:
-            path, body = probes[i]
-            if path in self._absent_paths:
-                continue
-            try:
-                data = self._post_json(path, body, root=True, retry=False)
-            except BackendHTTPError as exc:
-                if exc.status_code in (404, 405):
-                    self._absent_paths.add(path)
-                if exc.status_code in _ABSENT:
-                    continue
-                return
-            except (BackendError, Cancelled):
-                return
-            n = data.get("count")
-            tokens = data.get("tokens")
-            if not isinstance(n, int):
-                n = len(tokens) if isinstance(tokens, list) else None
-            if n is None:
-                continue
-            self._count_via = i
-            usage.prompt_tokens = usage.computed_prompt_tokens = n
-            usage.cached_prompt_tokens = 0
-            return
-        if self._count_via is None:
-            self._count_via = -1
-
-    # ---- render ----------------------------------------------------------------------------------
-    def _apply_template(self, messages: Sequence[Message]) -> str:
-        msgs = [{"role": m.role, "content": m.content} for m in messages]
-        if self.config.chat_template is not None:
-            return self._render_local(msgs)
-        methods = ("apply-template", "tokenize") if self._render_via is None else (self._render_via,)
-        for method in methods:
-            if method == "none":
-                break
-            try:
-                text = self._render_apply_template(msgs) if method == "apply-template" else self._render_tokenize(msgs)
-            except BackendHTTPError as exc:
-                if exc.status_code in _ABSENT and self._render_via is None:
-                    continue
-                raise
-            self._render_via = method
-            return text
-        self._render_via = "none"
-        raise UnsupportedError(
-            f"{self._info.name}: the server at {self._root} cannot apply the chat template (tried POST "
-            "/apply-template and POST /tokenize with messages): set chat_template in the config"
-        )
-
-    def _render_apply_template(self, msgs: list[dict[str, str]]) -> str:
-        data = self._post_json("/apply-template", {"messages": msgs}, root=True)
-        prompt = data.get("prompt")
-        if not isinstance(prompt, str):
-            raise BackendProtocolError(f"{self._info.name}: /apply-template answered without a prompt")
-        return prompt
-
-    def _render_tokenize(self, msgs: list[dict[str, str]]) -> str:
-        model = self.config.model
-        data = self._post_json(
-            "/tokenize",
-            {"model": model, "messages": msgs, "add_generation_prompt": True, "add_special_tokens": False},
-            root=True,
-        )
-        tokens = data.get("tokens")
-        if not isinstance(tokens, list):
-            raise BackendProtocolError(f"{self._info.name}: /tokenize answered without tokens")
-        out = self._post_json("/detokenize", {"model": model, "tokens": tokens}, root=True)
-        prompt = out.get("prompt")
-        if not isinstance(prompt, str):
-            raise BackendProtocolError(f"{self._info.name}: /detokenize answered without a prompt")
-        return prompt
-
-    def _render_local(self, msgs: list[dict[str, str]]) -> str:
-        if self._template is None:
-            try:
-                from jinja2 import TemplateError
-                from jinja2.sandbox import ImmutableSandboxedEnvironment
-            except ImportError as exc:
-                raise ConfigError("a local chat_template needs jinja2: pip install jinja2") from exc
-
-            def raise_exception(message: str) -> None:
-                raise ConfigError(f"chat template: {message}")
-
-            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-            env.globals["raise_exception"] = raise_exception
-            try:
-                self._template = env.from_string(self.config.chat_template or "")
-            except TemplateError as exc:
-                raise ConfigError(f"invalid chat_template: {exc}") from exc
-        from jinja2 import TemplateError as RenderError
-
-        try:
-            return str(
-                self._template.render(
-                    messages=msgs, add_generation_prompt=True,
-                    bos_token=self.config.bos_token, eos_token=self.config.eos_token,
-                )
-            )
-        except RenderError as exc:
-            raise ConfigError(f"chat_template failed to render: {exc}") from exc
-
-    # ---- scoring ---------------------------------------------------------------------------------
-    def _score_entries(
-        self, choice: Mapping[str, Any], text: str, n_prompt: int | None
-    ) -> tuple[list[_Entry], list[int], bool]:
-        """The prompt's entries and their character offsets in `text`; True when the answer also
-        carries vLLM's `prompt_logprobs` (a server known to align its echo correctly).
-
-        A leading token that the text does not contain (a BOS the server added, e.g. vLLM's
-        `<s>`) is kept, at offset 0, and the other offsets are moved back by its length."""
-        lp = choice.get("logprobs")
-        raw_prompt_lps = choice.get("prompt_logprobs")
-        prompt_lps: list[Any] = raw_prompt_lps if isinstance(raw_prompt_lps, list) else []
-        trusted = len(prompt_lps) > 0
-        entries = _completion_entries(lp)
-        if not entries:
-            entries = self._prompt_logprob_entries(prompt_lps, text) if trusted else []
-            return entries, _cumulative(entries), trusted
-        raw_offsets = lp.get("text_offset") if isinstance(lp, Mapping) else None
-        if isinstance(raw_offsets, list) and len(raw_offsets) == len(entries):
-            offsets = [int(o) for o in raw_offsets]
-        else:
-            offsets = _cumulative(entries)
-        shift = 0
-        first = entries[0].text
-        if (len(entries) > 1 and first and not text.startswith(first) and offsets[1] == len(first)
-                and text.startswith(entries[1].text)):
-            shift = len(first)
-            offsets = [0] + [o - shift for o in offsets[1:]]
-        # drop the generated token(s), which servers echo too: vLLM gives one prompt_logprobs entry
-        # per prompt token; otherwise by offset, never more than the prompt's token count
-        if trusted:
-            keep = len(prompt_lps)
-        else:
-            keep = sum(1 for i, o in enumerate(offsets) if o < len(text) or (i == 0 and shift))
-            if n_prompt is not None:
-                keep = min(keep, n_prompt)
-        return entries[:keep], offsets[:keep], trusted
-
-    def _prompt_logprob_entries(self, prompt_lps: list[Any], text: str) -> list[_Entry]:
-        """vLLM's `prompt_logprobs`: per position None (the first) or {token id: {logprob, rank,
-        decoded_token}}, the prompt's own token first."""
-        out: list[_Entry] = []
-        for item in prompt_lps:
-            if item is None:
-                out.append(_Entry("", None, None))
-                continue
-            if not isinstance(item, Mapping) or not item:
-                raise BackendProtocolError(f"{self._info.name}: malformed prompt_logprobs entry")
-            vals = [v for v in item.values() if isinstance(v, Mapping)]
-            if not vals:
-                raise BackendProtocolError(f"{self._info.name}: malformed prompt_logprobs entry")
-            own = vals[0]
-            top = {str(v.get("decoded_token", i)): float(v["logprob"]) for i, v in enumerate(vals)}
-            out.append(_Entry(str(own.get("decoded_token", "")), _num(own.get("logprob")), top))
-        if out and out[0].text == "":  # the first token's text: what the others leave of the text
-            rest = "".join(e.text for e in out[1:])
-            if text.endswith(rest):
-                out[0].text = text[: len(text) - len(rest)]
-        return out
-
-    def _check_pieces(self, entries: Sequence[_Entry], offsets: Sequence[int], text: str) -> None:
-        """The echoed tokens must sit where they say in the scored text."""
-        last = -1
-        bos = len(offsets) > 1 and offsets[1] == 0  # a leading token the text does not contain
-        for i, (e, off) in enumerate(zip(entries, offsets, strict=True)):
-            bad = off < last or off > len(text)
-            if not bad and e.text and "\ufffd" not in e.text and not (i == 0 and bos):
-                bad = text[off : off + len(e.text)] != e.text
-            if bad:
-                raise UnsupportedError(
-                    f"{self._info.name}: the server's echoed tokens do not reproduce the scored text "
-                    f"(token {e.text!r} at offset {off}); it may drop special tokens from its echo. "
-                    "Its log-probs cannot be mapped to the text"
-                )
-            last = off
-        end = offsets[-1] + len(entries[-1].text) if entries else 0
-        if entries and end < len(text) and "\ufffd" not in entries[-1].text:
-            raise UnsupportedError(
-                f"{self._info.name}: the server's echoed tokens cover {end} of {len(text)} characters"
-            )
-
-    def _check_alignment(self, entries: Sequence[_Entry], text: str) -> None:
-        """Compare the distribution after the whole text (non-echo request) with the echo's entry
-        for the text's last token: if they are the same distribution, the echo is one off."""
-        k = max(1, self.config.top_logprobs)
-        body = {
-            "model": self.config.model, "prompt": text, "max_tokens": 1, "temperature": 0.0,
-            "logprobs": k, "stream": False,
-        }
-        data = self._post_json("/completions", self._merge(body))
-        after = _completion_entries(self._first_choice(data).get("logprobs"))
-        if not after or not after[0].top:
-            raise UnsupportedError(
-                f"{self._info.name}: cannot verify the echo's alignment (no log-probs after the text); "
-                "set score_check=False to trust the server"
-            )
-        last = entries[-1].top
-        if last and _same_distribution(after[0].top, last, k):
-            raise UnsupportedError(
-                f"{self._info.name}: the server's echo log-probs are one position off (each token is "
-                "given the distribution that follows it; llama-cpp-python's server does this for "
-                "texts that do not begin with a BOS token). Score with the embedded llama.cpp "
-                "backend or a server that returns prompt log-probs (vLLM)"
-            )
-
-    # ---- HTTP ------------------------------------------------------------------------------------
-    def _url(self, path: str, root: bool) -> str:
-        return (self._root if root else self._api_base) + path
-
-    def _redact(self, text: str) -> str:
-        return text.replace(self._secret, "***") if self._secret else text
-
-    def _backoff(self, attempt: int, resp: httpx.Response | None) -> float:
-        if resp is not None:
-            after = resp.headers.get("retry-after")
-            try:
-                if after is not None:
-                    return min(_MAX_BACKOFF_S, max(0.0, float(after)))
-            except ValueError:
-                pass
-        return min(_MAX_BACKOFF_S, self.config.retry_backoff_s * 2 ** (attempt - 1))
-
-    def _pause(self, seconds: float, watch: _Watch) -> None:
-        """Back off before a retry: no longer than the deadlines allow, interrupted by the guard."""
-        seconds = min(seconds, max(0.0, watch.deadline() - time.monotonic()))
-        guard = current_guard()
-        if guard is None:
-            time.sleep(seconds)
-        elif guard.wait(seconds):
-            raise Cancelled(f"run cancelled ({guard.reason or 'interrupted'})")
-
-    def _send(self, path: str, body: dict[str, Any], *, watch: _Watch, root: bool = False,
-              retry: bool = True) -> httpx.Response:
-        """POST `body`; a 2xx response with its headers read and its body not. Retries connection
-        errors, 5xx and 429 up to `max_retries` times with backoff; each attempt restarts `watch`."""
-        url = self._url(path, root)
-        retries = self.config.max_retries if retry else 0
-        attempt = 0
-        while True:
-            attempt += 1
-            watch.restart()
-            try:
-                req = self._client.build_request("POST", url, json=body)
-                with bounded(watch.deadline()):
-                    resp = self._client.send(req, stream=True)
-            except (DeadlineExceeded, Interrupted) as exc:
-                raise self._limit_error(exc, watch, url) from exc
-            except httpx.HTTPError as exc:
-                retryable = isinstance(
-                    exc, httpx.NetworkError | httpx.RemoteProtocolError | httpx.ConnectTimeout | httpx.PoolTimeout
-                )
-                if retryable and attempt <= retries:
-                    self._pause(self._backoff(attempt, None), watch)
-                    continue
-                raise self._translate(exc, url) from exc
-            if 200 <= resp.status_code < 300:
-                return resp
-            status = resp.status_code
-            try:
-                message = _error_message(self._read_body(resp, watch, _ERROR_BODY_BYTES, truncate=True))
-            except (BackendTimeout, BackendError):
-                message = "(the error body could not be read)"
-            finally:
-                resp.close()
-            if (status == 429 or status >= 500) and attempt <= retries:
-                self._pause(self._backoff(attempt, resp), watch)
-                continue
-            raise BackendHTTPError(
-                self._redact(f"{self._info.name}: {url} answered HTTP {status}: {message}"), status
-            )
-
-    def _translate(self, exc: httpx.HTTPError, url: str) -> BackendError:
-        name = self._info.name
-        if isinstance(exc, httpx.ConnectTimeout):
-            return BackendTimeout(f"{name}: cannot connect to {url} within {self.config.connect_timeout_s:g} s")
-        if isinstance(exc, httpx.TimeoutException):
-            return BackendTimeout(f"{name}: no answer from {url} within {self._timeout_s:g} s")
-        if isinstance(exc, httpx.NetworkError | httpx.RemoteProtocolError):
-            return BackendUnavailable(self._redact(f"{name}: cannot reach {url}: {exc}"))
-        if isinstance(exc, httpx.UnsupportedProtocol):
-            return BackendUnavailable(self._redact(f"{name}: unsupported URL {url}: {exc}"))
-        return BackendError(self._redact(f"{name}: request to {url} failed: {exc}"))
-
-    def _parse_json(self, raw: str | bytes, what: str) -> dict[str, Any]:
-        try:
-            data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            snippet = raw[:200] if isinstance(raw, str) else raw[:200].decode("utf-8", "replace")
-            raise BackendProtocolError(self._redact(f"{self._info.name}: malformed {what}: {snippet!r}")) from exc
-        if not isinstance(data, dict):
-            raise BackendProtocolError(f"{self._info.name}: malformed {what}: not a JSON object")
-        return data
-
-    def _post_json(self, path: str, body: dict[str, Any], *, root: bool = False, retry: bool = True,
-                   cap: int | None = None) -> dict[str, Any]:
-        """POST and parse a JSON answer that must come whole within `timeout_s` and hold at most
-        `cap` bytes (default: 1 MiB + 16 x the request's size)."""
-        if cap is None:
-            cap = _BASE_BYTES + 16 * len(json.dumps(body))
-        watch = _Watch(self.config.timeout_s)
-        resp = self._send(path, body, watch=watch, root=root, retry=retry)
-        try:
-            raw = self._read_body(resp, watch, cap)
-        finally:
-            resp.close()
-        return self._parse_json(raw, f"answer from {path}")
-
-    def _first_choice(self, data: Mapping[str, Any]) -> Mapping[str, Any]:
-        choices = data.get("choices")
-        if not isinstance(choices, list) or not choices or not isinstance(choices[0], Mapping):
-            raise BackendProtocolError(f"{self._info.name}: answer without choices")
-        return choices[0]
-
-
-def _same_distribution(a: Mapping[str, float], b: Mapping[str, float], k: int) -> bool:
-    """Whether two top-k dictionaries describe the same distribution (up to decoding noise)."""
-    top_a = sorted(a, key=lambda t: a[t], reverse=True)[:k]
-    top_b = sorted(b, key=lambda t: b[t], reverse=True)[:k]
-    if not top_a or not top_b or top_a[0] != top_b[0]:
-        return False
-    shared = [t for t in top_a if t in b]
-    return len(shared) >= max(1, min(len(top_a), len(top_b)) - 1) and all(
-        abs(a[t] - b[t]) <= _ALIGN_TOL for t in shared
-    )

@@ -33,8 +33,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..config import DEFAULT_TOKENIZER
 from ..errors import ConfigError, InputError, UnsupportedError
-from ..types import Capabilities, GenerationRequest, ModelInfo, Prompt, TokenStep, TokenStream, Usage
+from ..types import (
+    BackendBase,
+    Capabilities,
+    GenerationRequest,
+    ModelInfo,
+    Prompt,
+    TokenStep,
+    TokenStream,
+    Usage,
+)
 from .tokenizers import Tokenizer
 
 __all__ = ["PROMPT_RULES", "Recording", "RecordingSet", "RecordedBackend", "RecordedConfig", "check_recordings"]
@@ -145,15 +155,15 @@ class RecordingSet:
             raise InputError(f"{self.path} is a directory, not a recordings file")
         try:
             data = self.path.read_bytes()
-        except FileNotFoundError:
-            raise InputError(f"recordings file not found: {self.path}") from None
+        except FileNotFoundError as exc:
+            raise InputError(f"recordings file not found: {self.path}") from exc
         except OSError as exc:
-            raise InputError(f"cannot read {self.path}: {exc.strerror or exc}") from None
+            raise InputError(f"cannot read {self.path}: {exc.strerror or exc}") from exc
         self.sha256 = hashlib.sha256(data).hexdigest()
         try:
             text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            raise InputError(f"{self.path} is not UTF-8 text") from None
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{self.path} is not UTF-8 text") from exc
         self.rows: list[Recording] = []
         self._by_q: dict[str, Recording] = {}
         self._by_id: dict[str, Recording] = {}
@@ -163,7 +173,7 @@ class RecordingSet:
             try:
                 obj = json.loads(raw)
             except json.JSONDecodeError as exc:
-                raise InputError(f"{self.path}:{i}: not JSON: {exc.msg}") from None
+                raise InputError(f"{self.path}:{i}: not JSON: {exc.msg}") from exc
             rec = _parse(obj, i, str(self.path))
             for key, index, what in ((_norm(rec.question), self._by_q, "question"), (rec.id, self._by_id, "id")):
                 if not key:
@@ -197,7 +207,7 @@ class RecordingSet:
 @dataclass(frozen=True)
 class RecordedConfig:
     path: str
-    tokenizer: str = "qwen2.5-coder-0.5b"
+    tokenizer: str = DEFAULT_TOKENIZER
     name: str = ""
     n_params: int = 0
     n_ctx: int = 32768
@@ -206,7 +216,7 @@ class RecordedConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class RecordedBackend:
+class RecordedBackend(BackendBase):
     """Streams recorded outputs as a live engine would: token by token, cancellable, counted."""
 
     max_in_flight = None  # no engine behind it: any number of streams at once

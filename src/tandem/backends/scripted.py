@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from ..errors import BackendError
 from ..types import (
+    BackendBase,
     Capabilities,
     GenerationRequest,
     ModelInfo,
@@ -48,7 +49,7 @@ class ScriptedStats:
     prompts: list[str] = field(default_factory=list)
 
 
-class ScriptedBackend:
+class ScriptedBackend(BackendBase):
     """`reply`: a fixed text, a mapping {substring of the rendered prompt: reply}, or a function
     (prompt, rendered_text) -> reply. The reply continues the prompt's assistant prefix."""
 

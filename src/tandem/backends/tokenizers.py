@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from ..errors import ConfigError
+from .llamacpp import engine_errors
 
 __all__ = ["GGUFTokenizer", "Tokenizer", "WordTokenizer", "load_tokenizer"]
 
@@ -33,7 +34,8 @@ class Tokenizer(Protocol):
 
 
 class GGUFTokenizer:
-    """The tokenizer of a GGUF file, loaded without its weights."""
+    """The tokenizer of a GGUF file, loaded without its weights. llama-cpp-python's exceptions are
+    translated as the embedded backend translates them (`llamacpp.engine_errors`)."""
 
     def __init__(self, path: str | Path, name: str = "") -> None:
         try:
@@ -43,11 +45,13 @@ class GGUFTokenizer:
         self.path = Path(path)
         if not self.path.is_file():
             raise ConfigError(f"tokenizer file not found: {self.path}")
-        self._llama = Llama(model_path=str(self.path), vocab_only=True, verbose=False)
+        with engine_errors("load", str(self.path)):
+            self._llama = Llama(model_path=str(self.path), vocab_only=True, verbose=False)
         self.name = name or self.path.stem
 
     def encode(self, text: str) -> list[int]:
-        return list(self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+        with engine_errors("tokenize a text", self.name):
+            return list(self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=False))
 
     def pieces(self, ids: list[int]) -> list[str]:
         dec = codecs.getincrementaldecoder("utf-8")(errors="replace")

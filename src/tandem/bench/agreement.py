@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import capabilities
 from ..errors import ConfigError, InputError
 from ..policy import BudgetPolicy, StopRule
 from ..types import StopPolicy
@@ -146,8 +147,8 @@ def replay_for(live: Sequence[Outcome], probe_dirs: Sequence[str | Path], effort
                     try:
                         out[pid, m] = replay_method(rec, m, p, handover=cfg["handover"], policy=policy, rule=rule,
                                                     budgets=tuple(cfg["stage_budgets"]),
-                                                    route_threshold=getattr(policy, "route_threshold", None),
-                                                    cascade_threshold=getattr(policy, "cascade_threshold", None))
+                                                    route_threshold=capabilities.route_threshold(policy),
+                                                    cascade_threshold=capabilities.cascade_threshold(policy))
                         continue
                     except ConfigError as exc:
                         error = f"not replayable: {exc}"

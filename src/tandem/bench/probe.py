@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .. import capabilities
 from ..answer import answer_complete
 from ..features import CheckpointInputs, compute_features
 from ..pipeline import (
@@ -129,11 +130,10 @@ class Prober:
 
     def _reset(self) -> None:
         for b in (self.llm, self.slm):
-            getattr(b, "reset_cache", lambda: None)()
+            capabilities.reset_cache(b)
 
     def _tokens(self, text: str) -> list[Any] | None:
-        tok = getattr(self.slm, "tokenize", None)
-        return tok(text) if tok else None
+        return capabilities.tokenize(self.slm, text)
 
     def probe(self, problem: Problem) -> dict[str, Any]:
         if self.llm.info.thinks:

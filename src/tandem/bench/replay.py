@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .. import capabilities
 from ..errors import ConfigError
 from ..features import trial_features
 from ..pipeline import route_without_classifier, stage_budgets_for
@@ -205,7 +206,7 @@ def replay_policy(rec: dict[str, Any], p: PairParams, policy: StopPolicy, rule: 
         out.stop_reason = "llm_finished"
         return out
     n_stages = len(stage_budgets_for(probe_budgets, max_budget))
-    trial = bool(getattr(policy, "uses_trial", False))
+    trial = capabilities.uses_trial(policy)
 
     def priced(out: Outcome, visited: list[dict[str, Any]]) -> Outcome:
         return _with_trials(out, rec, visited, p) if trial else out
@@ -218,7 +219,7 @@ def replay_policy(rec: dict[str, Any], p: PairParams, policy: StopPolicy, rule: 
         out.handover_tokens = 0  # as live: handed over before the LLM wrote anything
         return priced(out, [])
     visited: list[dict[str, Any]] = []
-    shadow = getattr(policy, "uses_shadow", True)
+    shadow = capabilities.uses_shadow(policy)
     for ck in rec["checkpoints"]:
         if ck["stage"] > n_stages:
             break
@@ -262,7 +263,7 @@ def replay_route(rec: dict[str, Any], p: PairParams, policy: StopPolicy, thresho
         return _slm(rec, p, "route") if fixed == "slm" else _llm(rec, p, "route")
     prob = policy.sufficiency(ck_features(rec, None))
     ck0 = rec["ck0"]
-    shadow = getattr(policy, "uses_shadow", True)  # as live: no shadow features, no scoring pass
+    shadow = capabilities.uses_shadow(policy)  # as live: no shadow features, no scoring pass
     if prob >= threshold:
         out = _slm(rec, p, "route")
         if shadow:

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from .. import capabilities
 from ..errors import ConfigError, TandemError
 from ..pipeline import Tandem, config_dict
 from ..result import TandemResult
@@ -100,7 +101,7 @@ def _probe_all(todo: Sequence[Problem], total: int, prober: Prober, store: RunSt
 def max_concurrency(*backends: Backend) -> int | None:
     """How many calls the backends take at once (None: no limit of their own). A backend says so with
     a `max_in_flight` attribute; one that does not is taken to allow one call at a time."""
-    limits = [getattr(b, "max_in_flight", 1) for b in backends]
+    limits = [capabilities.max_in_flight(b) for b in backends]
     bounded = [n for n in limits if n is not None]
     return min(bounded) if bounded else None
 
@@ -172,7 +173,7 @@ def _run_all(todo: Sequence[tuple[Problem, str]], total: int, tandem: Tandem, me
     def one(item: tuple[Problem, str]) -> TandemResult | TandemError:
         if cold and concurrency == 1:
             for b in (tandem.llm, tandem.slm):
-                getattr(b, "reset_cache", lambda: None)()
+                capabilities.reset_cache(b)
         return _solve_one(tandem, item[0], item[1], effort)
 
     with _progress(console) as bar:

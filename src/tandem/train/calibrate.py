@@ -43,6 +43,7 @@ from ..bench.replay import PairParams, ck_features, replay, replay_cascade, repl
 from ..classifier import SufficiencyClassifier
 from ..errors import ConfigError
 from ..policy import EFFORTS, EffortSetting, StopRule
+from ..types import PolicyBase
 from .data import ProbeTable
 
 ObjectiveKind = Literal["lambda", "target", "budget", "gap"]
@@ -145,7 +146,7 @@ class Objective:
                 + (f" (>= {self.target:.3f})" if self.reference is not None else "")}[self.kind]
 
 
-class _Cached:
+class _Cached(PolicyBase):
     """The classifier's probabilities, computed once per checkpoint of the table."""
 
     def __init__(self, clf: SufficiencyClassifier) -> None:
