@@ -163,6 +163,11 @@ class ServerSettings(StrictModel):
         default=None, gt=0, description="LLM-alone tokens (prompt + generated) per request, for the "
         "FLOPs-relative-to-the-LLM-alone metric")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    stream_keepalive_s: float | None = Field(
+        default=None, gt=0, description="streamed requests: send the headers and the role chunk at once, then "
+        "an SSE comment every this many seconds while no text comes (a thinking LLM can take minutes before "
+        "its first answer text; proxies cut silent connections). Unset: the status line waits for the run's "
+        "first text, so a run that fails first still gets its own status")
     reasoning_field: Literal["reasoning_content", "reasoning", "inline"] = Field(
         default="reasoning_content", description="where a reasoning LLM's thought goes: this field of the "
         "message / delta (vLLM's parsers and DeepSeek's API use reasoning_content; OpenRouter reasoning), or "

@@ -71,6 +71,7 @@ class PipelineConfig:
     max_unit_tokens: int = 32  # no insight boundary this long after a budget: checkpoint anyway
     trial_tokens: int = 16  # longest trial answer, when the policy reads trial answers
     prompts: PromptTexts = DEFAULT_TEXTS
+    max_budget: int | None = None  # this run's largest budget for its effort (a request's thinking budget)
     shadow: bool = True  # let the SLM score the insights (features + warm cache)
     decoding: DecodingSettings = field(default_factory=DecodingSettings)
 
@@ -130,7 +131,8 @@ class Tandem:
         elif method == "llm":
             result = run.alone("llm")
         elif method == "tandem":
-            result = run.tandem(self.policy, self.rule)
+            rule = self.rule.with_max_budgets({cfg.effort: cfg.max_budget}) if cfg.max_budget else self.rule
+            result = run.tandem(self.policy, rule)
         elif method.startswith("fixed:"):
             result = run.tandem(BudgetPolicy(), self.rule.with_budget(cfg.effort, int(method.split(":", 1)[1])))
         elif method == "afterthink":

@@ -109,6 +109,8 @@ class ChatCompletionRequest(_Request):
     effort: Effort | None = None
     handover: Literal["continue", "conclude", "hint"] | None = None
     stage_budgets: list[int] | None = Field(default=None, min_length=1, max_length=16)
+    thinking_budget: int | None = Field(default=None, ge=1, description="LLM tokens after which this run hands "
+                                        "over whatever the policy says (its effort's largest budget)")
     return_trace: bool = False
 
     @model_validator(mode="after")

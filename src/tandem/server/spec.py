@@ -60,6 +60,11 @@ def _tandem_overrides(req: ChatCompletionRequest, tandem: Tandem, srv: ServerSet
             raise RequestError(f"stage budgets may not exceed {srv.max_tokens_cap}", param="stage_budgets",
                                code="invalid_value")
         overrides["stage_budgets"] = tuple(sorted(set(req.stage_budgets)))
+    if req.thinking_budget is not None:
+        if req.thinking_budget > srv.max_tokens_cap:
+            raise RequestError(f"thinking_budget may not exceed {srv.max_tokens_cap}", param="thinking_budget",
+                               code="invalid_value")
+        overrides["max_budget"] = req.thinking_budget
     return overrides
 
 

@@ -9,6 +9,7 @@ answer text, the finish chunk (and with `include_usage` a last chunk with the us
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -29,7 +30,13 @@ from .thought import ThoughtSplitter, split_thought
 log = logging.getLogger("tandem.server")
 
 
+KEEPALIVE = b": keep-alive\n\n"
+
+
 async def stream_completion(run: ChatRun) -> Response:
+    if run.state.srv.stream_keepalive_s:  # headers and the role chunk now; comments while waiting
+        events = _ChatStream(run).events(None)
+        return EventStream(await events.__anext__(), events)
     try:
         first = await run.next()
         if first[0] == "end":
@@ -61,11 +68,17 @@ class _ChatStream:
         self.status = 499
         self.first_sent = False
 
-    async def events(self, first: Item) -> AsyncGenerator[bytes, None]:
+    async def events(self, first: Item | None) -> AsyncGenerator[bytes, None]:
+        """`first`: the run's first item, already awaited; None: await it here, with keep-alives."""
         item = first
         try:
             yield self._chunk(delta={"role": "assistant", "content": ""})
             while True:
+                if item is None:
+                    item = await self._next()
+                    if item is None:
+                        yield KEEPALIVE
+                        continue
                 kind, text, _ = item
                 if kind == "delta":
                     for chunk in self._deltas(*(self.thought.feed(text) if self.thought else ("", text))):
@@ -96,10 +109,22 @@ class _ChatStream:
                         yield event
                     self.status = 200
                     return
-                item = await self.run.next()
+                item = await self._next()
+                if item is None:
+                    yield KEEPALIVE
         finally:
             self.run.release()
             self.run.record(self.status)
+
+    async def _next(self) -> Item | None:
+        """The run's next item; None when `stream_keepalive_s` passed without one (send a comment)."""
+        wait = self.run.state.srv.stream_keepalive_s
+        if not wait:
+            return await self.run.next()
+        try:
+            return await asyncio.wait_for(self.run.next(), timeout=wait)
+        except asyncio.TimeoutError:
+            return None
 
     def _deltas(self, thought: str, answer: str) -> Iterator[bytes]:
         """The chunks of one piece of the run's text: its thought in the reasoning field, its answer (past
