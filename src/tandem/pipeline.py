@@ -17,40 +17,29 @@ from typing import Any
 
 from . import capabilities
 from .answer import answer_complete, extract_answer
+from .checkpoints import (  # also importable from here, where they were first defined
+    THINK_CLOSE,
+    THINK_OPEN,
+    THINK_SEP,
+    CheckpointSchedule,
+    question_steps,
+    route_without_classifier,
+    shadow_mode,
+    shadow_span,
+    stage_budgets_for,
+    thought_of,
+)
 from .cost import CostReport, ModelCost, Price
 from .errors import ConfigError, InputError
 from .features import CheckpointInputs, available_groups, compute_features
 from .policy import AFTER_THOUGHT, DEFAULT_STAGE_BUDGETS, BudgetPolicy, EffortSetting, StopRule
-from .prompts import (
-    DEFAULT_TEXTS,
-    Conversation,
-    HandoverMode,
-    PromptSet,
-    PromptTexts,
-    Task,
-    hint_prefix_length,
-)
+from .prompts import DEFAULT_TEXTS, Conversation, HandoverMode, PromptSet, PromptTexts, Task
 from .result import CheckpointRecord, TandemResult
 from .segment import InsightSegmenter, InsightUnit
 from .trial import ask_trial
-from .types import (
-    Backend,
-    GenerationRequest,
-    Message,
-    Prompt,
-    ScoreResult,
-    StopPolicy,
-    TokenStep,
-    TokenStream,
-    Usage,
-)
+from .types import Backend, GenerationRequest, Message, Prompt, StopPolicy, TokenStep, TokenStream, Usage
 
 EventHook = Callable[[str, dict[str, Any]], None]
-
-THINK_OPEN, THINK_CLOSE = "<think>\n", "</think>"
-THINK_SEP = "\n</think>\n\n"
-"""A reasoning LLM's part of a tandem text is its thought: the final text reads `<think>\n` + thought
-+ `THINK_SEP` + the SLM's answer, so graders read the answer after `</think>`, from the SLM's part only."""
 
 
 @dataclass(frozen=True)
@@ -74,15 +63,6 @@ class PipelineConfig:
     max_budget: int | None = None  # this run's largest budget for its effort (a request's thinking budget)
     shadow: bool = True  # let the SLM score the insights (features + warm cache)
     decoding: DecodingSettings = field(default_factory=DecodingSettings)
-
-
-def route_without_classifier(threshold: float) -> str | None:
-    """The role a route threshold picks whatever the probability (in [0, 1]) is, else None."""
-    if threshold > 1.0:
-        return "llm"
-    if threshold <= 0.0:
-        return "slm"
-    return None
 
 
 class Tandem:
@@ -218,18 +198,6 @@ def _with_overrides(cfg: PipelineConfig, overrides: dict[str, Any]) -> PipelineC
     return replace(cfg, **rest)
 
 
-def shadow_mode(handover: str) -> str:
-    """How a shadow pass reads a hand-over mode's prompt: `conclude` scores the LLM's text as `continue`
-    does (its nudge comes only at the hand-over)."""
-    return "hint" if handover == "hint" else "continue"
-
-
-def thought_of(llm_text: str) -> str:
-    """A reasoning LLM's thought: its text up to `</think>` (the whole text while the thought is open)."""
-    i = llm_text.find(THINK_CLOSE)
-    return llm_text if i < 0 else llm_text[:i]
-
-
 def config_dict(cfg: Any) -> dict[str, Any]:
     """A pipeline or probe config as manifests and results record it: the prompt wordings by their
     version only (`identity()`), and not at all when they are the defaults, so that runs recorded
@@ -239,50 +207,6 @@ def config_dict(cfg: Any) -> dict[str, Any]:
     if texts is not None and getattr(cfg, "prompts", DEFAULT_TEXTS) != DEFAULT_TEXTS:
         d["prompt_texts"] = cfg.prompts.version
     return d
-
-
-def shadow_span(rendered: str, base_text: str, llm_text: str, handover: str,
-                guide: str = DEFAULT_TEXTS.hint_guide) -> tuple[str, int]:
-    """What a shadow pass scores of the SLM's rendered hand-over prompt, and where the insights start in
-    it. Continue mode scores the whole prompt (the LLM's text follows `base_text`, the rendered solve
-    prompt); hint mode scores up to the end of the insights; without insights, the whole prompt."""
-    if handover != "hint" or not llm_text:
-        return rendered, len(base_text) if llm_text else len(rendered)
-    end = hint_prefix_length(rendered, llm_text, guide)
-    return rendered[:end], end - len(llm_text)
-
-
-def question_steps(scored: ScoreResult, text: str, question: str) -> list[TokenStep]:
-    """The scored steps of the question's own tokens within `text` (empty if it is not found)."""
-    q = question.strip()
-    qpos = text.rfind(q)  # the last occurrence: a conversation may have asked it before
-    if qpos < 0:
-        return []
-    return [s for s, o in zip(scored.steps, scored.offsets, strict=True) if qpos <= o < qpos + len(q)]
-
-
-class CheckpointSchedule:
-    """Where checkpoints fall: at the first insight boundary after each stage budget, or
-    `max_unit_tokens` after the budget when no boundary comes. Shared by live runs and probes."""
-
-    def __init__(self, budgets: list[int], max_unit_tokens: int) -> None:
-        self.budgets, self.max_unit_tokens, self.stage = budgets, max_unit_tokens, 1
-
-    def due(self, n_tokens: int, at_boundary: bool) -> int | None:
-        """The stage whose checkpoint falls at this token, if any."""
-        if self.stage > len(self.budgets) or n_tokens < self.budgets[self.stage - 1]:
-            return None
-        if at_boundary or n_tokens - self.budgets[self.stage - 1] >= self.max_unit_tokens:
-            return self.stage
-        return None
-
-    def passed(self, n_tokens: int) -> None:
-        """A checkpoint at `n_tokens` did not hand over: the next stage is the first budget beyond it."""
-        self.stage = 1 + sum(1 for b in self.budgets if b <= n_tokens)
-
-
-def stage_budgets_for(budgets: tuple[int, ...], max_budget: int) -> list[int]:
-    return sorted({b for b in budgets if b < max_budget} | {max_budget})
 
 
 class _Run:

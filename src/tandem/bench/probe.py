@@ -16,17 +16,17 @@ from typing import Any
 
 from .. import capabilities
 from ..answer import answer_complete
-from ..features import CheckpointInputs, compute_features
-from ..pipeline import (
+from ..checkpoints import (
     THINK_CLOSE,
     THINK_OPEN,
     THINK_SEP,
     CheckpointSchedule,
-    DecodingSettings,
     question_steps,
     shadow_mode,
     shadow_span,
 )
+from ..features import CheckpointInputs, compute_features
+from ..pipeline import DecodingSettings
 from ..prompts import DEFAULT_TEXTS, PromptSet, PromptTexts
 from ..segment import InsightSegmenter
 from ..trial import ask_trial

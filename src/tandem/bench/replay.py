@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import capabilities
+from ..checkpoints import route_without_classifier, stage_budgets_for
 from ..errors import ConfigError
 from ..features import trial_features
-from ..pipeline import route_without_classifier, stage_budgets_for
 from ..policy import StopRule
 from ..types import StopPolicy
 from .records import Outcome
