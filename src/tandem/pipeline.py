@@ -32,6 +32,7 @@ from .checkpoints import (  # also importable from here, where they were first d
 from .cost import CostReport, ModelCost, Price
 from .errors import ConfigError, InputError
 from .features import CheckpointInputs, available_groups, compute_features
+from .methods import Method
 from .policy import AFTER_THOUGHT, DEFAULT_STAGE_BUDGETS, BudgetPolicy, EffortSetting, StopRule
 from .prompts import DEFAULT_TEXTS, Conversation, HandoverMode, PromptSet, PromptTexts, Task
 from .result import CheckpointRecord, TandemResult
@@ -102,25 +103,25 @@ class Tandem:
         fields."""
         if not question or not question.strip():
             raise InputError("the question is empty")
+        m = self.check_method(method)
+        if m.kind == "tandem" and m.effort is not None:
+            overrides = {**overrides, "effort": m.effort}
         cfg = _with_overrides(self.config, overrides)
-        self.check_method(method)
         run = _Run(self, cfg, question, on_event or (lambda _e, _p: None), conversation or Conversation())
         t0 = time.perf_counter()
-        if method == "slm":
-            result = run.alone("slm")
-        elif method == "llm":
-            result = run.alone("llm")
-        elif method == "tandem":
+        if m.kind in ("slm", "llm"):
+            result = run.alone(m.kind)
+        elif m.kind == "tandem":
             rule = self.rule.with_max_budgets({cfg.effort: cfg.max_budget}) if cfg.max_budget else self.rule
             result = run.tandem(self.policy, rule)
-        elif method.startswith("fixed:"):
-            result = run.tandem(BudgetPolicy(), self.rule.with_budget(cfg.effort, int(method.split(":", 1)[1])))
-        elif method == "afterthink":
+        elif m.kind == "fixed":
+            result = run.tandem(BudgetPolicy(), self.rule.with_budget(cfg.effort, m.budget or 0))
+        elif m.kind == "afterthink":
             result = run.tandem(BudgetPolicy(), StopRule({cfg.effort: AFTER_THOUGHT}))
-        elif method == "route":
+        elif m.kind == "route":
             result = run.route(self.policy, self._route_threshold())
         else:
-            result = run.cascade(self._cascade_threshold(method))
+            result = run.cascade(self._cascade_threshold(m))
         result.method = method
         result.cost.wall_seconds = time.perf_counter() - t0
         result.settings = {**config_dict(cfg), "policy": self.policy.name, "llm": self.llm.info.name,
@@ -128,28 +129,20 @@ class Tandem:
         return result
 
 
-    def check_method(self, method: str) -> None:
-        """Refuse a method this pipeline cannot run (unknown, malformed, or a baseline without its threshold)."""
-        if method in ("slm", "llm", "tandem"):
-            return
-        if method == "afterthink":
-            if not self.llm.info.thinks:
-                raise ConfigError(f"method 'afterthink' needs a reasoning LLM ({self.llm.info.name} does not "
-                                  "open a thought)")
-            return
-        if method.startswith("fixed:"):
-            try:
-                n = int(method.split(":", 1)[1])
-            except ValueError:
-                raise ConfigError(f"bad method {method!r}: use fixed:N with N an integer") from None
-            if n < 0:
-                raise ConfigError(f"bad method {method!r}: N is the LLM tokens before the hand-over, at least 0")
-        elif method == "route":
+    def check_method(self, method: str) -> Method:
+        """The method `method` names, refused when this pipeline cannot run it (unknown, malformed, replay
+        only, or a baseline without its threshold)."""
+        m = Method.parse(method)
+        if m.kind == "oracle" or (m.kind == "route" and m.effort is not None):
+            raise ConfigError(f"method {method!r} is scored from probe tables only (tandem replay)")
+        if m.kind == "afterthink" and not self.llm.info.thinks:
+            raise ConfigError(f"method 'afterthink' needs a reasoning LLM ({self.llm.info.name} does not "
+                              "open a thought)")
+        if m.kind == "route":
             self._route_threshold()
-        elif method == "cascade" or method.startswith("cascade:"):
-            self._cascade_threshold(method)
-        else:
-            raise ConfigError(f"unknown method {method!r}: use tandem, slm, llm, fixed:N, afterthink, route or cascade")
+        elif m.kind == "cascade":
+            self._cascade_threshold(m)
+        return m
 
     def check_handover(self, handover: str) -> None:
         """Refuse a hand-over mode this pair cannot do: `continue` and `conclude` hand a non-reasoning LLM's
@@ -170,12 +163,9 @@ class Tandem:
         thr = capabilities.route_threshold(self.policy)
         return float(thr) if thr is not None else self.rule.setting("medium").threshold_at(0)
 
-    def _cascade_threshold(self, method: str) -> float:
-        if ":" in method:
-            try:
-                return float(method.split(":", 1)[1])
-            except ValueError:
-                raise ConfigError(f"bad method {method!r}: use cascade:T with T a mean log-prob") from None
+    def _cascade_threshold(self, method: Method) -> float:
+        if method.threshold is not None:
+            return method.threshold
         thr = capabilities.cascade_threshold(self.policy)
         if thr is None:
             raise ConfigError("method 'cascade' needs a classifier with a calibrated cascade threshold "

@@ -59,7 +59,10 @@ def _problems(bench: str, data_dir: str | None, split: str | None, offset: int, 
     if task not in (None, "math", "code"):
         raise ConfigError(f"--task {task!r}: use math or code")
     if grader is not None and grader not in GRADERS:
-        get_grader(grader)  # an import path: refused here, in one line, when it cannot be imported
+        try:  # a name or an import path: refused here, in one line, when it names no grader
+            get_grader(grader)
+        except ConfigError as exc:
+            raise ConfigError(f"--grader {grader!r}: {exc}") from None
     ps = load_benchmark(bench, data_dir, split, field_map=_field_map(fields), hf_config=hf_config,
                         data_files=hf_data_files or None, task=task, grader=grader)  # type: ignore[arg-type]
     sel = ps.select(offset=offset, limit=limit, sample=sample, seed=seed)

@@ -23,6 +23,7 @@ from .. import capabilities
 from ..checkpoints import route_without_classifier, stage_budgets_for
 from ..errors import ConfigError
 from ..features import trial_features
+from ..methods import Method
 from ..policy import StopRule
 from ..types import StopPolicy
 from .records import Outcome
@@ -304,16 +305,16 @@ def replay(rec: dict[str, Any], method: str, p: PairParams, *, handover: str = "
         return replay_oracle(rec, p)
     if method == "afterthink":
         return replay_afterthink(rec, p)
-    if method.startswith("fixed:"):
-        return replay_fixed(rec, int(method.split(":", 1)[1]), p, handover)
-    if method.startswith("cascade:"):
-        return replay_cascade(rec, p, float(method.split(":", 1)[1]))
+    m = Method.parse(method)
+    if m.kind == "fixed":
+        return replay_fixed(rec, m.budget or 0, p, handover)
+    if m.kind == "cascade" and m.threshold is not None:
+        return replay_cascade(rec, p, m.threshold)
     if policy is None or rule is None:
         raise ConfigError(f"method {method!r} needs a classifier")
-    if method.startswith("tandem:"):
-        return replay_policy(rec, p, policy, rule, effort=method.split(":", 1)[1], handover=handover,
+    if m.kind == "tandem" and m.effort is not None:
+        return replay_policy(rec, p, policy, rule, effort=m.effort, handover=handover,
                              budgets=budgets)
-    if method == "route" or method.startswith("route:"):
-        effort = method.split(":", 1)[1] if ":" in method else "medium"
-        return replay_route(rec, p, policy, rule.setting(effort).threshold_at(0))
+    if m.kind == "route":
+        return replay_route(rec, p, policy, rule.setting(m.effort or "medium").threshold_at(0))
     raise ConfigError(f"unknown replay method {method!r}")

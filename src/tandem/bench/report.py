@@ -364,7 +364,7 @@ _MARKERS = {"slm": "o", "llm": "o", "oracle": "*", "fixed": "s", "tandem": "^", 
 
 def _method_marker(method: str) -> str:
     """One marker per family of methods (fixed:N, tandem:EFFORT, ...), so families read apart."""
-    return _MARKERS.get(method.split(":", 1)[0], "P")
+    return _MARKERS.get(method.partition(":")[0], "P")  # a display name, not always a method: no parsing
 
 
 def _method_colors(n: int) -> list[Any]:

@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .. import capabilities
 from ..errors import ConfigError, TandemError
+from ..methods import Method
 from ..pipeline import Tandem, config_dict
 from ..result import TandemResult
 from ..types import Backend, Grade, Problem
@@ -194,8 +195,9 @@ def _run_all(todo: Sequence[tuple[Problem, str]], total: int, tandem: Tandem, me
 
 def _solve_args(method: str, effort: str | None) -> tuple[str, dict[str, Any]]:
     """The pipeline method and overrides for a run's method name (`tandem:EFFORT` sets the effort)."""
-    if method.startswith("tandem:"):
-        return "tandem", {"effort": method.split(":", 1)[1]}
+    m = Method.parse(method)
+    if m.kind == "tandem" and m.effort is not None:
+        return "tandem", {"effort": m.effort}
     return method, ({"effort": effort} if effort else {})
 
 
