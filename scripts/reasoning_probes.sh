@@ -26,7 +26,9 @@ job() {  # name recording bench lo hi slm mode purpose
   local dir="$OUT/$name"
   local config
   config="$(mktemp --suffix=.toml)"
-  printf '[slm]\nmodel = "%s"\nn_threads = 1\nn_ctx = 4096\n' "$slm" > "$config"
+  # the recordings were cut at 2,000 tokens of their own tokenizer: 1,994 or more of ours (no uncut one has
+  # more than 1,984), so a recording of 1,990 or more ended at that limit, even after its thought closed
+  printf '[llm]\ncap_tokens = 1990\n[slm]\nmodel = "%s"\nn_threads = 1\nn_ctx = 4096\n' "$slm" > "$config"
   mkdir -p "$OUT"
   echo "==> $name: $bench rows $lo-$((hi - 1)), $(basename "$rec"), SLM $slm, $mode"
   if .venv/bin/tandem probe "$bench" --split test --offset "$lo" --limit "$((hi - lo))" --handover "$mode" \

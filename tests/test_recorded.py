@@ -409,3 +409,13 @@ async def test_serve_with_a_recorded_llm(recordings: Path, anyio_backend: str, f
         bad = await c.post("/v1/chat/completions", json={"model": "tandem",
                                                          "messages": [{"role": "user", "content": "2+2?"}]})
         assert bad.status_code == 400 and "no recording" in bad.json()["error"]["message"]
+
+
+def test_a_recording_at_its_cap_ends_as_cut_even_after_its_thought(recordings: Path) -> None:
+    n = len(WordTokenizer().encode(OUT1))
+    with backend(recordings, cap_tokens=n).stream(request(Q1)) as s:
+        list(s)
+    assert s.finish_reason == "length"
+    with backend(recordings, cap_tokens=n + 1).stream(request(Q1)) as s:
+        list(s)
+    assert s.finish_reason == "stop"

@@ -67,6 +67,8 @@ class BackendSettings(StrictModel):
     name: str | None = Field(default=None, description="recorded: the model's name (default: the recordings')")
     prompt_rule: str | None = Field(default=None, description="recorded: how prompt tokens are counted "
                                     "(chatml-think, deepseek-r1, question; default: by the model's name)")
+    cap_tokens: int | None = Field(default=None, ge=1, description="recorded: a recording at least this "
+                                   "many tokens long was cut by the limit it was recorded with (finish 'length')")
     tokens_per_second: float | None = Field(default=None, gt=0, description="recorded: pace the stream at "
                                             "this rate (modelled wall time); unset: wall time unknown")
 

@@ -47,7 +47,8 @@ def build_backend(settings: BackendSettings, *, models_dir: str | None = None) -
         return RecordedBackend(
             RecordedConfig(path=settings.model, tokenizer=settings.tokenizer, name=settings.name or "",
                            n_params=settings.n_params or 0, n_ctx=settings.n_ctx,
-                           prompt_rule=settings.prompt_rule or "", tokens_per_second=settings.tokens_per_second),
+                           prompt_rule=settings.prompt_rule or "", tokens_per_second=settings.tokens_per_second,
+                           cap_tokens=settings.cap_tokens),
             load_tokenizer(settings.tokenizer, models_dir),
         )
     raise ConfigError(f"unknown backend kind {settings.kind!r}: use one of {BACKEND_KINDS}")

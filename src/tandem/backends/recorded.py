@@ -213,6 +213,7 @@ class RecordedConfig:
     n_ctx: int = 32768
     prompt_rule: str = ""  # default: by the model's name (prompt_rule_for)
     tokens_per_second: float | None = None  # pace the stream (modelled wall time); None: no pacing
+    cap_tokens: int | None = None  # a recording this long (in our tokens) was cut by the recording's limit
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -295,6 +296,8 @@ class RecordedBackend(BackendBase):
             return "length"
         if rec.finish_reason is not None:
             return rec.finish_reason
+        if self.config.cap_tokens is not None and len(ids) >= self.config.cap_tokens:
+            return "length"  # it reached the limit it was recorded with: cut, even after its thought closed
         # a recording that stopped mid-thought is a model that hit its token limit
         return "length" if rec.starts_in_thought and not rec.finished_thinking else "stop"
 
