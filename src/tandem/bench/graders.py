@@ -13,6 +13,7 @@ from fractions import Fraction
 
 from tandem.answer import extract_answer, looks_truncated, strip_think
 from tandem.bench.humaneval import grade_humaneval
+from tandem.bench.verify_worker import VerifyWorker
 from tandem.errors import ConfigError, InputError
 from tandem.types import Extraction, Grade, Grader, Problem
 
@@ -139,11 +140,39 @@ def _quick_verdict(gold: str, pred: str) -> bool | None:
 
 
 def _math_verify(gold: str, pred: str) -> bool | None:
-    """math-verify's judgement; None when the prediction cannot be parsed."""
+    """math-verify's judgement; None when the prediction cannot be parsed. Its time limits use SIGALRM,
+    which only the main thread gets: elsewhere it runs in a child process that is killed when it
+    overruns (the answer is then unverifiable)."""
+    if threading.current_thread() is not threading.main_thread():
+        kind, value = _worker()(gold, pred, timeout_s=2.0 * MATH_VERIFY_TIMEOUT_S)
+        if kind == "timeout":
+            return None
+        if kind == "error":
+            raise InputError(f"math-verify failed: {value}")
+        return value
+    return _math_verify_here(gold, pred, MATH_VERIFY_TIMEOUT_S)
+
+
+_WORKER: VerifyWorker | None = None
+_WORKER_LOCK = threading.Lock()
+
+
+def _worker() -> VerifyWorker:
+    global _WORKER
+    with _WORKER_LOCK:
+        if _WORKER is None:
+            _WORKER = VerifyWorker(_math_verify_untimed)
+        return _WORKER
+
+
+def _math_verify_untimed(gold: str, pred: str) -> bool | None:
+    """In the worker process, which is killed from outside when it overruns."""
+    return _math_verify_here(gold, pred, None)
+
+
+def _math_verify_here(gold: str, pred: str, limit: int | None) -> bool | None:
     from math_verify import parse, verify  # heavy (sympy): imported on first use
 
-    # signal-based timeouts work only in the main thread; elsewhere run without them
-    limit = MATH_VERIFY_TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
     gold_parsed = parse(f"${gold}$", parsing_timeout=limit)
     if not gold_parsed:
         gold_parsed = parse(f"\\boxed{{{gold}}}", parsing_timeout=limit)
