@@ -23,8 +23,8 @@ def need(condition: bool, why: str) -> None:
     pytest.skip(why)
 
 
-@pytest.fixture(scope="session")
-def smol_path() -> Path:
+def installed_model(name: str) -> Path:
+    """The GGUF file of an installed registered model (skip, or fail when real models are required)."""
     try:
         import llama_cpp  # noqa: F401
     except ImportError:
@@ -33,10 +33,15 @@ def smol_path() -> Path:
     from tandem.models import resolve_model
 
     try:
-        return resolve_model("smollm2-135m")
+        return resolve_model(name)
     except ModelError as exc:
         need(False, str(exc))
         raise
+
+
+@pytest.fixture(scope="session")
+def smol_path() -> Path:
+    return installed_model("smollm2-135m")
 
 
 @pytest.fixture(scope="session")
@@ -78,15 +83,4 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def qwen_tokenizer_path() -> Path:
     """The embedded Qwen 0.5B GGUF, for its tokenizer alone (the recordings' token counts)."""
-    try:
-        import llama_cpp  # noqa: F401
-    except ImportError:
-        need(False, "llama-cpp-python is not installed")
-    from tandem.errors import ModelError
-    from tandem.models import resolve_model
-
-    try:
-        return resolve_model("qwen2.5-coder-0.5b")
-    except ModelError as exc:
-        need(False, str(exc))
-        raise
+    return installed_model("qwen2.5-coder-0.5b")
