@@ -69,6 +69,20 @@ class BackendSettings(StrictModel):
                                     "(chatml-think, deepseek-r1, question; default: by the model's name)")
     tokens_per_second: float | None = Field(default=None, gt=0, description="recorded: pace the stream at "
                                             "this rate (modelled wall time); unset: wall time unknown")
+    # sampling (tandem.backends.sampling): this model's values for every request; unset: the pipeline's or the engine's
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0, description="sampling temperature of this "
+                                      "model (unset: the pipeline's)")
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=0, description="0: no top-k cut")
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    repetition_penalty: float | None = Field(default=None, gt=0.0, description="1.0: none (llama.cpp: repeat_penalty)")
+    seed: int | None = Field(default=None, ge=0, description="added to the run's seed (the pipeline's, + i for "
+                             "sample i of eval --samples)")
+    stop: tuple[str, ...] = Field(default=(), description="stop sequences, beside the pipeline's")
+    extra_body: dict[str, Any] = Field(default_factory=dict, description="openai: merged last into the body of "
+                                       "every generation request (not the fields the backend relies on)")
 
     @field_validator("base_url")
     @classmethod
@@ -99,6 +113,16 @@ class BackendSettings(StrictModel):
                 raise ValueError("an openai backend needs base_url")
             if not self.n_params:
                 raise ValueError("an openai backend needs n_params (for honest FLOPs)")
+        if self.extra_body and self.kind != "openai":
+            raise ValueError("extra_body goes into HTTP requests: openai backends only")
+        from .backends.sampling import SAMPLING_KEYS, Sampling  # no cycle: it imports only errors
+
+        if self.kind == "recorded" and any(k in self.model_fields_set for k in SAMPLING_KEYS):
+            raise ValueError("a recording is one draw: sampling settings do not apply to a recorded backend")
+        try:
+            Sampling.from_settings(self)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
         return self
 
 

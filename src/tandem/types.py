@@ -85,6 +85,9 @@ class ModelInfo:
     thinks: bool = False
     """A reasoning model whose prompt opens a thought: its output starts inside the thought and closes
     it with `</think>` before the answer."""
+    sampling: dict[str, Any] = field(default_factory=dict, hash=False)
+    """The sampling values the backend's settings fix for this model (`tandem.backends.sampling.Sampling`,
+    only those set): part of a run's identity."""
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,10 @@ including `prompt_tokens_details.cached_tokens` when the server reports it (vLLM
 `--enable-prompt-tokens-details`, OpenAI); without it every prompt token counts as computed and
 the prompt is counted with the server's tokenizer endpoint (`_endpoints`), generated tokens being
 those received.
+
+Sampling: the role's values (`tandem.backends.sampling`) go into the body under OpenAI's names
+(`top_k`, `min_p`, `repetition_penalty` as vLLM and SGLang take them), the role's `extra_body` after
+them, then the fields the backend relies on.
 """
 
 from __future__ import annotations
@@ -71,6 +75,7 @@ from ._http import TOKEN_SLACK, BackendHTTPError, HttpClient, Watch, line_cap, s
 from ._sse import iter_sse_data
 from ._wire import apply_usage, parse_chunk, topk_entropy
 from .chat_template import ChatTemplateFailed, ChatTemplateRefused, render_chat, template_id
+from .sampling import Sampling
 
 if TYPE_CHECKING:
     from ..config import BackendSettings
@@ -108,7 +113,8 @@ class OpenAIBackendConfig:
     embedded model with the same template compare equal. `extra_body` is
     merged into every generation and scoring request (e.g. `{"repeat_penalty": 1.0}` for
     llama-cpp-python, whose default is 1.1 even at temperature 0); it cannot override the fields
-    the backend relies on.
+    the backend relies on. `sampling`: the role's sampling values (`tandem.backends.sampling.Sampling`,
+    or a mapping of them).
     """
 
     base_url: str
@@ -139,8 +145,17 @@ class OpenAIBackendConfig:
     extra_body: Mapping[str, Any] = field(default_factory=dict)
     name: str = ""
     checksum: str = ""
+    sampling: Sampling = field(default_factory=Sampling)
 
     def __post_init__(self) -> None:
+        if isinstance(self.sampling, Mapping):
+            given = dict(self.sampling)
+            if "stop" in given:
+                given["stop"] = tuple(given["stop"])
+            try:
+                object.__setattr__(self, "sampling", Sampling(**given))
+            except TypeError as exc:
+                raise ConfigError(f"invalid sampling settings: {exc}") from exc
         if not self.base_url.startswith(("http://", "https://")):
             raise ConfigError(f"base_url must be an http(s) URL, got {self.base_url!r}")
         if not self.model:
@@ -189,6 +204,7 @@ class OpenAIBackendConfig:
             idle_timeout_s=settings.idle_timeout_s, min_tokens_per_s=settings.min_tokens_per_s,
             max_retries=settings.max_retries, top_logprobs=settings.top_logprobs, api=settings.api,
             tokenizer_id=settings.tokenizer_id, chat_template_id=settings.chat_template_id,
+            sampling=Sampling.from_settings(settings),
         )
 
 
@@ -235,6 +251,7 @@ class OpenAIBackend(BackendBase):
                 raw_prompt=config.api == "completions",
             ),
             checksum=config.checksum,
+            sampling=config.sampling.to_dict(),
         )
         if config.chat_template is not None and not config.chat_template_id and config.api == "completions":
             try:
@@ -300,18 +317,16 @@ class OpenAIBackend(BackendBase):
         cfg = self.config
         k = req.top_logprobs or cfg.top_logprobs
         body: dict[str, Any] = {
+            **dict(cfg.extra_body), **cfg.sampling.resolve(req).http_fields(),
             "model": cfg.model, "stream": True, "max_tokens": req.max_tokens,
-            "temperature": req.temperature, "seed": req.seed,
         }
-        if req.stop:
-            body["stop"] = list(req.stop)
         if cfg.stream_usage:
             body["stream_options"] = {"include_usage": True}
         messages = [{"role": m.role, "content": m.content} for m in req.prompt.messages]
         if cfg.api == "completions":
             prompt = self.render(req.prompt)
             body.update(prompt=prompt, logprobs=k)
-            return "/completions", self._merge(body), {"prompt": prompt}
+            return "/completions", body, {"prompt": prompt}
         body.update(messages=messages, logprobs=True)
         if k > 0:
             body["top_logprobs"] = k
@@ -321,7 +336,7 @@ class OpenAIBackend(BackendBase):
             cont = {"continue_final_message": True, "add_generation_prompt": False}
             body.update(cont)
             count.update(cont)
-        return "/chat/completions", self._merge(body), count
+        return "/chat/completions", body, count
 
     def _generate(
         self, path: str, body: dict[str, Any], count_body: dict[str, Any], usage: Usage

@@ -32,9 +32,14 @@ R = TypeVar("R")
 
 
 def model_identity(b: Backend) -> dict[str, Any]:
+    """A model as a run's manifest names it; its role's sampling values only when it fixes some (so that
+    runs recorded before they could be set keep their identity)."""
     i = b.info
-    return {"name": i.name, "n_params": i.n_params, "checksum": i.checksum, "tokenizer_id": i.tokenizer_id,
-            "chat_template_id": i.chat_template_id}
+    ident = {"name": i.name, "n_params": i.n_params, "checksum": i.checksum, "tokenizer_id": i.tokenizer_id,
+             "chat_template_id": i.chat_template_id}
+    if i.sampling:
+        ident["sampling"] = dict(i.sampling)
+    return ident
 
 
 def entropy_kinds(llm: Backend, slm: Backend) -> dict[str, str]:
