@@ -63,12 +63,17 @@ class BackendSettings(StrictModel):
     reply: str | None = Field(default=None, description="scripted backend: the reply text")
     token_delay_s: float = Field(default=0.0, ge=0.0, description="scripted backend: seconds per token")
     tokenizer: str = Field(default=DEFAULT_TOKENIZER, description="recorded: the tokenizer that cuts the "
-                           "recorded text into tokens (an embedded model's name, a GGUF path, or 'words')")
+                           "recorded text into tokens (an embedded model's name, a GGUF path, or 'words'); "
+                           "openai, only when set: counts the tokens of a stream that reported neither usage "
+                           "nor log-probs (unset: one a streamed chunk)")
     name: str | None = Field(default=None, description="recorded: the model's name (default: the recordings')")
     prompt_rule: str | None = Field(default=None, description="recorded: how prompt tokens are counted "
                                     "(chatml-think, deepseek-r1, question; default: by the model's name)")
     tokens_per_second: float | None = Field(default=None, gt=0, description="recorded: pace the stream at "
                                             "this rate (modelled wall time); unset: wall time unknown")
+    reasoning: bool = Field(default=False, description="openai: a reasoning model, its thought in the stream "
+                            "(chat: a reasoning or reasoning_content field; completions: the raw text up to "
+                            "</think>); docs/reasoning.md")
     # sampling (tandem.backends.sampling): this model's values for every request; unset: the pipeline's or the engine's
     temperature: float | None = Field(default=None, ge=0.0, le=2.0, description="sampling temperature of this "
                                       "model (unset: the pipeline's)")
@@ -113,6 +118,9 @@ class BackendSettings(StrictModel):
                 raise ValueError("an openai backend needs base_url")
             if not self.n_params:
                 raise ValueError("an openai backend needs n_params (for honest FLOPs)")
+        elif self.reasoning:
+            raise ValueError(f"reasoning is an option of openai backends (a {self.kind} backend says itself "
+                             "whether its model thinks)")
         if self.extra_body and self.kind != "openai":
             raise ValueError("extra_body goes into HTTP requests: openai backends only")
         from .backends.sampling import SAMPLING_KEYS, Sampling  # no cycle: it imports only errors

@@ -98,6 +98,9 @@ class GenerationRequest:
     seed: int = 0
     stop: tuple[str, ...] = ()
     top_logprobs: int = 0
+    thought_handover: bool = False
+    """The caller may hand this stream's thought to another model (a reasoning LLM in a tandem run): a
+    backend that cannot show the thought (an endpoint that hides it) refuses instead of streaming."""
 
 
 @dataclass

@@ -37,7 +37,13 @@ def build_backend(settings: BackendSettings, *, models_dir: str | None = None) -
 
         if settings.api_key_env and settings.api_key_env not in os.environ:
             raise ConfigError(f"environment variable {settings.api_key_env} (API key) is not set")
-        return OpenAIBackend(OpenAIBackendConfig.from_settings(settings))
+        config = OpenAIBackendConfig.from_settings(settings)
+        tokenizer = None
+        if "tokenizer" in settings.model_fields_set:  # counts streams that report neither usage nor log-probs
+            from .tokenizers import load_tokenizer
+
+            tokenizer = load_tokenizer(settings.tokenizer, models_dir)
+        return OpenAIBackend(config, tokenizer=tokenizer)
     if settings.kind == "scripted":
         from .scripted import ScriptedBackend
 
