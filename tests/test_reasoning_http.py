@@ -262,3 +262,20 @@ def test_tandem_refuses_a_hidden_thought_and_the_llm_alone_answers() -> None:
     t, _ = _tandem(HIDDEN, budget=4)
     r = t.solve("Tom has 3 apples and buys 4 more. How many?", method="llm")
     assert r.answer.answer == "7" and r.cost.models["llm"].generated_tokens == 305
+
+
+def test_settings_declare_a_reasoning_endpoint_and_its_counting_tokenizer() -> None:
+    from tandem.backends import build_backend
+    from tandem.config import BackendSettings, load_settings
+    from tandem.errors import ConfigError
+
+    b = build_backend(BackendSettings(kind="openai", model="r1", base_url="http://127.0.0.1:9/v1", n_params=10,
+                                      api="chat", reasoning=True, count_tokenizer="words"))
+    try:
+        assert b.info.thinks and isinstance(b._tokenizer, WordTokenizer)
+    finally:
+        b.close()
+    with pytest.raises(ConfigError, match="reasoning is an option of openai backends"):
+        load_settings(None, {"llm": {"model": "qwen2.5-coder-1.5b", "reasoning": True}})
+    with pytest.raises(ConfigError, match="count_tokenizer"):
+        load_settings(None, {"llm": {"model": "qwen2.5-coder-1.5b", "count_tokenizer": "words"}})

@@ -47,6 +47,8 @@ def test_settings_carry_the_values_and_refuse_them_where_they_cannot_apply() -> 
     s = Sampling.from_settings(st.llm)
     assert s.top_k == 20 and s.stop == ("###",) and s.extra_body == {"top_k": 40}
     assert Sampling.from_settings(st.slm) == Sampling()  # the other role: nothing fixed
+    dumped = load_settings(None, {"llm": {"kind": "recorded", "model": "x.jsonl"}}).model_dump()
+    assert load_settings(None, {**dumped, "classifier": "budget"}).llm.kind == "recorded"  # every key, all unset
     with pytest.raises(ConfigError, match="recording is one draw"):
         load_settings(None, {"llm": {"kind": "recorded", "model": "x.jsonl", "temperature": 0.5}})
     with pytest.raises(ConfigError, match="extra_body"):

@@ -63,14 +63,15 @@ class BackendSettings(StrictModel):
     reply: str | None = Field(default=None, description="scripted backend: the reply text")
     token_delay_s: float = Field(default=0.0, ge=0.0, description="scripted backend: seconds per token")
     tokenizer: str = Field(default=DEFAULT_TOKENIZER, description="recorded: the tokenizer that cuts the "
-                           "recorded text into tokens (an embedded model's name, a GGUF path, or 'words'); "
-                           "openai, only when set: counts the tokens of a stream that reported neither usage "
-                           "nor log-probs (unset: one a streamed chunk)")
+                           "recorded text into tokens (an embedded model's name, a GGUF path, or 'words')")
     name: str | None = Field(default=None, description="recorded: the model's name (default: the recordings')")
     prompt_rule: str | None = Field(default=None, description="recorded: how prompt tokens are counted "
                                     "(chatml-think, deepseek-r1, question; default: by the model's name)")
     tokens_per_second: float | None = Field(default=None, gt=0, description="recorded: pace the stream at "
                                             "this rate (modelled wall time); unset: wall time unknown")
+    count_tokenizer: str | None = Field(default=None, description="openai: counts the generated tokens of a "
+                                        "stream that reported neither usage nor log-probs (a name or path as "
+                                        "tokenizer takes; unset: one a streamed chunk of text)")
     reasoning: bool = Field(default=False, description="openai: a reasoning model, its thought in the stream "
                             "(chat: a reasoning or reasoning_content field; completions: the raw text up to "
                             "</think>); docs/reasoning.md")
@@ -121,11 +122,13 @@ class BackendSettings(StrictModel):
         elif self.reasoning:
             raise ValueError(f"reasoning is an option of openai backends (a {self.kind} backend says itself "
                              "whether its model thinks)")
+        if self.count_tokenizer and self.kind != "openai":
+            raise ValueError("count_tokenizer counts an openai backend's streams (a recording's is tokenizer)")
         if self.extra_body and self.kind != "openai":
             raise ValueError("extra_body goes into HTTP requests: openai backends only")
-        from .backends.sampling import SAMPLING_KEYS, Sampling  # no cycle: it imports only errors
+        from .backends.sampling import Sampling  # no cycle: it imports only errors
 
-        if self.kind == "recorded" and any(k in self.model_fields_set for k in SAMPLING_KEYS):
+        if self.kind == "recorded" and Sampling.from_settings(self).to_dict():
             raise ValueError("a recording is one draw: sampling settings do not apply to a recorded backend")
         try:
             Sampling.from_settings(self)

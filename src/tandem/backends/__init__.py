@@ -39,10 +39,10 @@ def build_backend(settings: BackendSettings, *, models_dir: str | None = None) -
             raise ConfigError(f"environment variable {settings.api_key_env} (API key) is not set")
         config = OpenAIBackendConfig.from_settings(settings)
         tokenizer = None
-        if "tokenizer" in settings.model_fields_set:  # counts streams that report neither usage nor log-probs
+        if settings.count_tokenizer:  # counts streams that report neither usage nor log-probs
             from .tokenizers import load_tokenizer
 
-            tokenizer = load_tokenizer(settings.tokenizer, models_dir)
+            tokenizer = load_tokenizer(settings.count_tokenizer, models_dir)
         return OpenAIBackend(config, tokenizer=tokenizer)
     if settings.kind == "scripted":
         from .scripted import ScriptedBackend

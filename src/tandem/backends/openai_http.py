@@ -32,8 +32,8 @@ including `prompt_tokens_details.cached_tokens` when the server reports it (vLLM
 `--enable-prompt-tokens-details`, OpenAI); without it (a cancelled stream never gets it) every
 prompt token counts as computed and the prompt is counted with the server's tokenizer endpoint
 (`_endpoints`), generated tokens being those received: one per log-prob entry when the server sent
-log-probs, else the received text (thought and answer) cut by the configured `tokenizer`, else one
-per streamed chunk of text.
+log-probs, else the received text (thought and answer) cut by the settings' `count_tokenizer`, else
+one per streamed chunk of text.
 
 Reasoning models (`reasoning = True`, `ModelInfo.thinks`): over the chat API the thought comes in its
 own field (`delta.reasoning`, `delta.reasoning_content`: a server's reasoning parser, DeepSeek's
