@@ -189,3 +189,50 @@ def test_smollm2_top_k_and_penalties_reach_the_engine(smol_sampler: Any) -> None
     # penalties act on the tokens generated so far, at temperature 0 too
     assert _text(smol_sampler(repetition_penalty=1.5), 32) != greedy
     assert _text(smol_sampler(frequency_penalty=1.5), 32) != greedy
+
+
+# ---- the command line -------------------------------------------------------------------------------------------
+def test_sampling_options_parse_numbers_stops_and_extras() -> None:
+    from tandem.bench.commands import sampling_opt
+
+    got = sampling_opt(r"temperature=0.6,top_k=20,seed=3,stop=###,stop=\n\n,extra.top_a=0.5,extra.mode=fast",
+                       "--llm-sampling")
+    assert got == {"temperature": 0.6, "top_k": 20, "seed": 3, "stop": ["###", "\n\n"],
+                   "extra_body": {"top_a": 0.5, "mode": "fast"}}
+    assert sampling_opt(None, "--llm-sampling") == {}
+    for bad, message in [("temprature=0.5", "unknown sampling key 'temprature'"), ("top_p", "KEY=VALUE"),
+                         ("top_p=high", "top_p takes a number")]:
+        with pytest.raises(ConfigError, match=message):
+            sampling_opt(bad, "--slm-sampling")
+
+
+def test_sampling_options_reach_each_roles_settings(tmp_path: Path) -> None:
+    from tandem.bench.commands import _settings
+
+    st = _settings(None, None, None, llm_sampling="temperature=0.6,top_p=0.95", slm_sampling="seed=4")
+    assert (st.llm.model, st.llm.temperature, st.llm.top_p) == ("qwen2.5-coder-1.5b", 0.6, 0.95)
+    assert (st.slm.model, st.slm.seed, st.slm.temperature) == ("qwen2.5-coder-0.5b", 4, None)
+    cfg = tmp_path / "t.toml"
+    cfg.write_text('[llm]\nmodel = "smollm2-135m"\ntop_k = 5\n')
+    st = _settings(cfg, None, None, llm_sampling="min_p=0.1")
+    assert (st.llm.model, st.llm.top_k, st.llm.min_p) == ("smollm2-135m", 5, 0.1)
+    with pytest.raises(ConfigError, match="recording is one draw"):
+        _settings(None, None, None, llm_recording=tmp_path / "r.jsonl", llm_sampling="temperature=0.5")
+
+
+def test_solve_sends_the_llm_sampling_values_to_its_endpoint(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    with misbehaving_upstream(answer_sse(["7"])) as up:
+        cfg = tmp_path / "t.toml"
+        cfg.write_text(f'[llm]\nkind = "openai"\nmodel = "big"\nbase_url = "{up.base_url}"\nn_params = 10\n'
+                       'api = "chat"\nmax_retries = 0\n[slm]\nkind = "scripted"\nmodel = "small"\n')
+        out = subprocess.run([sys.executable, "-m", "tandem.cli", "solve", "--config", str(cfg), "--mode", "llm",
+                              "--json", "--llm-sampling", "temperature=0.7,top_k=5,extra.top_a=0.2", "What is 3+4?"],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        body = next(r.json() for r in up.requests if r.path.endswith("/chat/completions"))
+    assert (body["temperature"], body["top_k"], body["top_a"]) == (0.7, 5, 0.2)
+    assert json.loads(out.stdout)["method"] == "llm"
