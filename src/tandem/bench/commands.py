@@ -294,6 +294,8 @@ def evaluate(
     llm_sampling: LlmSampling = None, slm_sampling: SlmSampling = None,
     concurrency: Annotated[int, typer.Option(min=1, help="samples in flight at once: HTTP backends only; "
                                                        "above 1, wall times include queueing")] = 1,
+    samples: Annotated[int, typer.Option(min=1, help="samples per problem and method, sample i with seed + i "
+                                                   "(reports: mean accuracy, pass@k, majority vote)")] = 1,
     fields: Fields = None, hf_config: HfConfig = None, hf_data_files: HfDataFiles = None, task: HfTask = None,
     grader: HfGrader = None,
 ) -> None:
@@ -319,7 +321,7 @@ def evaluate(
         problems = recorded_only(problems, tandem.llm, err)
         n = run_live(problems, tandem, [m.strip() for m in methods.split(",") if m.strip()],
                      get_grader(grader_name), RunStore(out_dir), dataset=label, grader_name=grader_name,
-                     effort=effort, console=err, concurrency=concurrency)
+                     effort=effort, console=err, concurrency=concurrency, samples=samples)
     finally:
         tandem.llm.close()
         tandem.slm.close()
