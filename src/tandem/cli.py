@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from .bench.commands import SAMPLING_HELP
 from .errors import InputError, TandemError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -234,6 +235,8 @@ def solve(
         help="math: stop each model where its boxed answer's line ends")] = None,
     llm_recording: Annotated[Path | None, typer.Option(
         help="LLM: a recordings JSONL file replayed as its stream (docs/reasoning.md)")] = None,
+    llm_sampling: Annotated[str | None, typer.Option(help=f"LLM {SAMPLING_HELP}")] = None,
+    slm_sampling: Annotated[str | None, typer.Option(help=f"SLM {SAMPLING_HELP}")] = None,
     models_dir: Annotated[str | None, typer.Option(help="models directory")] = None,
     compare: Annotated[bool, typer.Option(help="also run the LLM alone and compare")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
@@ -244,7 +247,7 @@ def solve(
     from .factory import build_tandem
 
     text = _read_question(question, file)
-    from .bench.commands import _budgets, effort_budgets_opt
+    from .bench.commands import _budgets, effort_budgets_opt, role_overrides, sampling_opt
 
     pipe = {k: v for k, v in dict(effort=effort, handover=handover, task=task, llm_max_tokens=llm_max_tokens,
                                    slm_max_tokens=slm_max_tokens, temperature=temperature, seed=seed,
@@ -257,6 +260,8 @@ def solve(
     if llm_recording is not None:
         llm = {"kind": "recorded", "model": str(llm_recording)}
     slm = _backend_overrides("slm", slm_model, slm_base_url, slm_api_key_env, slm_params)
+    llm = role_overrides(config, "llm", llm, sampling_opt(llm_sampling, "--llm-sampling"))
+    slm = role_overrides(config, "slm", slm, sampling_opt(slm_sampling, "--slm-sampling"))
     if llm:
         overrides["llm"] = llm
     if slm:

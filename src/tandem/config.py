@@ -71,6 +71,26 @@ class BackendSettings(StrictModel):
                                    "many tokens long was cut by the limit it was recorded with (finish 'length')")
     tokens_per_second: float | None = Field(default=None, gt=0, description="recorded: pace the stream at "
                                             "this rate (modelled wall time); unset: wall time unknown")
+    count_tokenizer: str | None = Field(default=None, description="openai: counts the generated tokens of a "
+                                        "stream that reported neither usage nor log-probs (a name or path as "
+                                        "tokenizer takes; unset: one a streamed chunk of text)")
+    reasoning: bool = Field(default=False, description="openai: a reasoning model, its thought in the stream "
+                            "(chat: a reasoning or reasoning_content field; completions: the raw text up to "
+                            "</think>); docs/reasoning.md")
+    # sampling (tandem.backends.sampling): this model's values for every request; unset: the pipeline's or the engine's
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0, description="sampling temperature of this "
+                                      "model (unset: the pipeline's)")
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=0, description="0: no top-k cut")
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    repetition_penalty: float | None = Field(default=None, gt=0.0, description="1.0: none (llama.cpp: repeat_penalty)")
+    seed: int | None = Field(default=None, ge=0, description="added to the run's seed (the pipeline's, + i for "
+                             "sample i of eval --samples)")
+    stop: tuple[str, ...] = Field(default=(), description="stop sequences, beside the pipeline's")
+    extra_body: dict[str, Any] = Field(default_factory=dict, description="openai: merged last into the body of "
+                                       "every generation request (not the fields the backend relies on)")
 
     @field_validator("base_url")
     @classmethod
@@ -101,6 +121,21 @@ class BackendSettings(StrictModel):
                 raise ValueError("an openai backend needs base_url")
             if not self.n_params:
                 raise ValueError("an openai backend needs n_params (for honest FLOPs)")
+        elif self.reasoning:
+            raise ValueError(f"reasoning is an option of openai backends (a {self.kind} backend says itself "
+                             "whether its model thinks)")
+        if self.count_tokenizer and self.kind != "openai":
+            raise ValueError("count_tokenizer counts an openai backend's streams (a recording's is tokenizer)")
+        if self.extra_body and self.kind != "openai":
+            raise ValueError("extra_body goes into HTTP requests: openai backends only")
+        from .backends.sampling import Sampling  # no cycle: it imports only errors
+
+        if self.kind == "recorded" and Sampling.from_settings(self).to_dict():
+            raise ValueError("a recording is one draw: sampling settings do not apply to a recorded backend")
+        try:
+            Sampling.from_settings(self)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
         return self
 
 

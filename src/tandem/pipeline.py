@@ -235,9 +235,12 @@ class _Run:
         self.cost.add_phase(f"{role}_generate", time.perf_counter() - t0)
         return "".join(parts), stream.finish_reason
 
-    def _request(self, prompt: Prompt, max_tokens: int) -> GenerationRequest:
+    def _request(self, prompt: Prompt, max_tokens: int, *, thought_handover: bool = False) -> GenerationRequest:
+        """The run's decoding (a backend's own sampling values apply on top: `tandem.backends.sampling`);
+        `thought_handover`: the stream is a reasoning LLM's whose thought this run may hand over."""
         d = self.cfg.decoding
-        return GenerationRequest(prompt, max_tokens=max(1, max_tokens), temperature=d.temperature, seed=d.seed)
+        return GenerationRequest(prompt, max_tokens=max(1, max_tokens), temperature=d.temperature, seed=d.seed,
+                                 thought_handover=thought_handover)
 
     def alone(self, role: str, keep: list[TokenStep] | None = None) -> TandemResult:
         backend = self.t.llm if role == "llm" else self.t.slm
@@ -386,7 +389,7 @@ class _Run:
         cancel_latency, llm_finish, closed_at = None, None, -1
         if not handed_over:
             llm_prompt = self.prompts.solve(self.q) if llm_solves else self.prompts.coordinator(self.q)
-            stream = llm.stream(self._request(llm_prompt, cfg.decoding.llm_max_tokens))
+            stream = llm.stream(self._request(llm_prompt, cfg.decoding.llm_max_tokens, thought_handover=thinks))
             t_llm, full_text, committed, finishing = time.perf_counter(), "", 0, False
             if thinks:
                 self.emit("answer_delta", {"text": THINK_OPEN, "role": "llm"})

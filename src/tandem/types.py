@@ -85,6 +85,9 @@ class ModelInfo:
     thinks: bool = False
     """A reasoning model whose prompt opens a thought: its output starts inside the thought and closes
     it with `</think>` before the answer."""
+    sampling: dict[str, Any] = field(default_factory=dict, hash=False)
+    """The sampling values the backend's settings fix for this model (`tandem.backends.sampling.Sampling`,
+    only those set): part of a run's identity."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,9 @@ class GenerationRequest:
     seed: int = 0
     stop: tuple[str, ...] = ()
     top_logprobs: int = 0
+    thought_handover: bool = False
+    """The caller may hand this stream's thought to another model (a reasoning LLM in a tandem run): a
+    backend that cannot show the thought (an endpoint that hides it) refuses instead of streaming."""
 
 
 @dataclass

@@ -16,6 +16,8 @@ BACKEND_KINDS = ("llamacpp", "openai", "scripted", "recorded")
 
 def build_backend(settings: BackendSettings, *, models_dir: str | None = None) -> Backend:
     """Create the backend a `BackendSettings` describes (loads the model for `llamacpp`)."""
+    from .sampling import Sampling
+
     if settings.kind == "llamacpp":
         from ..models import resolve_model, spec_for_path
         from .llamacpp import LlamaCppBackend, LlamaCppConfig
@@ -27,6 +29,7 @@ def build_backend(settings: BackendSettings, *, models_dir: str | None = None) -
                 model_path=str(path), name=spec.name if spec else path.stem, n_ctx=settings.n_ctx,
                 n_threads=settings.n_threads, checksum=spec.sha256 if spec else "",
                 n_params=settings.n_params or (spec.n_params if spec else 0),
+                sampling=Sampling.from_settings(settings),
             )
         )
     if settings.kind == "openai":
@@ -34,7 +37,13 @@ def build_backend(settings: BackendSettings, *, models_dir: str | None = None) -
 
         if settings.api_key_env and settings.api_key_env not in os.environ:
             raise ConfigError(f"environment variable {settings.api_key_env} (API key) is not set")
-        return OpenAIBackend(OpenAIBackendConfig.from_settings(settings))
+        config = OpenAIBackendConfig.from_settings(settings)
+        tokenizer = None
+        if settings.count_tokenizer:  # counts streams that report neither usage nor log-probs
+            from .tokenizers import load_tokenizer
+
+            tokenizer = load_tokenizer(settings.count_tokenizer, models_dir)
+        return OpenAIBackend(config, tokenizer=tokenizer)
     if settings.kind == "scripted":
         from .scripted import ScriptedBackend
 

@@ -161,13 +161,18 @@ class LlamaAdapter:
     # ---- generation ----------------------------------------------------------------------------
     def generate(
         self, tokens: Sequence[int], usage: Usage, *, max_tokens: int, temperature: float, seed: int,
-        stop: Sequence[str] = (),
+        stop: Sequence[str] = (), top_p: float | None = None, top_k: int | None = None, min_p: float | None = None,
+        repeat_penalty: float | None = None, presence_penalty: float | None = None,
+        frequency_penalty: float | None = None,
     ) -> Generator[GeneratedToken, None, str]:
         """Yield tokens generated after the prompt `tokens` and return the finish reason ("stop" or
         "length").
 
-        `usage` is filled in as soon as the prompt is processed. Closing the generator stops the
-        engine at once (no further decode).
+        Sampling values left None are off (no top-k / top-p / min-p cut, no penalty): greedy decoding
+        at temperature 0, plain sampling from the softmax at temperature T otherwise. Penalties apply at
+        temperature 0 too; log-probs and entropies are those of the model's own distribution, before
+        any of them. `usage` is filled in as soon as the prompt is processed. Closing the generator
+        stops the engine at once (no further decode).
         """
         ll = self.llama
         tokens = list(tokens)
@@ -185,8 +190,11 @@ class LlamaAdapter:
             ll.set_seed(seed)
         before = self.evaluated
         gen = ll.generate(
-            tokens, temp=temperature, top_k=0 if temperature > 0 else 40, top_p=1.0, min_p=0.0,
-            repeat_penalty=1.0, logits_processor=[processor], reset=True,
+            tokens, temp=temperature, top_k=top_k if top_k is not None else (0 if temperature > 0 else 40),
+            top_p=1.0 if top_p is None else top_p, min_p=0.0 if min_p is None else min_p,
+            repeat_penalty=1.0 if repeat_penalty is None else repeat_penalty,
+            presence_penalty=presence_penalty or 0.0, frequency_penalty=frequency_penalty or 0.0,
+            logits_processor=[processor], reset=True,
         )
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         computed = -1

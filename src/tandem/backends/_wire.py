@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from ..errors import BackendProtocolError
 from ..types import TokenStep, Usage
@@ -126,30 +126,56 @@ def cumulative(entries: Sequence[Entry]) -> list[int]:
     return offsets
 
 
+def reasoning_tokens(u: Any) -> int:
+    """`usage.completion_tokens_details.reasoning_tokens` (0 when absent)."""
+    details = u.get("completion_tokens_details") if isinstance(u, Mapping) else None
+    return max(0, int(details.get("reasoning_tokens") or 0)) if isinstance(details, Mapping) else 0
+
+
 def apply_usage(usage: Usage, u: Any) -> bool:
-    """Fill `usage` from an OpenAI `usage` object; False when there is none."""
+    """Fill `usage` from an OpenAI `usage` object; False when there is none. Generated tokens are the
+    completion tokens, which include the reasoning tokens as OpenAI, DeepSeek and vLLM count them; a
+    server that counts them apart (reasoning tokens above the completion tokens) has them added."""
     if not isinstance(u, Mapping) or u.get("prompt_tokens") is None:
         return False
     pt = int(u["prompt_tokens"])
     ct = int(u.get("completion_tokens") or 0)
+    rt = reasoning_tokens(u)
     details = u.get("prompt_tokens_details")
     cached = int(details.get("cached_tokens") or 0) if isinstance(details, Mapping) else 0
     cached = max(0, min(cached, pt))
     usage.prompt_tokens = pt
     usage.cached_prompt_tokens = cached
     usage.computed_prompt_tokens = pt - cached
-    usage.generated_tokens = ct
+    usage.generated_tokens = ct + rt if rt > ct else ct
     return True
+
+
+THOUGHT_OPEN = "<think>\n"
+THOUGHT_CLOSE = "\n</think>\n\n"
+"""How a thought streamed in its own field is written into the text: `THOUGHT_CLOSE` (the pipeline's
+`THINK_SEP`) where the stream turns from the thought to the answer, `THOUGHT_OPEN` before the thought
+of a model that is not declared a reasoning one (whose prompt is not taken to open the thought)."""
+
+Field = Literal["reasoning", "content", ""]
 
 
 @dataclass
 class Delta:
     """What one choice of a streamed chunk adds: its token steps, how many tokens the server says
-    they are, and the finish reason when the choice ends here."""
+    they are, and the finish reason when the choice ends here. `field` says where a chat delta's
+    text came from: the thought's field (`reasoning` / `reasoning_content`), `content`, or none (no
+    text); `entries` whether the server's log-probs said how many tokens it is."""
 
     steps: list[TokenStep]
     n_tokens: int
     finish: str | None = None
+    field: Field = ""
+    entries: bool = False
+
+    @property
+    def text(self) -> str:
+        return "".join(s.text for s in self.steps)
 
 
 @dataclass
@@ -160,8 +186,25 @@ class Chunk:
     deltas: list[Delta] = field(default_factory=list)
 
 
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise BackendProtocolError("malformed stream chunk (text)")
+    return value
+
+
+def thought_text(delta: Mapping[str, Any]) -> str:
+    """A chat delta's thought: `reasoning` (vLLM 0.32's reasoning parsers, OpenRouter), else
+    `reasoning_content` (DeepSeek's API, older vLLM); a server that sends both sends one text twice."""
+    text = _text(delta.get("reasoning"))
+    return text or _text(delta.get("reasoning_content"))
+
+
 def parse_chunk(chunk: Mapping[str, Any], *, chat: bool, with_entropy: bool) -> Chunk:
-    """A decoded stream chunk of the chat API (`delta.content`) or the completions API (`text`)."""
+    """A decoded stream chunk of the chat API (`delta.content`, and the thought's field) or the
+    completions API (`text`). A chat chunk with both a thought and content (where a server's parser
+    turns from one to the other) gives two deltas, the thought first, carrying the chunk's tokens."""
     if chunk.get("error"):
         err = chunk["error"]
         return Chunk(error=str(err.get("message", err) if isinstance(err, Mapping) else err))
@@ -169,16 +212,63 @@ def parse_chunk(chunk: Mapping[str, Any], *, chat: bool, with_entropy: bool) -> 
     for choice in chunk.get("choices") or []:
         if not isinstance(choice, Mapping) or choice.get("index", 0) != 0:
             continue
-        if chat:
-            delta = choice.get("delta") or {}
-            text = (delta.get("content") or "") if isinstance(delta, Mapping) else ""
-            entries = chat_entries(choice.get("logprobs"))
-        else:
-            text = choice.get("text") or ""
-            entries = completion_entries(choice.get("logprobs"))
-        if not isinstance(text, str):
-            raise BackendProtocolError("malformed stream chunk (text)")
-        steps = steps_for_chunk(text, entries, with_entropy=with_entropy)
         finish = str(choice["finish_reason"]) if choice.get("finish_reason") else None
-        out.deltas.append(Delta(steps, len(entries) or len(steps), finish))
+        if not chat:
+            text = _text(choice.get("text"))
+            entries = completion_entries(choice.get("logprobs"))
+            steps = steps_for_chunk(text, entries, with_entropy=with_entropy)
+            out.deltas.append(Delta(steps, len(entries) or len(steps), finish, "", bool(entries)))
+            continue
+        delta = choice.get("delta") or {}
+        if not isinstance(delta, Mapping):
+            raise BackendProtocolError("malformed stream chunk (delta)")
+        thought, content = thought_text(delta), _text(delta.get("content"))
+        entries = chat_entries(choice.get("logprobs"))
+        if thought and content:
+            lead = entries[0] if len(entries) == 1 else None
+            first = TokenStep(thought, lead.logprob if lead else None,
+                              lead.entropy() if lead and with_entropy else None)
+            out.deltas.append(Delta([first], len(entries) or 1, None, "reasoning", bool(entries)))
+            out.deltas.append(Delta([TokenStep(content)], 0 if entries else 1, finish, "content", bool(entries)))
+            continue
+        text = thought or content
+        steps = steps_for_chunk(text, entries, with_entropy=with_entropy)
+        kind: Field = "reasoning" if thought else "content" if content else ""
+        out.deltas.append(Delta(steps, len(entries) or len(steps), finish, kind, bool(entries)))
     return out
+
+
+def _prefixed(steps: list[TokenStep], text: str) -> list[TokenStep]:
+    first = steps[0]
+    return [TokenStep(text + first.text, first.logprob, first.entropy, first.token_id), *steps[1:]]
+
+
+class ThoughtFields:
+    """A chat stream whose thought comes in its own field, written as tandem's text: the thought as
+    it streams, then `THOUGHT_CLOSE` on the first answer token (in the same step, so that every step
+    is still one token or chunk of the server's), then the answer.
+
+    `declared`: the model is declared a reasoning one (`reasoning = true`): its text is taken to start
+    inside the thought, and an answer that comes without any thought before it (a thought the server
+    hides, or an empty one) still gets `THOUGHT_CLOSE` before it. An undeclared model's thought is
+    written between `THOUGHT_OPEN` and `THOUGHT_CLOSE`, so that it is neither lost nor read as the
+    answer. A thought that comes after the answer began is written as answer text.
+    """
+
+    def __init__(self, declared: bool) -> None:
+        self.declared = declared
+        self.state: Literal["start", "thought", "answer"] = "start"
+        self.thought_chars = 0  # characters of thought the server streamed
+
+    def mark(self, delta: Delta) -> list[TokenStep]:
+        steps = delta.steps
+        if not steps or not delta.field or self.state == "answer":
+            return steps
+        if delta.field == "reasoning":
+            opening = self.state == "start" and not self.declared
+            self.state = "thought"
+            self.thought_chars += len(delta.text)
+            return _prefixed(steps, THOUGHT_OPEN) if opening else steps
+        closing = self.state == "thought" or self.declared
+        self.state = "answer"
+        return _prefixed(steps, THOUGHT_CLOSE) if closing else steps

@@ -12,13 +12,13 @@ import math
 import os
 import threading
 from collections.abc import Generator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from ..config import DEFAULT_N_CTX, DEFAULT_N_THREADS
-from ..errors import BackendError, InputError, ModelError
+from ..errors import BackendError, ConfigError, InputError, ModelError
 from ..types import (
     BackendBase,
     Capabilities,
@@ -31,6 +31,7 @@ from ..types import (
     Usage,
 )
 from .chat_template import render_chat, template_id
+from .sampling import Sampling
 
 LLAMA_CPP_VERSION = "0.3.36"
 
@@ -45,6 +46,11 @@ class LlamaCppConfig:
     seed: int = 0
     checksum: str = ""  # sha256 of the file; "" (a file given by path): hashed at load, once per change
     n_params: int = 0  # 0: read from the GGUF (parameters that cost FLOPs per token)
+    sampling: Sampling = field(default_factory=Sampling)  # the role's values (no extra_body: that is HTTP)
+
+    def __post_init__(self) -> None:
+        if self.sampling.extra_body:
+            raise ConfigError("extra_body goes into HTTP requests: an embedded llama.cpp model has none")
 
 
 class engine_errors:  # a `with` block, lowercase like contextlib.suppress
@@ -120,6 +126,7 @@ class LlamaCppBackend(BackendBase):
             chat_template_id=template_id(self.render) if self._template else "",
             capabilities=Capabilities(stream_logprobs=True, entropy="exact", score=True, raw_prompt=True),
             checksum=config.checksum,
+            sampling=config.sampling.to_dict(),
         )
 
     def _matmul_params(self) -> int:
@@ -185,10 +192,12 @@ class LlamaCppBackend(BackendBase):
         return TokenStream(self._generate(tokens, request, usage), usage)
 
     def _generate(self, tokens: list[int], req: GenerationRequest, usage: Usage) -> Generator[TokenStep, None, str]:
+        s = self.config.sampling.resolve(req)
         with self._lock:
             gen = self._adapter.generate(
-                tokens, usage, max_tokens=req.max_tokens, temperature=req.temperature, seed=req.seed,
-                stop=req.stop,
+                tokens, usage, max_tokens=req.max_tokens, temperature=s.temperature or 0.0, seed=s.seed or 0,
+                stop=s.stop, top_p=s.top_p, top_k=s.top_k, min_p=s.min_p, repeat_penalty=s.repetition_penalty,
+                presence_penalty=s.presence_penalty, frequency_penalty=s.frequency_penalty,
             )
             try:
                 tok = None

@@ -29,13 +29,31 @@ Two APIs, chosen in the config:
 
 Usage comes from the final `usage` chunk (requested with `stream_options.include_usage`),
 including `prompt_tokens_details.cached_tokens` when the server reports it (vLLM with
-`--enable-prompt-tokens-details`, OpenAI); without it every prompt token counts as computed and
-the prompt is counted with the server's tokenizer endpoint (`_endpoints`), generated tokens being
-those received.
+`--enable-prompt-tokens-details`, OpenAI); without it (a cancelled stream never gets it) every
+prompt token counts as computed and the prompt is counted with the server's tokenizer endpoint
+(`_endpoints`), generated tokens being those received: one per log-prob entry when the server sent
+log-probs, else the received text (thought and answer) cut by the settings' `count_tokenizer`, else
+one per streamed chunk of text.
+
+Reasoning models (`reasoning = True`, `ModelInfo.thinks`): over the chat API the thought comes in its
+own field (`delta.reasoning`, `delta.reasoning_content`: a server's reasoning parser, DeepSeek's
+API, OpenRouter) and is streamed as the text, then `\n</think>\n\n` on the first answer token
+(`_wire.ThoughtFields`); over the completions API it is the raw text up to `</think>`. An endpoint
+that hides the thought (it streams no thought but reports `completion_tokens_details.
+reasoning_tokens`) is refused for a request that may hand its thought over
+(`GenerationRequest.thought_handover`): such a stream whose answer starts without a thought is read
+to its end before anything is yielded, and then either refused (`UnsupportedError`; its usage,
+reasoning tokens included, is filled in first) or yielded as an empty thought and the answer. Once
+seen, later such requests are refused at once. The hidden tokens are generated tokens in the cost.
+
+Sampling: the role's values (`tandem.backends.sampling`) go into the body under OpenAI's names
+(`top_k`, `min_p`, `repetition_penalty` as vLLM and SGLang take them), the role's `extra_body` after
+them, then the fields the backend relies on.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -52,7 +70,7 @@ from ..config import (
     DEFAULT_TIMEOUT_S,
     DEFAULT_TOP_LOGPROBS,
 )
-from ..errors import BackendError, BackendProtocolError, ConfigError, UnsupportedError
+from ..errors import BackendError, BackendProtocolError, ConfigError, TandemError, UnsupportedError
 from ..types import (
     BackendBase,
     Capabilities,
@@ -69,11 +87,15 @@ from ._echo import EchoScorer
 from ._endpoints import ServerEndpoints
 from ._http import TOKEN_SLACK, BackendHTTPError, HttpClient, Watch, line_cap, stream_cap
 from ._sse import iter_sse_data
-from ._wire import apply_usage, parse_chunk, topk_entropy
+from ._wire import ThoughtFields, apply_usage, parse_chunk, reasoning_tokens, topk_entropy
 from .chat_template import ChatTemplateFailed, ChatTemplateRefused, render_chat, template_id
+from .sampling import Sampling
 
 if TYPE_CHECKING:
     from ..config import BackendSettings
+    from .tokenizers import Tokenizer
+
+log = logging.getLogger("tandem")
 
 __all__ = [
     "BackendHTTPError",
@@ -108,7 +130,8 @@ class OpenAIBackendConfig:
     embedded model with the same template compare equal. `extra_body` is
     merged into every generation and scoring request (e.g. `{"repeat_penalty": 1.0}` for
     llama-cpp-python, whose default is 1.1 even at temperature 0); it cannot override the fields
-    the backend relies on.
+    the backend relies on. `reasoning`: a reasoning model (see the module docstring); `sampling`:
+    the role's sampling values (`tandem.backends.sampling.Sampling`, or a mapping of them).
     """
 
     base_url: str
@@ -139,8 +162,18 @@ class OpenAIBackendConfig:
     extra_body: Mapping[str, Any] = field(default_factory=dict)
     name: str = ""
     checksum: str = ""
+    reasoning: bool = False
+    sampling: Sampling = field(default_factory=Sampling)
 
     def __post_init__(self) -> None:
+        if isinstance(self.sampling, Mapping):
+            given = dict(self.sampling)
+            if "stop" in given:
+                given["stop"] = tuple(given["stop"])
+            try:
+                object.__setattr__(self, "sampling", Sampling(**given))
+            except TypeError as exc:
+                raise ConfigError(f"invalid sampling settings: {exc}") from exc
         if not self.base_url.startswith(("http://", "https://")):
             raise ConfigError(f"base_url must be an http(s) URL, got {self.base_url!r}")
         if not self.model:
@@ -189,20 +222,26 @@ class OpenAIBackendConfig:
             idle_timeout_s=settings.idle_timeout_s, min_tokens_per_s=settings.min_tokens_per_s,
             max_retries=settings.max_retries, top_logprobs=settings.top_logprobs, api=settings.api,
             tokenizer_id=settings.tokenizer_id, chat_template_id=settings.chat_template_id,
+            reasoning=settings.reasoning, sampling=Sampling.from_settings(settings),
         )
 
 
 class OpenAIBackend(BackendBase):
     """A `Backend` for one model served by an OpenAI-compatible endpoint.
 
-    `transport` replaces the network (e.g. `httpx.MockTransport` in tests). The backend is safe to
+    `transport` replaces the network (e.g. `httpx.MockTransport` in tests); `tokenizer` counts the
+    generated tokens of a stream that reported neither usage nor log-probs. The backend is safe to
     share between threads only for independent calls; a `TokenStream` belongs to one consumer.
     """
 
     max_in_flight: int | None = None  # the endpoint queues and batches concurrent calls itself
 
-    def __init__(self, config: OpenAIBackendConfig, *, transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(self, config: OpenAIBackendConfig, *, transport: httpx.BaseTransport | None = None,
+                 tokenizer: Tokenizer | None = None) -> None:
         self.config = config
+        self._tokenizer = tokenizer
+        self._hides_thought = False  # the endpoint was seen hiding the model's thought
+        self._told_undeclared = False
         key = config.api_key
         if config.api_key_env is not None:
             key = os.environ.get(config.api_key_env)
@@ -235,6 +274,8 @@ class OpenAIBackend(BackendBase):
                 raw_prompt=config.api == "completions",
             ),
             checksum=config.checksum,
+            thinks=config.reasoning,
+            sampling=config.sampling.to_dict(),
         )
         if config.chat_template is not None and not config.chat_template_id and config.api == "completions":
             try:
@@ -273,9 +314,11 @@ class OpenAIBackend(BackendBase):
         """Stream a completion. The prompt is rendered now (which may ask the server once, see
         `render`); the generation request is sent at the first `next()`. Closing the stream closes
         the HTTP response at once, which is how the server learns to stop."""
+        if request.thought_handover and self._hides_thought:
+            raise UnsupportedError(self._hidden_message())
         path, body, count_body = self._generation_body(request)
         usage = Usage()
-        return TokenStream(self._generate(path, body, count_body, usage), usage)
+        return TokenStream(self._generate(path, body, count_body, usage, request.thought_handover), usage)
 
     def score(self, text: str) -> ScoreResult:
         """Per-token log-probs of `text` from the server's echo (see `_echo`)."""
@@ -296,22 +339,26 @@ class OpenAIBackend(BackendBase):
     def _merge(self, body: dict[str, Any]) -> dict[str, Any]:
         return {**dict(self.config.extra_body), **body}
 
+    def _hidden_message(self, n: int | None = None) -> str:
+        seen = f"it reported {n} reasoning tokens" if n is not None else "it reported reasoning tokens"
+        return (f"{self._info.name}: the endpoint hides the model's thought ({seen} and streamed no reasoning "
+                "text): a continue, conclude or hint hand-over needs the thought; run the LLM alone (method llm) "
+                "or serve the model where its thought is streamed (e.g. vLLM with --reasoning-parser)")
+
     def _generation_body(self, req: GenerationRequest) -> tuple[str, dict[str, Any], dict[str, Any]]:
         cfg = self.config
         k = req.top_logprobs or cfg.top_logprobs
         body: dict[str, Any] = {
+            **dict(cfg.extra_body), **cfg.sampling.resolve(req).http_fields(),
             "model": cfg.model, "stream": True, "max_tokens": req.max_tokens,
-            "temperature": req.temperature, "seed": req.seed,
         }
-        if req.stop:
-            body["stop"] = list(req.stop)
         if cfg.stream_usage:
             body["stream_options"] = {"include_usage": True}
         messages = [{"role": m.role, "content": m.content} for m in req.prompt.messages]
         if cfg.api == "completions":
             prompt = self.render(req.prompt)
             body.update(prompt=prompt, logprobs=k)
-            return "/completions", self._merge(body), {"prompt": prompt}
+            return "/completions", body, {"prompt": prompt}
         body.update(messages=messages, logprobs=True)
         if k > 0:
             body["top_logprobs"] = k
@@ -321,10 +368,10 @@ class OpenAIBackend(BackendBase):
             cont = {"continue_final_message": True, "add_generation_prompt": False}
             body.update(cont)
             count.update(cont)
-        return "/chat/completions", self._merge(body), count
+        return "/chat/completions", body, count
 
     def _generate(
-        self, path: str, body: dict[str, Any], count_body: dict[str, Any], usage: Usage
+        self, path: str, body: dict[str, Any], count_body: dict[str, Any], usage: Usage, handover: bool
     ) -> Generator[TokenStep, None, str]:
         cfg, http, name = self.config, self._http, self._info.name
         max_tokens = int(body["max_tokens"])
@@ -333,8 +380,11 @@ class OpenAIBackend(BackendBase):
         watch = Watch(cfg.timeout_s, self._idle_s, cfg.timeout_s + max_tokens / cfg.min_tokens_per_s, stream=True)
         resp = http.send(path, body, watch=watch)
         finish: str | None = None
-        done = reported = ended_well = cancelled = False
-        n_tokens = 0
+        done = reported = ended_well = cancelled = by_entries = False
+        n_tokens = hidden_tokens = 0
+        thought = ThoughtFields(cfg.reasoning) if chat else None
+        held: list[TokenStep] | None = None  # an answer read ahead of a thought that may be hidden
+        received: list[str] = []  # the text as the server sent it (thought and answer), to count it
         try:
             for data in http.sse_data(resp, watch, cap=stream_cap(max_tokens, k), max_line=line_cap(k)):
                 watch.data()
@@ -344,8 +394,8 @@ class OpenAIBackend(BackendBase):
                 chunk = http.parse_json(data, "stream chunk")
                 with http.parsing("stream chunk"):
                     parsed = parse_chunk(chunk, chat=chat, with_entropy=k > 0)
-                    if parsed.error is None:
-                        reported = apply_usage(usage, chunk.get("usage")) or reported
+                    if parsed.error is None and apply_usage(usage, chunk.get("usage")):
+                        reported, hidden_tokens = True, reasoning_tokens(chunk["usage"])
                 if parsed.error is not None:
                     raise BackendProtocolError(http.redact(f"{name}: server error mid-stream: {parsed.error}"))
                 for delta in parsed.deltas:
@@ -356,20 +406,53 @@ class OpenAIBackend(BackendBase):
                         )
                     if not reported:
                         usage.generated_tokens += delta.n_tokens
-                    for step in delta.steps:
+                    by_entries = by_entries or delta.entries
+                    received.append(delta.text)
+                    steps = delta.steps
+                    if thought is not None:
+                        if handover and cfg.reasoning and thought.state == "start" and delta.field == "content":
+                            held = []  # no thought before the answer: hidden, or empty? the usage will say
+                        if delta.field == "reasoning" and not cfg.reasoning and not self._told_undeclared:
+                            self._told_undeclared = True
+                            log.warning("%s streams a thought in its own field: it is written between <think> tags; "
+                                        "set reasoning = true to run it as a reasoning LLM", name)
+                        steps = thought.mark(delta)
+                    if delta.finish is not None:
+                        finish = delta.finish
+                    if held is not None:
+                        held.extend(steps)
+                        continue
+                    for step in steps:
                         watch.pause()
                         yield step
                         watch.resume()
-                    if delta.finish is not None:
-                        finish = delta.finish
             if not done and finish is None:
                 raise BackendError(f"{name}: stream ended unexpectedly (neither [DONE] nor a finish reason)")
             ended_well = True
+            if thought is not None and cfg.reasoning and hidden_tokens > 0 and thought.thought_chars == 0:
+                self._hides_thought = True
+                if handover:
+                    raise UnsupportedError(self._hidden_message(hidden_tokens))
+            yield from held or ()
         except GeneratorExit:
             cancelled = True
             raise
         finally:
             resp.close()
-            if (ended_well or cancelled) and not reported and cfg.count_prompt_tokens:
-                self._endpoints.count_prompt(count_body, usage)
+            if (ended_well or cancelled) and not reported:
+                if not by_entries and self._tokenizer is not None:
+                    self._count_generated("".join(received), usage)
+                if cfg.count_prompt_tokens:
+                    self._endpoints.count_prompt(count_body, usage)
         return finish or "stop"
+
+    def _count_generated(self, text: str, usage: Usage) -> None:
+        """Generated tokens of a stream without usage or log-probs: its text cut by the tokenizer
+        (best effort: the count of streamed chunks stays when the tokenizer fails)."""
+        if not text or self._tokenizer is None:
+            return
+        try:
+            usage.generated_tokens = len(self._tokenizer.encode(text))
+        except TandemError as exc:
+            log.warning("%s: cannot count the generated tokens with %s: %s", self._info.name,
+                        self._tokenizer.name, exc)

@@ -29,6 +29,11 @@ Preset = Annotated[str | None, typer.Option(help="defaults for a kind of LLM: re
 Prompts = Annotated[Path | None, typer.Option(help="a TOML/YAML file of prompt wordings (docs/reasoning.md)")]
 LlmRecording = Annotated[Path | None, typer.Option(help="LLM: a recordings JSONL file to replay as its stream "
                                                          "(the `recorded` backend; docs/reasoning.md)")]
+SAMPLING_HELP = ("sampling values, comma-separated KEY=VALUE: temperature, top_p, top_k, min_p, presence_penalty, "
+                 "frequency_penalty, repetition_penalty, seed (added to the run's), stop (repeatable; \\n escapes), "
+                 "extra.KEY (openai: into the request body)")
+LlmSampling = Annotated[str | None, typer.Option(help=f"LLM {SAMPLING_HELP}")]
+SlmSampling = Annotated[str | None, typer.Option(help=f"SLM {SAMPLING_HELP}")]
 # hf:<path> datasets only
 Fields = Annotated[str | None, typer.Option(help="hf: or a local .jsonl: map id/question/answer to its columns, "
                                                  "e.g. question=problem,answer=solution")]
@@ -74,17 +79,87 @@ def _problems(bench: str, data_dir: str | None, split: str | None, offset: int, 
     return sel, label, ps.grader
 
 
+def _scalar(value: str) -> Any:
+    """A number when the text is one (int before float), true / false, else the text (with \\ escapes)."""
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    if value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    return _unescape(value)
+
+
+def _unescape(value: str) -> str:
+    import codecs
+
+    try:
+        return codecs.decode(value, "unicode_escape") if "\\" in value else value
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"bad escape in {value!r}: {exc.reason}") from None
+
+
+def sampling_opt(text: str | None, flag: str) -> dict[str, Any]:
+    """`--llm-sampling temperature=0.6,top_p=0.95,stop=###,extra.chat_template_kwargs=...`: a role's
+    sampling keys (`tandem.backends.sampling`), numbers parsed; the settings validate the values."""
+    if text is None:
+        return {}
+    from ..backends.sampling import SAMPLING_KEYS
+
+    out: dict[str, Any] = {}
+    for part in (p for p in text.split(",") if p.strip()):
+        key, eq, value = part.partition("=")
+        key = key.strip()
+        if not eq or not key:
+            raise ConfigError(f"{flag} {text!r}: use KEY=VALUE pairs, e.g. temperature=0.6,top_p=0.95")
+        if key == "stop":
+            out.setdefault("stop", []).append(_unescape(value))
+        elif key.startswith("extra.") and len(key) > len("extra."):
+            out.setdefault("extra_body", {})[key[len("extra."):]] = _scalar(value.strip())
+        elif key in SAMPLING_KEYS and key != "extra_body":
+            number = _scalar(value.strip())
+            if isinstance(number, bool) or not isinstance(number, int | float):
+                raise ConfigError(f"{flag}: {key} takes a number, got {value.strip()!r}")
+            out[key] = number
+        else:
+            known = ", ".join(k for k in SAMPLING_KEYS if k != "extra_body")
+            raise ConfigError(f"{flag}: unknown sampling key {key!r} (known: {known}, extra.KEY)")
+    return out
+
+
+def role_overrides(config: Path | None, role: str, values: dict[str, Any], sampling: dict[str, Any]) -> dict[str, Any]:
+    """The `[llm]` / `[slm]` overrides: `values`, then the sampling values; with these alone (no model
+    named here or in the settings file) the role's default model, as without them."""
+    if not sampling:
+        return values
+    if "model" not in values:
+        from ..config import DEFAULT_LLM, DEFAULT_SLM, read_settings_file
+
+        section = read_settings_file(Path(config)).get(role) if config else None
+        if not (isinstance(section, dict) and "model" in section):
+            values = {"model": DEFAULT_LLM if role == "llm" else DEFAULT_SLM, **values}
+    return {**values, **sampling}
+
+
 def _settings(config: Path | None, llm_model: str | None, slm_model: str | None,
-              llm_recording: Path | None = None, **pipe: Any) -> Any:
+              llm_recording: Path | None = None, *, llm_sampling: str | None = None,
+              slm_sampling: str | None = None, **pipe: Any) -> Any:
     from ..config import load_settings
 
     overrides: dict[str, Any] = {"pipeline": {k: v for k, v in pipe.items() if v is not None}}
+    llm: dict[str, Any] = {}
     if llm_recording is not None:
-        overrides["llm"] = {"kind": "recorded", "model": str(llm_recording)}
+        llm = {"kind": "recorded", "model": str(llm_recording)}
     elif llm_model:
-        overrides["llm"] = {"model": llm_model}
-    if slm_model:
-        overrides["slm"] = {"model": slm_model}
+        llm = {"model": llm_model}
+    llm = role_overrides(config, "llm", llm, sampling_opt(llm_sampling, "--llm-sampling"))
+    slm = role_overrides(config, "slm", {"model": slm_model} if slm_model else {},
+                         sampling_opt(slm_sampling, "--slm-sampling"))
+    if llm:
+        overrides["llm"] = llm
+    if slm:
+        overrides["slm"] = slm
     return load_settings(config, overrides)
 
 
@@ -158,6 +233,7 @@ def probe(
                                                              "line ends")] = None,
     preset: Preset = None, prompts: Prompts = None,
     llm_model: LlmModel = None, slm_model: SlmModel = None, llm_recording: LlmRecording = None,
+    llm_sampling: LlmSampling = None, slm_sampling: SlmSampling = None,
     purpose: Annotated[str | None, typer.Option(help="train | calibration | dev | test: what the table may be used "
                                                      "for (default: by the benchmark split; only test-split "
                                                      "tables marked train or calibration may be fitted on)")] = None,
@@ -177,7 +253,8 @@ def probe(
     problems, label, grader_name = _problems(bench, data_dir, split, offset, limit, sample, seed, fields=fields,
                                              hf_config=hf_config, hf_data_files=hf_data_files, task=task,
                                              grader=grader)
-    st = _settings(config, llm_model, slm_model, llm_recording, handover=handover, llm_max_tokens=llm_max_tokens,
+    st = _settings(config, llm_model, slm_model, llm_recording, llm_sampling=llm_sampling,
+                   slm_sampling=slm_sampling, handover=handover, llm_max_tokens=llm_max_tokens,
                    slm_max_tokens=slm_max_tokens, stage_budgets=_budgets(budgets), stop_at_answer=stop_at_answer,
                    preset=preset, prompts=str(prompts) if prompts else None)
     pc = pipeline_config(st)
@@ -217,8 +294,11 @@ def evaluate(
     stop_at_answer: Annotated[bool | None, typer.Option(help="math: stop each model where its boxed answer's "
                                                              "line ends")] = None,
     llm_model: LlmModel = None, slm_model: SlmModel = None, llm_recording: LlmRecording = None,
+    llm_sampling: LlmSampling = None, slm_sampling: SlmSampling = None,
     concurrency: Annotated[int, typer.Option(min=1, help="samples in flight at once: HTTP backends only; "
                                                        "above 1, wall times include queueing")] = 1,
+    samples: Annotated[int, typer.Option(min=1, help="samples per problem and method, sample i with seed + i "
+                                                   "(reports: mean accuracy, pass@k, majority vote)")] = 1,
     fields: Fields = None, hf_config: HfConfig = None, hf_data_files: HfDataFiles = None, task: HfTask = None,
     grader: HfGrader = None,
 ) -> None:
@@ -232,7 +312,8 @@ def evaluate(
     problems, label, grader_name = _problems(bench, data_dir, split, offset, limit, sample, seed, fields=fields,
                                              hf_config=hf_config, hf_data_files=hf_data_files, task=task,
                                              grader=grader)
-    st = _settings(config, llm_model, slm_model, llm_recording, effort=effort, handover=handover,
+    st = _settings(config, llm_model, slm_model, llm_recording, llm_sampling=llm_sampling,
+                   slm_sampling=slm_sampling, effort=effort, handover=handover,
                    stage_budgets=_budgets(budgets), effort_budgets=effort_budgets_opt(effort_budgets), preset=preset,
                    prompts=str(prompts) if prompts else None,
                    llm_max_tokens=llm_max_tokens, slm_max_tokens=slm_max_tokens, stop_at_answer=stop_at_answer)
@@ -243,7 +324,7 @@ def evaluate(
         problems = recorded_only(problems, tandem.llm, err)
         n = run_live(problems, tandem, [m.strip() for m in methods.split(",") if m.strip()],
                      get_grader(grader_name), RunStore(out_dir), dataset=label, grader_name=grader_name,
-                     effort=effort, console=err, concurrency=concurrency)
+                     effort=effort, console=err, concurrency=concurrency, samples=samples)
     finally:
         tandem.llm.close()
         tandem.slm.close()

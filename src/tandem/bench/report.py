@@ -7,6 +7,12 @@ Everything but the plots and `write_report` is a pure function. Conventions:
 - Accuracy comes with a 95% Wilson score interval.
 - Runs are joined by `problem_id`. Cost ratios and the exact McNemar test compare a method with
   the baseline on the problems both have without error ("paired" problems).
+- Several samples per problem (`tandem eval --samples K`: `extra["sample"]` on each outcome): the
+  accuracy is the mean over samples, its interval the Wilson interval at the effective sample size
+  (samples of one problem are not independent: the design effect of the per-problem clusters);
+  pass@k (the unbiased estimator) and the accuracy of the per-problem majority vote come beside it;
+  cost ratios compare per-problem means; McNemar needs one sample per problem on both sides; the
+  oracle frontier and its ratios read each problem's first sample.
 - Plots are drawn on `matplotlib.figure.Figure` objects and saved as PNG through Agg; pyplot and
   its global state are never touched.
 """
@@ -131,6 +137,9 @@ class MethodSummary:
     mcnemar_b: int | None
     mcnemar_c: int | None
     mcnemar_p: float | None
+    samples: int = 1  # most samples of one problem
+    pass_at: dict[str, float] | None = None  # with samples: "k" -> pass@k (unbiased), k = 1, 2, 4, ..., samples
+    majority_accuracy: float | None = None  # with samples: the per-problem majority vote's accuracy
 
     @property
     def n_scored(self) -> int:
@@ -168,15 +177,89 @@ def join_runs(runs: Sequence[tuple[str, Sequence[Outcome]]]) -> list[Outcome]:
     return joined
 
 
+def sample_of(o: Outcome) -> int | None:
+    """The sample index of an outcome of a several-sample run (None: a one-sample run's)."""
+    i = o.extra.get("sample")
+    return i if isinstance(i, int) and not isinstance(i, bool) else None
+
+
 def _by_method(outcomes: Iterable[Outcome]) -> dict[str, dict[str, Outcome]]:
-    """method -> problem id -> outcome, methods in order of first appearance."""
+    """method -> problem id -> outcome (a problem's first sample), methods in order of first appearance."""
     table: dict[str, dict[str, Outcome]] = {}
-    for o in outcomes:
-        rows = table.setdefault(o.method, {})
-        if o.problem_id in rows:
-            raise InputError(f"two outcomes for problem {o.problem_id!r} and method {o.method!r}")
-        rows[o.problem_id] = o
+    for method, rows in _samples_by_method(outcomes).items():
+        table[method] = {pid: min(outs, key=lambda o: sample_of(o) or 0) for pid, outs in rows.items()}
     return table
+
+
+def _samples_by_method(outcomes: Iterable[Outcome]) -> dict[str, dict[str, list[Outcome]]]:
+    """method -> problem id -> its outcomes (one, or one per sample), methods in order of first appearance."""
+    table: dict[str, dict[str, list[Outcome]]] = {}
+    seen: set[tuple[str, str, int | None]] = set()
+    for o in outcomes:
+        key = (o.method, o.problem_id, sample_of(o))
+        if key in seen:
+            which = "" if key[2] is None else f" sample {key[2]}"
+            raise InputError(f"two outcomes for problem {o.problem_id!r} and method {o.method!r}{which}")
+        seen.add(key)
+        table.setdefault(o.method, {}).setdefault(o.problem_id, []).append(o)
+    return table
+
+
+def _wilson_float(p: float, n: float, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval of a proportion `p` at a (fractional) sample size `n` > 0."""
+    z2 = z * z
+    denom = 1 + z2 / n
+    center = (p + z2 / (2 * n)) / denom
+    half = z / denom * math.sqrt(max(0.0, p * (1 - p) / n + z2 / (4 * n * n)))
+    return max(0.0, center - half), min(1.0, center + half)
+
+
+def clustered_interval(per_problem: Sequence[tuple[int, int]], z: float = Z95) -> tuple[float, float]:
+    """95% interval of the mean accuracy over samples, from (correct, samples) per problem: the Wilson
+    interval at the effective sample size, total samples over the design effect of the per-problem
+    clusters (between the number of problems, when a problem's samples all agree, and the number of
+    samples, when they are independent). (0, 1) without samples."""
+    rows = [(c, m) for c, m in per_problem if m > 0]
+    total = sum(m for _, m in rows)
+    if total == 0:
+        return 0.0, 1.0
+    acc = sum(c for c, _ in rows) / total
+    n = len(rows)
+    var = n / (n - 1) * sum((c - acc * m) ** 2 for c, m in rows) / total**2 if n > 1 else 0.0
+    n_eff = float(n) if var <= 0 or acc in (0.0, 1.0) else min(float(total), max(float(n), acc * (1 - acc) / var))
+    if n == 1:
+        n_eff = float(total)
+    return _wilson_float(acc, n_eff, z)
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """The unbiased pass@k estimator of one problem with `c` of `n` samples right: 1 - C(n-c, k) / C(n, k)."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"need 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def majority_correct(outs: Sequence[Outcome]) -> bool:
+    """Whether the most frequent answer among a problem's samples (without error) is right; a tie goes to
+    the answer that came first (lowest sample index); samples without an answer vote for none."""
+    ok = sorted((o for o in outs if o.error is None), key=lambda o: sample_of(o) or 0)
+    votes: dict[str | None, list[Outcome]] = {}
+    for o in ok:
+        votes.setdefault(None if o.answer is None else str(o.answer).strip(), []).append(o)
+    if not votes:
+        return False
+    best = max(votes.values(), key=len)  # max keeps the first of equal counts: insertion order
+    return best[0].answer is not None and best[0].correct
+
+
+def _ks(samples: int) -> list[int]:
+    ks, k = [], 1
+    while k < samples:
+        ks.append(k)
+        k *= 2
+    return [*ks, samples]
 
 
 def _mean(values: Sequence[float]) -> float | None:
@@ -193,18 +276,31 @@ def _ratio(num: Sequence[float], den: Sequence[float]) -> float | None:
 def summarize(outcomes: Iterable[Outcome], baseline: str = "llm") -> list[MethodSummary]:
     """One `MethodSummary` per method, in order of first appearance. Raises InputError when one
     method has two outcomes for the same problem."""
-    table = _by_method(outcomes)
-    base = {pid: o for pid, o in table.get(baseline, {}).items() if o.error is None}
+    table = _samples_by_method(outcomes)
+    base_ok = {pid: [o for o in outs if o.error is None] for pid, outs in table.get(baseline, {}).items()}
+    base = {pid: _problem_mean(outs) for pid, outs in base_ok.items() if outs}
+    base_sampled = any(sample_of(o) is not None for outs in base_ok.values() for o in outs)
     has_baseline = baseline in table
     summaries = []
-    for method, rows in table.items():
-        ok = [o for o in rows.values() if o.error is None]
+    for method, problems in table.items():
+        rows = [o for outs in problems.values() for o in outs]
+        ok = [o for o in rows if o.error is None]
+        sampled = any(sample_of(o) is not None for o in rows)
         n_correct = sum(o.correct for o in ok)
-        lo, hi = wilson_interval(n_correct, len(ok)) if ok else (None, None)
-        paired = [(o, base[o.problem_id]) for o in ok if o.problem_id in base]
+        ok_by_problem = {pid: [o for o in outs if o.error is None] for pid, outs in problems.items()}
+        if not ok:
+            lo, hi = None, None
+        elif sampled:
+            lo, hi = clustered_interval([(sum(o.correct for o in outs), len(outs)) for outs in ok_by_problem.values()])
+        else:
+            lo, hi = wilson_interval(n_correct, len(ok))
+        paired = [(_problem_mean(outs), base[pid]) for pid, outs in ok_by_problem.items() if outs and pid in base]
         compare = has_baseline and method != baseline
+        exact = compare and not sampled and not base_sampled  # McNemar: one sample a problem on both sides
         b = sum(o.correct and not r.correct for o, r in paired)
         c = sum(r.correct and not o.correct for o, r in paired)
+        extra = {"samples": max(len(outs) for outs in problems.values()), **_sample_stats(ok_by_problem)} \
+            if sampled else {}
         summaries.append(
             MethodSummary(
                 method=method,
@@ -236,12 +332,40 @@ def summarize(outcomes: Iterable[Outcome], baseline: str = "llm") -> list[Method
                 wall_ratio=_ratio([o.wall_seconds for o, _ in paired], [r.wall_seconds for _, r in paired])
                 if has_baseline and not _wall_unknown([x for pair in paired for x in pair])
                 else None,
-                mcnemar_b=b if compare else None,
-                mcnemar_c=c if compare else None,
-                mcnemar_p=mcnemar_exact(b, c) if compare else None,
+                mcnemar_b=b if exact else None,
+                mcnemar_c=c if exact else None,
+                mcnemar_p=mcnemar_exact(b, c) if exact else None,
+                **extra,
             )
         )
     return summaries
+
+
+def _problem_mean(outs: Sequence[Outcome]) -> Outcome:
+    """One problem's samples as one outcome: correct when the majority of samples is; costs averaged
+    (a single sample: itself)."""
+    if len(outs) == 1:
+        return outs[0]
+    n = len(outs)
+    return replace(
+        outs[0], correct=2 * sum(o.correct for o in outs) > n,
+        flops_total=sum(o.flops_total for o in outs) / n, flops_generated=sum(o.flops_generated for o in outs) / n,
+        wall_seconds=sum(o.wall_seconds for o in outs) / n,
+        extra={**outs[0].extra, "wall_unknown": any(o.extra.get("wall_unknown") for o in outs)},
+    )
+
+
+def _sample_stats(ok_by_problem: Mapping[str, Sequence[Outcome]]) -> dict[str, Any]:
+    """pass@k and the majority vote's accuracy over the problems with samples (without error)."""
+    counts = [(len(outs), sum(o.correct for o in outs)) for outs in ok_by_problem.values() if outs]
+    k_max = max((n for n, _ in counts), default=1)
+    pass_at = {}
+    for k in _ks(k_max):
+        values = [pass_at_k(n, c, k) for n, c in counts if n >= k]
+        if values:
+            pass_at[str(k)] = sum(values) / len(values)
+    voted = [majority_correct(outs) for outs in ok_by_problem.values() if outs]
+    return {"pass_at": pass_at, "majority_accuracy": sum(voted) / len(voted) if voted else None}
 
 
 # --- oracle frontier ---------------------------------------------------------------------------
@@ -545,6 +669,12 @@ def _tokens(prompt: float | None, generated: float | None) -> str:
     return f"{prompt:.0f} / {generated:.0f}"
 
 
+def _pass_at(s: MethodSummary) -> str:
+    if not s.pass_at:
+        return "–"
+    return ", ".join(f"@{k} {100 * v:.1f}%" for k, v in s.pass_at.items())
+
+
 def _mcnemar(s: MethodSummary) -> str:
     if s.is_baseline:
         return "(baseline)"
@@ -562,9 +692,11 @@ def render_markdown(
 ) -> str:
     """A Markdown report: one table row per method, then notes and `images` ((caption, path))."""
     baseline = summaries[0].baseline if summaries else "llm"
+    sampled = any(s.samples > 1 for s in summaries)
     headers = [
         "method",
         "accuracy [95% CI]",
+        *(["samples", "pass@k", "majority vote"] if sampled else []),
         "n",
         "errors",
         "TFLOPs total",
@@ -586,6 +718,9 @@ def render_markdown(
         cells = [
             f"`{s.method}`",
             _pct(s),
+            *([str(s.samples), _pass_at(s), _num(None if s.majority_accuracy is None else 100 * s.majority_accuracy,
+                                                  ".1f") + ("%" if s.majority_accuracy is not None else "")]
+              if sampled else []),
             str(s.n),
             str(s.n_errors),
             _tflops(s.mean_flops_total),
@@ -615,6 +750,14 @@ def render_markdown(
         lines.append(
             f"- Paired comparisons with `{baseline}` use the problems both ran without error: {', '.join(paired)}."
         )
+    if sampled:
+        lines += [
+            "- Several samples per problem (`samples`, sample i with seed + i): accuracy is the mean over samples, "
+            "its interval the Wilson interval at the effective sample size (a problem's samples are not "
+            "independent); pass@k is the unbiased estimator (1 - C(n-c, k) / C(n, k), per problem with n samples "
+            "and c right), the majority vote takes each problem's most frequent answer. n counts samples; ratios "
+            "compare per-problem means; McNemar needs one sample per problem on both sides.",
+        ]
     lines += [
         "- Accuracy excludes samples that failed to run (errors); the interval is the 95% Wilson score interval.",
         "- Means (TFLOPs, tokens, wall) are per problem over samples without error. TFLOPs total counts "

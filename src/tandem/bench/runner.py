@@ -33,9 +33,14 @@ R = TypeVar("R")
 
 
 def model_identity(b: Backend) -> dict[str, Any]:
+    """A model as a run's manifest names it; its role's sampling values only when it fixes some (so that
+    runs recorded before they could be set keep their identity)."""
     i = b.info
-    return {"name": i.name, "n_params": i.n_params, "checksum": i.checksum, "tokenizer_id": i.tokenizer_id,
-            "chat_template_id": i.chat_template_id}
+    ident = {"name": i.name, "n_params": i.n_params, "checksum": i.checksum, "tokenizer_id": i.tokenizer_id,
+             "chat_template_id": i.chat_template_id}
+    if i.sampling:
+        ident["sampling"] = dict(i.sampling)
+    return ident
 
 
 def entropy_kinds(llm: Backend, slm: Backend) -> dict[str, str]:
@@ -131,17 +136,37 @@ def _in_flight(items: Sequence[T], work: Callable[[T], R], concurrency: int) -> 
                 f.cancel()
 
 
+def sample_key(problem_id: str, method: str, sample: int, samples: int) -> str:
+    """A live record's key: `id|method`, and `id|method|s{i}` for sample i of a run of several samples
+    per problem (a one-sample run keeps the keys runs had before, so they resume)."""
+    return f"{problem_id}|{method}" if samples == 1 else f"{problem_id}|{method}|s{sample}"
+
+
+def greedy_roles(tandem: Tandem) -> list[str]:
+    """The roles that decode greedily (temperature 0, their own or the run's), or replay a recording:
+    their samples are all one."""
+    out = []
+    for role, b in (("llm", tandem.llm), ("slm", tandem.slm)):
+        temperature = b.info.sampling.get("temperature", tandem.config.decoding.temperature)
+        if b.info.capabilities.replayed or not temperature:
+            out.append(role)
+    return out
+
+
 def run_live(problems: Sequence[Problem], tandem: Tandem, methods: Iterable[str], grader: Grader,
              store: RunStore, *, dataset: str, grader_name: str, effort: str | None = None,
-             console: Console | None = None, cold: bool = True, concurrency: int = 1) -> int:
+             console: Console | None = None, cold: bool = True, concurrency: int = 1, samples: int = 1) -> int:
     """Run each method live on each problem; store one Outcome per (problem, method), each as it finishes.
 
     `concurrency` > 1 keeps that many samples in flight (backends that take concurrent calls only);
-    caches are then not reset between samples."""
+    caches are then not reset between samples. `samples` > 1 runs each (problem, method) that many
+    times, sample i with the run's seed + i (its Outcome's `extra` says `sample` and `seed`)."""
     methods = list(methods)
     limit = max_concurrency(tandem.llm, tandem.slm)
     if concurrency < 1:
         raise ConfigError("--concurrency must be at least 1")
+    if samples < 1:
+        raise ConfigError("--samples must be at least 1")
     if limit is not None and concurrency > limit:
         raise ConfigError(f"--concurrency {concurrency}: these backends take {limit} call(s) at a time "
                           "(embedded llama.cpp models are not re-entrant); use HTTP endpoints for more")
@@ -154,35 +179,47 @@ def run_live(problems: Sequence[Problem], tandem: Tandem, methods: Iterable[str]
         "concurrency": concurrency, "problem_ids": [p.id for p in problems], "git_revision": git_revision(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    if samples > 1:  # a one-sample run's manifest is what it was before samples could be asked for
+        manifest["samples"] = samples
     for m in methods:  # a method that cannot run is refused up front, not stored as an error per sample
         tandem.check_method(_solve_args(m, effort)[0])
+    same = greedy_roles(tandem) if samples > 1 else []
+    if same and console is not None:
+        console.print(f"note: the {' and the '.join(r.upper() for r in same)} decode(s) greedily or replay a "
+                      f"recording: {'their' if len(same) > 1 else 'its'} part of the {samples} samples is one draw "
+                      "(set a temperature: [pipeline] or a role's, e.g. --llm-sampling temperature=0.6)")
     done = store.open(manifest)
     try:  # the run directory stays locked while this process writes it
-        return _run_all([(p, m) for p in problems for m in methods if f"{p.id}|{m}" not in done],
-                        len(problems) * len(methods), tandem, methods, grader, store, dataset=dataset, effort=effort,
-                        console=console, cold=cold, concurrency=concurrency)
+        todo = [(p, m, i) for p in problems for m in methods for i in range(samples)
+                if sample_key(p.id, m, i, samples) not in done]
+        return _run_all(todo, len(problems) * len(methods) * samples, tandem, methods, grader, store,
+                        dataset=dataset, effort=effort, console=console, cold=cold, concurrency=concurrency,
+                        samples=samples)
     finally:
         store.close()
 
 
-def _run_all(todo: Sequence[tuple[Problem, str]], total: int, tandem: Tandem, methods: Sequence[str], grader: Grader,
-             store: RunStore, *, dataset: str, effort: str | None, console: Console | None, cold: bool,
-             concurrency: int) -> int:
+def _run_all(todo: Sequence[tuple[Problem, str, int]], total: int, tandem: Tandem, methods: Sequence[str],
+             grader: Grader, store: RunStore, *, dataset: str, effort: str | None, console: Console | None,
+             cold: bool, concurrency: int, samples: int = 1) -> int:
     added = 0
     stats: dict[str, list[float]] = {m: [0, 0, 0.0] for m in methods}  # right, scored, TFLOPs
+    base_seed = tandem.config.decoding.seed
 
-    def one(item: tuple[Problem, str]) -> TandemResult | TandemError:
+    def one(item: tuple[Problem, str, int]) -> TandemResult | TandemError:
         if cold and concurrency == 1:
             for b in (tandem.llm, tandem.slm):
                 capabilities.reset_cache(b)
-        return _solve_one(tandem, item[0], item[1], effort)
+        return _solve_one(tandem, item[0], item[1], effort, base_seed + item[2] if samples > 1 else None)
 
     with _progress(console) as bar:
         task = bar.add_task(f"eval {dataset}", total=total, completed=total - len(todo), status="")
-        for (p, m), solved in _in_flight(todo, one, concurrency):
+        for (p, m, i), solved in _in_flight(todo, one, concurrency):
             out = _graded(p, m, solved, grader,  # here, in this thread: graders may rely on signals
                           tandem.llm.info.capabilities.replayed)
-            store.append(f"{p.id}|{m}", out.to_dict())
+            if samples > 1:
+                out.extra.update(sample=i, seed=base_seed + i)
+            store.append(sample_key(p.id, m, i, samples), out.to_dict())
             added += 1
             if out.error is None:
                 stats[m][0] += out.correct
@@ -201,8 +238,11 @@ def _solve_args(method: str, effort: str | None) -> tuple[str, dict[str, Any]]:
     return method, ({"effort": effort} if effort else {})
 
 
-def _solve_one(tandem: Tandem, p: Problem, method: str, effort: str | None) -> TandemResult | TandemError:
+def _solve_one(tandem: Tandem, p: Problem, method: str, effort: str | None,
+               seed: int | None = None) -> TandemResult | TandemError:
     name, kwargs = _solve_args(method, effort)
+    if seed is not None:
+        kwargs["seed"] = seed
     try:
         return tandem.solve(p.question, method=name, task=p.task, **kwargs)
     except TandemError as exc:
