@@ -31,7 +31,7 @@ from tandem.features import available_groups
 from tandem.pipeline import THINK_OPEN, THINK_SEP, DecodingSettings, PipelineConfig, Tandem
 from tandem.policy import EffortSetting, StopRule
 from tandem.prompts import PromptSet
-from tandem.types import Backend, GenerationRequest, Message, Prompt
+from tandem.types import Backend, GenerationRequest, Message, Prompt, TokenStream
 from vllm_server import (
     FEATURE_ARGS,
     SMOL_PARAMS,
@@ -454,7 +454,7 @@ class SeesPrompts(OpenAIBackend):
         super().__init__(config)
         self.prompts: list[Prompt] = []
 
-    def stream(self, request: GenerationRequest):  # type: ignore[no-untyped-def]
+    def stream(self, request: GenerationRequest) -> TokenStream:
         self.prompts.append(request.prompt)
         return super().stream(request)
 
