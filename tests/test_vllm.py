@@ -5,8 +5,9 @@ tests run when it exists or when TANDEM_VLLM=1 (which builds it, ~3 minutes); ot
 With TANDEM_VLLM=1 and TANDEM_REQUIRE_REAL=1 anything missing is a failure instead.
 
 At most one vLLM server runs at a time: one shared server (both roles, as two served model names of
-one engine) for most tests, stopped before the last test starts a dedicated server that it kills
-mid-stream. Servers run with one OpenMP thread; requests stay short (max_tokens <= 64).
+one engine) for most tests, stopped before the last two tests start dedicated servers: one with a
+reasoning parser and a template that opens a thought (~35 s with its start), and one that the last
+test kills mid-stream. Servers run with one OpenMP thread; requests stay short (max_tokens <= 64).
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ from tandem.backends.openai_http import OpenAIBackend, OpenAIBackendConfig
 from tandem.cost import ModelCost
 from tandem.errors import BackendError
 from tandem.features import available_groups
-from tandem.pipeline import DecodingSettings, PipelineConfig, Tandem
+from tandem.pipeline import THINK_OPEN, THINK_SEP, DecodingSettings, PipelineConfig, Tandem
 from tandem.policy import EffortSetting, StopRule
-from tandem.types import Backend, GenerationRequest, Message, Prompt
+from tandem.prompts import PromptSet
+from tandem.types import Backend, GenerationRequest, Message, Prompt, TokenStream
 from vllm_server import (
+    FEATURE_ARGS,
     SMOL_PARAMS,
     VllmServer,
     hf_folder,
@@ -103,9 +106,10 @@ class ServerPool:
         self.current: VllmServer | None = None
         self.shared_up = False
 
-    def _start(self) -> VllmServer:
+    def _start(self, extra_args: tuple[str, ...] = FEATURE_ARGS) -> VllmServer:
         self.close()
-        server = start_vllm(self.py, self.model_dir, [LLM, SLM], log_dir=self.log_dir, startup_timeout_s=180.0)
+        server = start_vllm(self.py, self.model_dir, [LLM, SLM], log_dir=self.log_dir, extra_args=extra_args,
+                            startup_timeout_s=180.0)
         warm_up(server)
         self.current = server
         return server
@@ -117,9 +121,9 @@ class ServerPool:
         assert self.current is not None
         return self.current
 
-    def dedicated(self) -> VllmServer:
+    def dedicated(self, extra_args: tuple[str, ...] = FEATURE_ARGS) -> VllmServer:
         self.shared_up = False
-        return self._start()
+        return self._start(extra_args)
 
     def close(self) -> None:
         if self.current is not None:
@@ -431,6 +435,95 @@ def test_logprobs_and_features_agree_with_llamacpp(server: VllmServer, smol_gguf
         if cmp.endswith(("top5", "top20")):  # same estimator: the entropy features agree too
             ent = {n: d for n, d in deltas.items() if "_ent_" in n}
             assert max(ent.values()) <= TOL_LP_FEATURE, (cmp, ent)
+
+
+# ---- a reasoning model: the thought in its own field (a server of its own) ----------------------------
+# SmolLM2's template with the assistant's turn opening a thought, as a reasoning model's template does
+THINKING_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\n"
+    "You are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n<think>\n' }}{% endif %}"
+)
+
+
+class SeesPrompts(OpenAIBackend):
+    """The SLM, keeping the prompts it was asked to continue."""
+
+    def __init__(self, config: OpenAIBackendConfig) -> None:
+        super().__init__(config)
+        self.prompts: list[Prompt] = []
+
+    def stream(self, request: GenerationRequest) -> TokenStream:
+        self.prompts.append(request.prompt)
+        return super().stream(request)
+
+
+def _raw_stream(server: VllmServer, body: dict[str, object]) -> tuple[dict[str, str], dict[str, int]]:
+    """vLLM's own streamed answer: the text of each delta field, and the usage."""
+    fields = {"reasoning": "", "content": ""}
+    usage: dict[str, int] = {}
+    with httpx.stream("POST", f"{server.base_url}/chat/completions", timeout=120.0, trust_env=False,
+                      json={**body, "stream": True, "stream_options": {"include_usage": True}}) as resp:
+        for line in resp.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            event = json.loads(line[len("data: "):])
+            usage = event.get("usage") or usage
+            for choice in event.get("choices") or []:
+                for name in fields:
+                    fields[name] += choice["delta"].get(name) or ""
+    return fields, usage
+
+
+def test_reasoning_parser_thought_streams_counts_and_hands_over(pool: ServerPool, smol_hf: Path,
+                                                                tmp_path: Path) -> None:
+    """vLLM with a reasoning parser (`olmo3`: it finds `</think>` as text, which SmolLM2's vocabulary
+    splits into pieces) and a template that opens the thought: the backend streams the thought from
+    `delta.reasoning` as vLLM's own answer has it, counts tokens as vLLM's usage does (with and without
+    the usage chunk), and a tandem run hands the thought over, cancelling the LLM's request."""
+    template = tmp_path / "thinking.jinja"
+    template.write_text(THINKING_TEMPLATE)
+    server = pool.dedicated((*FEATURE_ARGS, "--reasoning-parser", "olmo3", "--chat-template", str(template)))
+    fields, usage = _raw_stream(server, {"model": LLM, "messages": [{"role": "user", "content": QUESTION}],
+                                         "max_tokens": 24, "temperature": 0.0})
+    assert fields["reasoning"]  # the parser put the output in the thought's field
+    expected = fields["reasoning"] + (THINK_SEP + fields["content"] if fields["content"] else "")
+    for stream_usage in (True, False):  # from the usage chunk; counted from the log-prob entries
+        with backend(server, LLM, api="chat", reasoning=True, stream_usage=stream_usage) as llm:
+            assert llm.info.thinks
+            stream = llm.stream(GenerationRequest(prompt(), max_tokens=24))
+            steps = list(stream)
+        assert "".join(s.text for s in steps) == expected
+        assert len(steps) == stream.usage.generated_tokens == usage["completion_tokens"]
+        assert stream.usage.prompt_tokens == usage["prompt_tokens"]
+
+    slm_template = (smol_hf / "chat_template.jinja").read_text()
+    slm = SeesPrompts(OpenAIBackendConfig(base_url=server.base_url, model=SLM, n_params=SMOL_PARAMS, n_ctx=2048,
+                                          timeout_s=60.0, max_retries=0, chat_template=slm_template))
+    llm = backend(server, LLM, api="chat", reasoning=True, stream_usage=True)
+    cfg = PipelineConfig(effort="low", stage_budgets=(12,), max_unit_tokens=8, shadow=False,
+                         decoding=DecodingSettings(llm_max_tokens=48, slm_max_tokens=16))
+    t = Tandem(llm, slm, rule=StopRule({"low": EffortSetting(max_budget=12)}), config=cfg)
+    aborts = server.log_count(ABORT_LOG)
+    try:
+        r = t.solve(QUESTION)
+    finally:
+        llm.close()
+        slm.close()
+    assert r.stop_reason == "budget" and r.handover_tokens is not None and r.handover_tokens >= 12
+    handed = slm.prompts[-1].assistant_prefix
+    assert handed.strip() and handed == r.llm_text and expected.startswith(r.llm_text)
+    assert r.text.startswith(THINK_OPEN + r.llm_text + THINK_SEP)
+    cost = r.cost.models["llm"]
+    assert cost.generated_tokens == r.handover_tokens  # the cancelled stream: one log-prob entry a token
+    solve = [{"role": m.role, "content": m.content} for m in PromptSet("math").solve(QUESTION).messages]
+    _, solve_usage = _raw_stream(server, {"model": LLM, "messages": solve, "max_tokens": 1})
+    assert cost.prompt_tokens_computed == solve_usage["prompt_tokens"]  # counted on the server's /tokenize
+    deadline = time.monotonic() + 5.0
+    while server.log_count(ABORT_LOG) == aborts and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.log_count(ABORT_LOG) > aborts, server.log(2000)
 
 
 # ---- a server that dies (last: stops the shared server, starts one of its own) ---------------------
