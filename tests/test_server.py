@@ -467,7 +467,7 @@ async def test_the_conversation_is_what_the_models_see():
     ({"top_logprobs": 2}, "top_logprobs"),
     ({"response_format": {"type": "json_object"}}, "response_format"),
     ({"logit_bias": {"50256": -100}}, "logit_bias"),
-    ({"top_p": 0.5}, "top_p"),
+    ({"top_p": 1.5}, "top_p"),  # a value no model takes (values in (0, 1] are forwarded)
     ({"stream_options": {"include_usage": True}}, "stream_options"),
     ({"metadata": {"a": "b"}}, "metadata"),
     ({"temprature": 0.5}, "temprature"),

@@ -77,3 +77,34 @@ async def test_with_keep_alive_an_early_failure_is_an_error_event() -> None:
         r = await c.post(URL, json={"model": "llm", "stream": True,
                                     "messages": [{"role": "user", "content": QUESTION}]})
         assert r.status_code == 502
+
+
+class _Keeping(ScriptedBackend):
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.requests: list[Any] = []
+
+    def stream(self, request: Any) -> Any:
+        self.requests.append(request)
+        return super().stream(request)
+
+
+@pytest.mark.anyio
+async def test_a_requests_sampling_values_reach_both_models() -> None:
+    llm, slm = _Keeping(LLM_REPLY, name="big"), _Keeping(SLM_REPLY, name="small")
+    app = create_app(TandemSettings(), tandem=Tandem(llm, slm, config=PipelineConfig(stage_budgets=(8, 16))))
+    async with client(app) as c:
+        r = await c.post(URL, json={"model": "tandem-low", "top_p": 0.95, "top_k": 20, "presence_penalty": 0.5,
+                                    "messages": [{"role": "user", "content": QUESTION}]})
+        assert r.status_code == 200, r.text
+    for b in (llm, slm):
+        assert dict(b.requests[-1].sampling) == {"top_p": 0.95, "top_k": 20, "presence_penalty": 0.5}
+
+
+def test_a_roles_own_values_win_over_a_requests() -> None:
+    from tandem.backends.sampling import Sampling
+    from tandem.types import GenerationRequest, Prompt
+
+    req = GenerationRequest(Prompt(()), temperature=0.7, seed=3, sampling=(("top_p", 0.9), ("top_k", 20)))
+    s = Sampling(top_p=0.5).resolve(req)
+    assert (s.top_p, s.top_k, s.temperature, s.seed) == (0.5, 20, 0.7, 3)

@@ -50,6 +50,7 @@ class DecodingSettings:
     llm_max_tokens: int = 512
     slm_max_tokens: int = 512
     stop_at_answer: bool = False  # math: a model stops at the end of the line where its boxed answer closes
+    sampling: tuple[tuple[str, Any], ...] = ()  # a run's own top_p, top_k, ... (what the roles leave unset)
 
 
 @dataclass(frozen=True)
@@ -240,7 +241,7 @@ class _Run:
         `thought_handover`: the stream is a reasoning LLM's whose thought this run may hand over."""
         d = self.cfg.decoding
         return GenerationRequest(prompt, max_tokens=max(1, max_tokens), temperature=d.temperature, seed=d.seed,
-                                 thought_handover=thought_handover)
+                                 thought_handover=thought_handover, sampling=d.sampling)
 
     def alone(self, role: str, keep: list[TokenStep] | None = None) -> TandemResult:
         backend = self.t.llm if role == "llm" else self.t.slm

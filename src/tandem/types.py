@@ -101,6 +101,9 @@ class GenerationRequest:
     thought_handover: bool = False
     """The caller may hand this stream's thought to another model (a reasoning LLM in a tandem run): a
     backend that cannot show the thought (an endpoint that hides it) refuses instead of streaming."""
+    sampling: tuple[tuple[str, Any], ...] = ()
+    """This request's own sampling values (top_p, top_k, min_p, presence / frequency / repetition
+    penalties), for what the model's role leaves unset (`tandem.backends.sampling.Sampling.resolve`)."""
 
 
 @dataclass

@@ -93,11 +93,13 @@ class Sampling:
 
     def resolve(self, request: GenerationRequest) -> Sampling:
         """What a request to this model samples with: temperature and seed always set (see the module
-        docstring), the request's stop sequences and the role's together."""
+        docstring), the request's stop sequences and the role's together, and the request's own values
+        (`request.sampling`) where the role fixes none."""
         seed = request.seed + (self.seed or 0)
         stop = tuple(dict.fromkeys((*request.stop, *self.stop)))
         temperature = request.temperature if self.temperature is None else self.temperature
-        return replace(self, temperature=temperature, seed=seed, stop=stop)
+        asked = {k: v for k, v in request.sampling if k in _OPTIONAL and getattr(self, k) is None}
+        return replace(self, temperature=temperature, seed=seed, stop=stop, **asked)
 
     def http_fields(self) -> dict[str, Any]:
         """The OpenAI-compatible body fields of a resolved sampling, `extra_body` merged last."""

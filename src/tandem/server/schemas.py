@@ -95,6 +95,15 @@ class ChatCompletionRequest(_Request):
     top_p: float | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
+    top_k: int | None = None  # vLLM's and SGLang's extensions
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+
+    @property
+    def sampling(self) -> tuple[tuple[str, Any], ...]:
+        """The request's own sampling values, as runs take them (the models' roles may fix some)."""
+        keys = ("top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty")
+        return tuple((k, getattr(self, k)) for k in keys if getattr(self, k) is not None)
     logprobs: bool | None = None
     top_logprobs: int | None = None
     logit_bias: dict[str, float] | None = None
@@ -127,11 +136,15 @@ class ChatCompletionRequest(_Request):
             "logit_bias": bool(self.logit_bias) and "logit_bias is not supported",
             "response_format": self.response_format is not None and self.response_format.type != "text"
             and "only response_format type 'text' is supported",
-            "top_p": self.top_p not in (None, 1, 1.0) and "top_p is not supported (only 1)",
-            "presence_penalty": self.presence_penalty not in (None, 0, 0.0)
-            and "presence_penalty is not supported (only 0)",
-            "frequency_penalty": self.frequency_penalty not in (None, 0, 0.0)
-            and "frequency_penalty is not supported (only 0)",
+            "top_p": self.top_p is not None and not 0 < self.top_p <= 1 and "top_p must be in (0, 1]",
+            "presence_penalty": self.presence_penalty is not None and not -2 <= self.presence_penalty <= 2
+            and "presence_penalty must be in [-2, 2]",
+            "frequency_penalty": self.frequency_penalty is not None and not -2 <= self.frequency_penalty <= 2
+            and "frequency_penalty must be in [-2, 2]",
+            "top_k": self.top_k is not None and self.top_k < 0 and "top_k must be 0 (off) or more",
+            "min_p": self.min_p is not None and not 0 <= self.min_p <= 1 and "min_p must be in [0, 1]",
+            "repetition_penalty": self.repetition_penalty is not None and self.repetition_penalty <= 0
+            and "repetition_penalty must be positive",
             "stream_options": self.stream_options is not None and not self.stream
             and "stream_options is only allowed when stream is true",
         }

@@ -22,6 +22,8 @@ def run_spec_for(req: ChatCompletionRequest, tandem: Tandem, srv: ServerSettings
     overrides.update(_token_limits(req, tandem, srv.max_tokens_cap))
     if req.temperature is not None:
         overrides["temperature"] = float(req.temperature)
+    if req.sampling:
+        overrides["sampling"] = req.sampling
     if req.seed is not None:
         overrides["seed"] = req.seed
     question, conversation = conversation_of(req.messages)
