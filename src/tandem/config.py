@@ -58,6 +58,8 @@ class BackendSettings(StrictModel):
     top_logprobs: int = Field(default=DEFAULT_TOP_LOGPROBS, ge=0)
     tokenizer_id: str = ""
     chat_template_id: str = ""
+    chat_template: str | None = Field(default=None, description="llamacpp: a jinja2 chat template replacing "
+                                      "the GGUF's; one that opens <think> in the prompt makes a reasoning LLM")
     price_input_per_mtok: float = Field(default=0.0, ge=0)
     price_output_per_mtok: float = Field(default=0.0, ge=0)
     reply: str | None = Field(default=None, description="scripted backend: the reply text")
@@ -128,6 +130,8 @@ class BackendSettings(StrictModel):
             raise ValueError("count_tokenizer counts an openai backend's streams (a recording's is tokenizer)")
         if self.extra_body and self.kind != "openai":
             raise ValueError("extra_body goes into HTTP requests: openai backends only")
+        if self.chat_template is not None and self.kind != "llamacpp":
+            raise ValueError("chat_template replaces an embedded llama.cpp model's template: llamacpp only")
         from .backends.sampling import Sampling  # no cycle: it imports only errors
 
         if self.kind == "recorded" and Sampling.from_settings(self).to_dict():

@@ -29,7 +29,7 @@ def build_backend(settings: BackendSettings, *, models_dir: str | None = None) -
                 model_path=str(path), name=spec.name if spec else path.stem, n_ctx=settings.n_ctx,
                 n_threads=settings.n_threads, checksum=spec.sha256 if spec else "",
                 n_params=settings.n_params or (spec.n_params if spec else 0),
-                sampling=Sampling.from_settings(settings),
+                sampling=Sampling.from_settings(settings), chat_template=settings.chat_template or "",
             )
         )
     if settings.kind == "openai":

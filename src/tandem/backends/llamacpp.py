@@ -47,6 +47,7 @@ class LlamaCppConfig:
     checksum: str = ""  # sha256 of the file; "" (a file given by path): hashed at load, once per change
     n_params: int = 0  # 0: read from the GGUF (parameters that cost FLOPs per token)
     sampling: Sampling = field(default_factory=Sampling)  # the role's values (no extra_body: that is HTTP)
+    chat_template: str = ""  # replaces the GGUF's own (jinja2, as in the GGUF metadata)
 
     def __post_init__(self) -> None:
         if self.sampling.extra_body:
@@ -115,7 +116,7 @@ class LlamaCppBackend(BackendBase):
         self._adapter = LlamaAdapter(llama)
         self._lock = threading.Lock()
         meta: dict[str, Any] = dict(llama.metadata)
-        self._template = meta.get("tokenizer.chat_template", "")
+        self._template = config.chat_template or meta.get("tokenizer.chat_template", "")
         self._bos = self._piece(llama.token_bos())
         self._eos = self._piece(llama.token_eos())
         self._info = ModelInfo(
@@ -127,7 +128,18 @@ class LlamaCppBackend(BackendBase):
             capabilities=Capabilities(stream_logprobs=True, entropy="exact", score=True, raw_prompt=True),
             checksum=config.checksum,
             sampling=config.sampling.to_dict(),
+            thinks=self._opens_thought(),
         )
+
+    def _opens_thought(self) -> bool:
+        """Whether the chat template opens a thought in the prompt (a reasoning model's: `<think>` right
+        where the assistant's turn starts)."""
+        if not self._template:
+            return False
+        from ..types import Message
+
+        opened = self.render(Prompt(messages=(Message("user", "Q"),))).rstrip()
+        return opened.endswith("<think>")
 
     def _matmul_params(self) -> int:
         """All weights as llama.cpp counts them. For a model with an untied output head this counts the
