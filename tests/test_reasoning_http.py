@@ -279,3 +279,14 @@ def test_settings_declare_a_reasoning_endpoint_and_its_counting_tokenizer() -> N
         load_settings(None, {"llm": {"model": "qwen2.5-coder-1.5b", "reasoning": True}})
     with pytest.raises(ConfigError, match="count_tokenizer"):
         load_settings(None, {"llm": {"model": "qwen2.5-coder-1.5b", "count_tokenizer": "words"}})
+
+
+def test_a_probe_of_a_hidden_thought_is_refused_not_recorded_empty() -> None:
+    from tandem.bench.graders import grade_gsm8k
+    from tandem.bench.probe import ProbeConfig, Prober
+    from tandem.types import Problem
+
+    prober = Prober(backend(Endpoint(HIDDEN)), Recording("The answer is \\boxed{7}."), grade_gsm8k,
+                    ProbeConfig(stage_budgets=(4,), decoding=DecodingSettings(llm_max_tokens=64, slm_max_tokens=32)))
+    with pytest.raises(UnsupportedError, match="hides"):
+        prober.probe(Problem("p", "Tom has 3 apples and buys 4 more. How many?", "7"))

@@ -89,7 +89,9 @@ class Prober:
              thinks: bool = False) -> tuple[list[TokenStep], list[float], Any]:
         """Generate; with `stop_at_answer` on a math task, stop where the boxed answer's line ends."""
         d = self.cfg.decoding
-        req = GenerationRequest(prompt, max_tokens=max(1, max_tokens), temperature=d.temperature, seed=d.seed)
+        # a reasoning LLM's stream is one whose thought the table hands over: an endpoint hiding it refuses
+        req = GenerationRequest(prompt, max_tokens=max(1, max_tokens), temperature=d.temperature, seed=d.seed,
+                                thought_handover=thinks)
         t0, steps, times, text = time.perf_counter(), [], [], ""
         with backend.stream(req) as s:
             for st in s:
