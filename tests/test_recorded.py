@@ -419,3 +419,30 @@ def test_a_recording_at_its_cap_ends_as_cut_even_after_its_thought(recordings: P
     with backend(recordings, cap_tokens=n + 1).stream(request(Q1)) as s:
         list(s)
     assert s.finish_reason == "stop"
+
+
+class _ThinkingSLM(ScriptedBackend):
+    """An SLM whose template opens a thought: it writes on in it, closes it, then answers."""
+
+    @property
+    def info(self):  # type: ignore[override]
+        from dataclasses import replace
+
+        return replace(super().info, thinks=True)
+
+
+@pytest.mark.parametrize("handover", ["continue", "conclude", "hint"])
+def test_a_reasoning_slm_goes_on_inside_the_thought(recordings: Path, handover: str) -> None:
+    s = _ThinkingSLM("so it is 7.\n</think>\n\nThe answer is \\boxed{7}.", name="slm")
+    for method in ("fixed:16", "slm", "afterthink"):
+        pieces: list[str] = []
+
+        def keep(event: str, payload: dict, pieces: list[str] = pieces) -> None:
+            if event == "answer_delta":
+                pieces.append(payload["text"])
+
+        r = pipe(recordings, s, handover=handover).solve(Q1, method=method, on_event=keep)
+        assert "".join(pieces) == r.text, (handover, method)
+        assert r.text.startswith("<think>\n") and r.answer.answer == "7", (handover, method)
+        if method == "fixed:16" and handover != "hint":  # one thought: the LLM's, then the SLM's, one close
+            assert r.text.count("</think>") == 1

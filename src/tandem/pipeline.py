@@ -220,7 +220,7 @@ class _Run:
 
     def _drain(self, role: str, stream: TokenStream, keep: list[TokenStep] | None = None) -> tuple[str, str | None]:
         t0, parts = time.perf_counter(), []
-        thinks = role == "llm" and self.thinks
+        thinks = (self.t.llm if role == "llm" else self.t.slm).info.thinks
         with stream:
             for step in stream:
                 parts.append(step.text)
@@ -246,10 +246,11 @@ class _Run:
     def alone(self, role: str, keep: list[TokenStep] | None = None) -> TandemResult:
         backend = self.t.llm if role == "llm" else self.t.slm
         max_tokens = self.cfg.decoding.llm_max_tokens if role == "llm" else self.cfg.decoding.slm_max_tokens
-        if role == "llm" and self.thinks:
-            self.emit("answer_delta", {"text": THINK_OPEN, "role": "llm"})
+        thinks = backend.info.thinks  # its template opened a thought: its text starts inside it
+        if thinks:
+            self.emit("answer_delta", {"text": THINK_OPEN, "role": role})
         text, finish = self._drain(role, backend.stream(self._request(self.prompts.solve(self.q), max_tokens)), keep)
-        if role == "llm" and self.thinks:
+        if thinks:
             text = THINK_OPEN + text
         return TandemResult(
             method=role, question=self.q, text=text, answer=extract_answer(text, self.cfg.task),
@@ -470,12 +471,20 @@ class _Run:
         else:  # continuing a non-reasoning LLM's answer: the combined answer is capped
             room = cfg.decoding.slm_max_tokens - len(llm_steps)
         self.emit("handover", {"llm_tokens": len(llm_steps), "reason": reason})
-        if thinks and llm_steps:
-            self.emit("answer_delta", {"text": THINK_SEP, "role": "llm"})
+        # a reasoning SLM goes on inside the thought it is handed (its own `</think>` closes it)
+        sep = "" if slm.info.thinks and cfg.handover != "hint" else THINK_SEP
+        if thinks and llm_steps and sep:
+            self.emit("answer_delta", {"text": sep, "role": "llm"})
+        elif not thinks and slm.info.thinks and llm_steps and cfg.handover == "hint" or \
+                not llm_steps and slm.info.thinks:
+            self.emit("answer_delta", {"text": THINK_OPEN, "role": "slm"})
         slm_text, finish = self._drain("slm", slm.stream(self._request(self._slm_prompt(llm_text), room)))
         if thinks:
-            text = THINK_OPEN + thought_of(llm_text) + THINK_SEP + slm_text if llm_steps else slm_text
-        elif cfg.handover == "continue":
+            text = THINK_OPEN + thought_of(llm_text) + sep + slm_text if llm_steps else \
+                (THINK_OPEN + slm_text if slm.info.thinks else slm_text)
+        elif slm.info.thinks and (cfg.handover == "hint" or not llm_steps):
+            text = THINK_OPEN + slm_text  # the SLM's own thought, opened by its template
+        elif cfg.handover != "hint":  # the LLM's text, then the SLM's (conclude's nudge is prompt only)
             text = llm_text + slm_text
         else:
             text = slm_text or llm_text

@@ -91,7 +91,7 @@ class Prober:
         d = self.cfg.decoding
         # a reasoning LLM's stream is one whose thought the table hands over: an endpoint hiding it refuses
         req = GenerationRequest(prompt, max_tokens=max(1, max_tokens), temperature=d.temperature, seed=d.seed,
-                                thought_handover=thinks)
+                                thought_handover=thinks and backend is self.llm)
         t0, steps, times, text = time.perf_counter(), [], [], ""
         with backend.stream(req) as s:
             for st in s:
@@ -107,7 +107,7 @@ class Prober:
     def _solve(self, backend: Backend, problem: Problem, prompt: Prompt, max_tokens: int,
                prefix: str = "", keep_text: bool = True) -> dict[str, Any]:
         t0 = time.perf_counter()
-        thinks = backend is self.llm and self.llm.info.thinks
+        thinks = backend.info.thinks  # its template opened a thought: its text starts inside it
         steps, times, s = self._gen(backend, prompt, max_tokens, problem.task, thinks)
         text = "".join(x.text for x in steps)
         lps = [x.logprob for x in steps if x.logprob is not None]
@@ -116,7 +116,7 @@ class Prober:
             "text": text if keep_text else None, "prompt_tokens": s.usage.prompt_tokens,
             "prompt_computed": s.usage.computed_prompt_tokens, "generated": s.usage.generated_tokens,
             "seconds": time.perf_counter() - t0, "finish": s.finish_reason,
-            "grade": _grade_dict(self.grade(problem, prefix + text)),
+            "grade": _grade_dict(self.grade(problem, (THINK_OPEN if thinks and not prefix else "") + prefix + text)),
             "_steps": steps, "_times": times,
         }
 
