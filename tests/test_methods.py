@@ -21,7 +21,8 @@ def test_parts() -> None:
 
 @pytest.mark.parametrize(("name", "why"), [
     ("fixed:x", "N an integer"), ("fixed:-5", "at least 0"), ("cascade:abc", "mean log-prob"),
-    ("cascade:nan", "finite"), ("tandem:max", "EFFORT low, medium or high"), ("bogus", "unknown method"),
+    ("cascade:nan", "finite"), ("tandem:", "EFFORT an effort's name"), ("route:a b", "EFFORT an effort's name"),
+    ("bogus", "unknown method"),
     ("bogus:1", "unknown method"), ("", "unknown method"),
 ])
 def test_bad_names_are_one_clear_error(name: str, why: str) -> None:

@@ -11,6 +11,7 @@ below T; `route:EFFORT` routes with that effort's checkpoint-0 threshold (replay
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -54,8 +55,10 @@ class Method:
                 raise ConfigError(f"bad method {name!r}: use cascade:T with T a finite mean log-prob")
             return cls("cascade", threshold=t)
         if head in ("tandem", "route"):
-            if arg not in EFFORT_NAMES:
-                raise ConfigError(f"bad method {name!r}: use {head}:EFFORT with EFFORT low, medium or high")
+            # an effort of the stop rule: low, medium, high, or one a rule of one's own names
+            if not re.fullmatch(r"[A-Za-z_][\w-]*", arg):
+                raise ConfigError(f"bad method {name!r}: use {head}:EFFORT with EFFORT an effort's name "
+                                  "(low, medium, high)")
             return cls(head, effort=arg)  # type: ignore[arg-type]
         raise ConfigError(f"unknown method {name!r}: use {GRAMMAR}")
 
