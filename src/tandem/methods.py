@@ -19,7 +19,6 @@ from .errors import ConfigError
 
 Kind = Literal["slm", "llm", "tandem", "fixed", "afterthink", "route", "cascade", "oracle"]
 _PLAIN: tuple[Kind, ...] = ("slm", "llm", "tandem", "afterthink", "route", "cascade", "oracle")
-EFFORT_NAMES = ("low", "medium", "high")
 GRAMMAR = "tandem, tandem:EFFORT, slm, llm, fixed:N, afterthink, route, cascade or cascade:T"
 
 
