@@ -473,17 +473,20 @@ class _Run:
         self.emit("handover", {"llm_tokens": len(llm_steps), "reason": reason})
         # a reasoning SLM goes on inside the thought it is handed (its own `</think>` closes it)
         sep = "" if slm.info.thinks and cfg.handover != "hint" else THINK_SEP
-        if thinks and llm_steps and sep:
+        handed_thought = thinks and bool(llm_steps)
+        # a reasoning SLM that starts a thought of its own: it solves alone, or from hint-mode insights
+        own_thought = slm.info.thinks and (not llm_steps or (not thinks and cfg.handover == "hint"))
+        if handed_thought and sep:
             self.emit("answer_delta", {"text": sep, "role": "llm"})
-        elif not thinks and slm.info.thinks and llm_steps and cfg.handover == "hint" or \
-                not llm_steps and slm.info.thinks:
+        elif own_thought:
             self.emit("answer_delta", {"text": THINK_OPEN, "role": "slm"})
         slm_text, finish = self._drain("slm", slm.stream(self._request(self._slm_prompt(llm_text), room)))
-        if thinks:
-            text = THINK_OPEN + thought_of(llm_text) + sep + slm_text if llm_steps else \
-                (THINK_OPEN + slm_text if slm.info.thinks else slm_text)
-        elif slm.info.thinks and (cfg.handover == "hint" or not llm_steps):
+        if handed_thought:
+            text = THINK_OPEN + thought_of(llm_text) + sep + slm_text
+        elif own_thought:
             text = THINK_OPEN + slm_text  # the SLM's own thought, opened by its template
+        elif thinks:
+            text = slm_text
         elif cfg.handover != "hint":  # the LLM's text, then the SLM's (conclude's nudge is prompt only)
             text = llm_text + slm_text
         else:
