@@ -69,7 +69,8 @@ def test_runs_recorded_before_later_options_still_resume(tmp_path: Path) -> None
               ProbeConfig(), dataset="x/train[0:1]", grader_name="gsm8k")
     m = tmp_path / "run" / "manifest.json"
     man = json.loads(m.read_text())
-    del man["config"]["trial_tokens"], man["config"]["decoding"]["stop_at_answer"]  # as older runs wrote it
+    dec = man["config"]["decoding"]
+    del man["config"]["trial_tokens"], dec["stop_at_answer"], dec["sampling"]  # as older runs wrote it
     m.write_text(json.dumps(man))
     assert run_probe([Problem("q", "What is 1+1?", "2")], llm, slm, grade_gsm8k, RunStore(tmp_path / "run"),
                      ProbeConfig(), dataset="x/train[1:2]", grader_name="gsm8k") == 1

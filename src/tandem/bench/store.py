@@ -70,8 +70,8 @@ def _identity(manifest: dict[str, Any]) -> dict[str, Any]:
 
 # run options added after runs were recorded, with the value that behaves as those runs did
 _LATER_OPTIONS: dict[str, tuple[tuple[tuple[str, ...], Any], ...]] = {
-    "probe": ((("trial_tokens",), 0), (("decoding", "stop_at_answer"), False)),
-    "live": ((("trial_tokens",), 16), (("decoding", "stop_at_answer"), False)),
+    "probe": ((("trial_tokens",), 0), (("decoding", "stop_at_answer"), False), (("decoding", "sampling"), [])),
+    "live": ((("trial_tokens",), 16), (("decoding", "stop_at_answer"), False), (("decoding", "sampling"), [])),
 }
 
 
