@@ -446,3 +446,50 @@ def test_a_reasoning_slm_goes_on_inside_the_thought(recordings: Path, handover: 
         assert r.text.startswith("<think>\n") and r.answer.answer == "7", (handover, method)
         if method == "fixed:16" and handover != "hint":  # one thought: the LLM's, then the SLM's, one close
             assert r.text.count("</think>") == 1
+
+
+class _ShadowPolicy:
+    """Reads the features (so every checkpoint pays its shadow pass); sufficient from `n` insights on."""
+
+    name = "shadow-insights"
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def sufficiency(self, features: dict[str, float]) -> float:
+        return 0.9 if features["n_insights"] >= self.n else 0.1
+
+
+def test_a_reasoning_llm_let_finish_replays_as_live_in_every_mode(recordings: Path) -> None:
+    """One walk decides live and in replay: a reasoning LLM writes its own answer in every hand-over
+    mode, so `finish` applies to conclude and hint too (a closed thought: the LLM answers; a cut one:
+    the SLM concludes)."""
+    p = PairParams(32_000_000_000, 1_000_000)
+    seen: set[tuple[str, str, str]] = set()
+    for mode in ("continue", "conclude", "hint"):
+        pcfg = ProbeConfig(handover=mode, stage_budgets=(16, 32, 64),
+                           decoding=DecodingSettings(2000, slm_max_tokens=50))
+        prober = Prober(backend(recordings), slm(), grade_gsm8k, pcfg)
+        for q, pid, gold in ((Q1, "p1", "7"), (Q2, "p2", "30")):
+            rec = prober.probe(Problem(pid, q, gold))
+            for policy, budget, thr in ((_ShadowPolicy(1000), 32, 0.5), (_ShadowPolicy(3), 64, 0.5),
+                                        (_ShadowPolicy(1000), 64, 1.01)):
+                rule = StopRule({"medium": EffortSetting(budget, thr, finish=True)})
+                cfg = PipelineConfig(handover=mode, stage_budgets=(16, 32, 64),  # type: ignore[arg-type]
+                                     decoding=DecodingSettings(llm_max_tokens=2000, slm_max_tokens=50))
+                live = Tandem(backend(recordings), slm(), policy=policy, rule=rule, config=cfg).solve(q)
+                rep = replay(rec, "tandem:medium", p, policy=policy, rule=rule, handover=mode,
+                             budgets=(16, 32, 64))
+                where = (mode, pid, budget, thr)
+                assert rep.stop_reason == live.stop_reason, where
+                assert rep.handover_tokens == live.handover_tokens, where
+                assert rep.llm_generated_tokens == live.cost.models["llm"].generated_tokens, where
+                # a shadow pass after skipped checkpoints (a cut thought after a finish) is priced from their
+                # increments: exact up to the one token each re-reads where the texts join
+                assert abs(rep.slm_prompt_tokens - live.cost.models["slm"].input_tokens) <= 2, where
+                if thr <= 1.0:  # else the effort is the LLM alone
+                    seen.add((mode, pid, live.stop_reason))
+    # the LLM answered itself where its thought closed, in conclude and hint too; a cut one was handed over
+    assert {("conclude", "p1", "llm_finished"), ("hint", "p1", "llm_finished")} <= seen
+    assert not any(pid == "p2" and stop == "llm_finished" for _, pid, stop in seen)
+    assert ("conclude", "p2", "thought_end") in seen

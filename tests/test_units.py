@@ -95,3 +95,32 @@ def test_config_rejects_unknown_keys_and_needs_openai_params(tmp_path):
     assert s.pipeline.effort == "low" and s.pipeline.handover == "hint" and s.pipeline.seed == 3
     with pytest.raises(ConfigError, match="not found"):
         load_settings(tmp_path / "none.toml")
+
+
+def test_decide_is_the_one_rule_for_every_event():
+    from tandem.decision import CheckpointState, HandoverContext, HandoverWalk, decide
+
+    rule = StopRule({"medium": EffortSetting(128, 0.8, {2: 0.6}, finish=True)})
+    ctx = HandoverContext(rule, "medium")
+
+    def at(stage, tokens, prob, event="budget", closed=None, c=ctx):
+        d = decide(c, CheckpointState(stage, tokens, prob, event, closed))
+        return d.handover, d.reason
+
+    assert at(0, 0, 0.5, "start") == (False, "continue")
+    assert at(2, 64, 0.65) == (True, "sufficient")  # the stage's own threshold
+    assert at(3, 130, 0.1) == (False, "finish")  # the LLM writes a solution: let it finish
+    assert at(3, 130, 0.1, c=HandoverContext(rule, "medium", "hint")) == (True, "budget")  # insights only
+    assert at(3, 130, 0.1, c=HandoverContext(rule, "medium", "hint", llm_thinks=True)) == (False, "finish")
+    assert at(2, 90, 0.1, "thought_end", False) == (True, "thought_end")  # cut: the LLM cannot answer
+    assert at(2, 90, 0.1, "thought_end", True) == (False, "finish")  # closed: it answers itself
+    assert at(1, 40, None, "stream_end") == (False, "llm_finished")
+    assert at(1, 40, None, "stream_end", c=HandoverContext(rule, "medium", "hint")) == (True, "llm_finished")
+    assert HandoverContext(StopRule({"medium": EffortSetting(128, 1.01, finish=True)}), "medium").llm_alone
+    assert not HandoverContext(StopRule({"medium": EffortSetting(128, 1.01, finish=True)}), "medium", "hint").llm_alone
+    walk = HandoverWalk(HandoverContext(rule, "medium", llm_thinks=True), n_stages=2)
+    assert walk.visits("budget", 2) and not walk.visits("budget", 3)
+    assert walk.step(2, 130, 0.1).reason == "finish" and walk.finishing
+    assert not walk.visits("budget", 1) and not walk.visits("thought_end", 3, True)
+    assert walk.visits("thought_end", 3, False)  # a cut thought is visited even after a finish
+    assert walk.end(300) == walk.decisions[-1] and not walk.decisions[-1].handover

@@ -3,10 +3,15 @@ replay (one schedule, one shadow span, one rule for a reasoning LLM's thought)."
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 from .prompts import DEFAULT_TEXTS, hint_prefix_length
+from .segment import InsightSegmenter, InsightUnit
 from .types import ScoreResult, TokenStep
 
-__all__ = ["THINK_CLOSE", "THINK_OPEN", "THINK_SEP", "CheckpointSchedule", "question_steps",
+__all__ = ["THINK_CLOSE", "THINK_OPEN", "THINK_SEP", "CheckpointFinder", "CheckpointMark", "CheckpointSchedule",
+           "question_steps",
            "route_without_classifier", "shadow_mode", "shadow_span", "stage_budgets_for", "thought_of"]
 
 THINK_OPEN, THINK_CLOSE = "<think>\n", "</think>"
@@ -78,3 +83,76 @@ class CheckpointSchedule:
 
 def stage_budgets_for(budgets: tuple[int, ...], max_budget: int) -> list[int]:
     return sorted({b for b in budgets if b < max_budget} | {max_budget})
+
+
+@dataclass(frozen=True)
+class CheckpointMark:
+    """A checkpoint in the LLM's stream: its stage, the LLM's tokens so far, where the text handed over ends
+    (`prefix_chars`: whole insight units, or the thought without its closing tag), the units in it, and
+    whether it is a stage budget's or the place where a reasoning LLM's thought ended (`thought_closed`:
+    closed by its tag, or cut by its token limit)."""
+
+    stage: int
+    llm_tokens: int
+    prefix_chars: int
+    n_units: int
+    event: Literal["budget", "thought_end"] = "budget"
+    thought_closed: bool | None = None
+
+
+class CheckpointFinder:
+    """Finds the checkpoints of one LLM stream, token by token: the live loop and the probe both read a
+    stream through it, so they see the same checkpoints. `passed()` after a budget checkpoint that did
+    not hand over; `end()` when the stream ends. `closes_at`: where the thought's closing tag starts,
+    when the whole stream is known beforehand (a probe), so the thought ends at the token where the tag
+    starts; without it, at the token that completes the tag (live: the tag may take several tokens)."""
+
+    def __init__(self, budgets: list[int], max_unit_tokens: int, segmenter: InsightSegmenter, *,
+                 thinks: bool = False, closes_at: int | None = None) -> None:
+        self.schedule = CheckpointSchedule(budgets, max_unit_tokens)
+        self.seg, self.thinks, self.closes_at = segmenter, thinks, closes_at
+        self.text, self.n_tokens, self.closed_at = "", 0, -1
+        self.new_units: list[InsightUnit] = []  # the units the last token completed
+
+    @property
+    def stage(self) -> int:
+        return self.schedule.stage
+
+    def feed(self, piece: str) -> CheckpointMark | None:
+        """Read the next token's text; the checkpoint that falls at it, if any."""
+        before = len(self.text)
+        self.text += piece
+        self.n_tokens += 1
+        self.new_units = []
+        if self.closed_at >= 0:  # after the thought: the LLM answers, no more checkpoints
+            return None
+        if self.thinks:
+            close = self.closes_at if self.closes_at is not None and len(self.text) > self.closes_at else (
+                -1 if self.closes_at is not None else self.text.find(THINK_CLOSE, max(0, before - len(THINK_CLOSE))))
+            if close >= 0:
+                self.closed_at = close
+                self.new_units = self.seg.feed(self.text[before:close] if close > before else "", self.n_tokens)
+                self.new_units += self.seg.flush(self.n_tokens)
+                return CheckpointMark(self.schedule.stage, self.n_tokens, close, len(self.seg.units),
+                                      "thought_end", True)
+        self.new_units = self.seg.feed(piece, self.n_tokens)
+        stage = self.schedule.due(self.n_tokens, bool(self.new_units))
+        if stage is None:
+            return None
+        end = len(self.text) - len(self.seg.pending) if self.new_units else len(self.text)
+        return CheckpointMark(stage, self.n_tokens, end, len(self.seg.units))
+
+    def passed(self) -> None:
+        """The budget checkpoint just found did not hand over: on to the next stage budget."""
+        self.schedule.passed(self.n_tokens)
+
+    def end(self) -> CheckpointMark | None:
+        """The stream ended: the pending text closes a unit; a reasoning LLM's thought that never closed
+        was cut by its token limit, and that is a last checkpoint (the SLM concludes from it)."""
+        if self.closed_at >= 0:
+            return None
+        self.new_units = self.seg.flush(self.n_tokens)
+        if self.thinks and self.n_tokens:
+            return CheckpointMark(self.schedule.stage, self.n_tokens, len(self.text), len(self.seg.units),
+                                  "thought_end", False)
+        return None

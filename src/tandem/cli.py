@@ -244,6 +244,7 @@ def solve(
     """Solve one problem with the LLM and the SLM in tandem and show what it cost."""
     from . import capabilities
     from .config import load_settings
+    from .decision import HandoverContext
     from .factory import build_tandem
 
     text = _read_question(question, file)
@@ -295,7 +296,7 @@ def solve(
     cfg = tandem.config
     if tandem.llm.info.capabilities.wall_time == "none":
         err.print("[dim]note: the LLM replays a recording: its wall time is unknown, and 'wall s' leaves it out[/]")
-    if mode == "tandem" and cfg.handover == "continue" and not tandem.rule.setting(cfg.effort).hands_over:
+    if mode == "tandem" and HandoverContext(tandem.rule, cfg.effort, cfg.handover, tandem.llm.info.thinks).llm_alone:
         err.print(f"[dim]note: effort {cfg.effort} runs as the LLM alone: its classifier ({tandem.policy.name}) "
                   "was calibrated to hand over only where that pays, and found no such point; see "
                   "docs/RESULTS.md, or --effort low to trade accuracy for cost[/]")

@@ -8,6 +8,7 @@ from pathlib import Path
 from .backends import build_backend
 from .config import TandemSettings
 from .cost import Price
+from .decision import HandoverContext
 from .errors import ConfigError
 from .pipeline import DecodingSettings, PipelineConfig, Tandem
 from .policy import BudgetPolicy, StopRule
@@ -50,8 +51,8 @@ def load_policy(name: str, llm: Backend, slm: Backend, *, handover: str = "conti
         path = Path(name)
     clf = load_classifier(path, llm=llm.info, slm=slm.info)
     rule = clf.stop_rule()
-    alone = [e for e, setting in rule.efforts.items() if not setting.hands_over]
-    if alone and handover == "continue":  # hint hand-over ignores `finish`: every effort hands over
+    alone = [e for e in rule.efforts if HandoverContext(rule, e, handover, llm.info.thinks).llm_alone]
+    if alone:  # where the LLM writes insights only (hint), `finish` cannot apply: every effort hands over
         log.info("classifier %s: effort(s) %s never hand over (calibration found no hand-over that pays on its "
                  "calibration table): they run as the LLM alone", path.name, ", ".join(alone))
     return clf, rule

@@ -18,22 +18,23 @@ from typing import Any
 from . import capabilities
 from .answer import answer_complete, extract_answer
 from .checkpoints import (  # also importable from here, where they were first defined
-    THINK_CLOSE,
     THINK_OPEN,
     THINK_SEP,
-    CheckpointSchedule,
+    CheckpointFinder,
+    CheckpointSchedule,  # noqa: F401  (re-exported)
     question_steps,
     route_without_classifier,
     shadow_mode,
     shadow_span,
-    stage_budgets_for,
+    stage_budgets_for,  # noqa: F401  (re-exported)
     thought_of,
 )
 from .cost import CostReport, ModelCost, Price
+from .decision import CheckpointEvent, HandoverContext, HandoverWalk, route_context
 from .errors import ConfigError, InputError
 from .features import CheckpointInputs, available_groups, compute_features
 from .methods import Method
-from .policy import AFTER_THOUGHT, DEFAULT_STAGE_BUDGETS, BudgetPolicy, EffortSetting, StopRule
+from .policy import AFTER_THOUGHT, DEFAULT_STAGE_BUDGETS, BudgetPolicy, StopRule
 from .prompts import DEFAULT_TEXTS, Conversation, HandoverMode, PromptSet, PromptTexts, Task
 from .result import CheckpointRecord, TandemResult
 from .segment import InsightSegmenter, InsightUnit
@@ -270,8 +271,7 @@ class _Run:
             self.emit("route", {"threshold": threshold, "to": fixed, "scored": False})
             return self.alone(fixed)
         self._start_shadow(policy)
-        rule = StopRule({"route": EffortSetting(max_budget=1, threshold=threshold)})  # stage 0: the threshold alone
-        rec, _ = self._checkpoint(policy, rule, "route", 0, "", [], [], None)
+        rec, _ = self._checkpoint(policy, HandoverWalk(route_context(threshold), 0), 0, "", [], [], None)
         result = self.alone("slm" if rec.handover else "llm")
         result.checkpoints = [rec]
         return result
@@ -302,12 +302,13 @@ class _Run:
         self.uses_trial = self.can_shadow and self.cfg.task == "math" and capabilities.uses_trial(policy)
         self.prev_trial: dict[str, Any] | None = None
 
-    def _checkpoint(self, policy: StopPolicy, rule: StopRule, effort: str, stage: int, llm_text: str,
+    def _checkpoint(self, policy: StopPolicy, walk: HandoverWalk, stage: int, llm_text: str,
                     llm_steps: list[TokenStep], units: list[InsightUnit],
                     q_steps: list[TokenStep] | None,
                     thought_end: bool | None = None) -> tuple[CheckpointRecord, list[TokenStep] | None]:
         """Shadow pass, features, decision at one checkpoint; return its record and the question's scored
-        steps (taken from the first pass that has them)."""
+        steps (taken from the first pass that has them). `thought_end`: the checkpoint is where a
+        reasoning LLM's thought ended, closed (True) or cut (False)."""
         q_now, i_steps, score_s = self._shadow(llm_text)
         q_steps = q_now if q_steps is None else q_steps
         trial = self._trial(llm_text) if self.uses_trial else None
@@ -318,7 +319,8 @@ class _Run:
         feats = compute_features(CheckpointInputs(stage, len(llm_steps), units, streamed, q_steps, i_steps,
                                                   trial, thought))
         p = policy.sufficiency(feats)
-        d = rule.decide(p, effort=effort, stage=stage, llm_tokens=len(llm_steps), thought_end=thought_end)
+        event: CheckpointEvent = ("start" if stage == 0 else "budget") if thought_end is None else "thought_end"
+        d = walk.step(stage, len(llm_steps), p, event, thought_end)
         rec = CheckpointRecord(stage, len(llm_steps), len(units), feats, p, d.threshold, d.handover, d.reason,
                                score_s, time.perf_counter() - t0)
         self.cost.add_phase("decide", rec.decide_seconds)
@@ -363,18 +365,17 @@ class _Run:
     def tandem(self, policy: StopPolicy, rule: StopRule) -> TandemResult:
         cfg, llm, slm, thinks = self.cfg, self.t.llm, self.t.slm, self.thinks
         self.t.check_handover(cfg.handover)
-        # the LLM finishing is a choice only where its own solution exists: not for GPRA insights
-        llm_solves = cfg.handover != "hint" or thinks
-        if not llm_solves:
-            rule = rule.without_finish()
-        if not rule.setting(cfg.effort).hands_over:  # the LLM alone, without shadow passes to pay for
+        ctx = HandoverContext(rule, cfg.effort, cfg.handover, thinks)
+        llm_solves = ctx.llm_solves
+        if ctx.llm_alone:  # the LLM alone, without shadow passes to pay for
             result = self.alone("llm")
             result.stop_reason = "llm_finished"
             return result
         self._start_shadow(policy)
-        budgets = stage_budgets_for(cfg.stage_budgets, rule.setting(cfg.effort).max_budget)
-        schedule = CheckpointSchedule(budgets, cfg.max_unit_tokens)
+        budgets = ctx.stage_budgets(cfg.stage_budgets)
+        walk = HandoverWalk(ctx, len(budgets))
         seg, checkpoints = InsightSegmenter(shadow_mode(cfg.handover)), []
+        finder = CheckpointFinder(budgets, cfg.max_unit_tokens, seg, thinks=thinks)
         llm_text, q_steps = "", None
         llm_steps: list[TokenStep] = []
         # the LLM's text is final answer text as it arrives where it is kept: continue mode, or a thought
@@ -382,17 +383,17 @@ class _Run:
 
         def checkpoint(stage: int, thought_end: bool | None = None) -> bool:
             nonlocal q_steps
-            rec, q_steps = self._checkpoint(policy, rule, cfg.effort, stage, llm_text, llm_steps, seg.units,
-                                            q_steps, thought_end)
+            rec, q_steps = self._checkpoint(policy, walk, stage, llm_text, llm_steps, seg.units, q_steps,
+                                            thought_end)
             checkpoints.append(rec)
             return rec.handover
 
         handed_over = checkpoint(0)
-        cancel_latency, llm_finish, closed_at = None, None, -1
+        cancel_latency, llm_finish = None, None
         if not handed_over:
             llm_prompt = self.prompts.solve(self.q) if llm_solves else self.prompts.coordinator(self.q)
             stream = llm.stream(self._request(llm_prompt, cfg.decoding.llm_max_tokens, thought_handover=thinks))
-            t_llm, full_text, committed, finishing = time.perf_counter(), "", 0, False
+            t_llm, full_text, committed = time.perf_counter(), "", 0
             if thinks:
                 self.emit("answer_delta", {"text": THINK_OPEN, "role": "llm"})
 
@@ -407,65 +408,52 @@ class _Run:
                     llm_text = full_text = full_text + step.text
                     llm_steps.append(step)
                     self.emit("llm_token", {"text": step.text})
-                    if finishing:  # no hand-over will come: the LLM's tokens are the answer as they arrive
-                        commit(len(full_text))
-                        if self._answer_done(full_text, thinks):
-                            stream.close()
-                            stream.finish_reason = "stop"
-                            break
-                        continue
-                    if thinks and closed_at < 0 and THINK_CLOSE in full_text:  # the thought ends here
-                        closed_at = full_text.index(THINK_CLOSE)
-                        llm_text = full_text[:closed_at]
-                        before = len(full_text) - len(step.text)
-                        seg.feed(full_text[before:closed_at] if closed_at > before else "", len(llm_steps))
-                        seg.flush(len(llm_steps))
-                        commit(closed_at)
-                        if checkpoint(schedule.stage, thought_end=True):
-                            t_dec = time.perf_counter()
-                            stream.close()
-                            cancel_latency, handed_over = time.perf_counter() - t_dec, True
-                            break
-                        finishing = True
-                        commit(len(full_text))
-                        continue
-                    new_units = seg.feed(step.text, len(llm_steps))
-                    for unit in new_units:
+                    mark = finder.feed(step.text)
+                    for unit in finder.new_units:
                         self.emit("insight", asdict(unit))
-                    stage = schedule.due(len(llm_steps), bool(new_units))
-                    if stage is None:
+                    if mark is not None and not walk.visits(mark.event, mark.stage, mark.thought_closed):
+                        finder.passed()  # after a finish: the schedule goes on as the probe's does
+                        mark = None
+                    if mark is None:
+                        if walk.finishing:  # no hand-over will come: the LLM's tokens are the answer as they come
+                            commit(len(full_text))
+                            if self._answer_done(full_text, thinks):
+                                stream.close()
+                                stream.finish_reason = "stop"
+                                break
                         continue
-                    if new_units:  # hand over whole units: the token that revealed a boundary waits
-                        llm_text = llm_text[: len(llm_text) - len(seg.pending)]
-                        commit(len(full_text) - len(seg.pending))  # whole units are final answer text
-                    if checkpoint(stage):
+                    # hand over whole units (the token that revealed a boundary waits), or the thought
+                    llm_text = full_text[:mark.prefix_chars]
+                    commit(mark.prefix_chars)  # what is handed over is final answer text
+                    if checkpoint(mark.stage, mark.thought_closed):
                         t_dec = time.perf_counter()
                         stream.close()
                         cancel_latency, handed_over = time.perf_counter() - t_dec, True
-                        commit(len(llm_text))  # forced mid-unit
                         break
-                    schedule.passed(len(llm_steps))
-                    finishing = checkpoints[-1].reason == "finish"  # only where the LLM solves
+                    if mark.event == "thought_end":  # closed, not handed over: the LLM answers
+                        commit(len(full_text))
+                    else:
+                        finder.passed()
             finally:
                 stream.close()
                 self.llm_cost.add(stream.usage)
                 self.cost.add_phase("llm_stream", time.perf_counter() - t_llm)
             llm_finish = stream.finish_reason
-            seg.flush(len(llm_steps))
-            if not handed_over and thinks and THINK_CLOSE not in full_text and llm_steps:
+            cut = finder.end()
+            if not handed_over and cut is not None:
                 # the token limit cut the thought: the LLM cannot answer, the SLM concludes from it
                 llm_text = full_text
                 commit(len(full_text))
-                handed_over = checkpoint(schedule.stage, thought_end=False)
+                handed_over = checkpoint(cut.stage, thought_end=False)
             if not handed_over:
                 llm_text = full_text
                 commit(len(full_text))
-        last = checkpoints[-1]
-        if not handed_over and llm_solves:
-            # the LLM finished its own solution before any hand-over: its answer stands
-            text = THINK_OPEN + llm_text if thinks else llm_text
-            return self._result(llm_text, "", "llm_finished", None, seg, checkpoints, llm_finish, None, text)
-        reason = "slm_alone" if not llm_steps else (last.reason if handed_over else "llm_finished")
+                handed_over = walk.end(len(llm_steps)).handover  # where the LLM wrote insights only
+            if not handed_over:
+                # the LLM finished its own solution before any hand-over: its answer stands
+                text = THINK_OPEN + llm_text if thinks else llm_text
+                return self._result(llm_text, "", "llm_finished", None, seg, checkpoints, llm_finish, None, text)
+        reason = "slm_alone" if not llm_steps else walk.decisions[-1].reason
         if thinks or cfg.handover != "continue":  # the SLM's answer budget is its own
             room = cfg.decoding.slm_max_tokens
         else:  # continuing a non-reasoning LLM's answer: the combined answer is capped

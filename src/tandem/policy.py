@@ -9,9 +9,12 @@ checkpoint after the effort's largest budget - unless the effort lets the LLM fi
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from .types import PolicyBase
+
+if TYPE_CHECKING:
+    from .decision import CheckpointEvent
 
 Effort = Literal["low", "medium", "high"]
 EFFORTS: tuple[Effort, ...] = ("low", "medium", "high")
@@ -46,7 +49,7 @@ class EffortSetting:
 @dataclass(frozen=True)
 class Decision:
     handover: bool
-    reason: Literal["sufficient", "budget", "finish", "continue", "thought_end"]
+    reason: Literal["sufficient", "budget", "finish", "continue", "thought_end", "llm_finished"]
     threshold: float
 
 
@@ -72,20 +75,14 @@ class StopRule:
 
     def decide(self, probability: float, *, effort: str, stage: int, llm_tokens: int,
                thought_end: bool | None = None) -> Decision:
-        """`thought_end`: this checkpoint is where a reasoning LLM's thought ended: True when it closed
-        it (`</think>`: the LLM would answer next), False when its token limit cut it (it cannot answer:
-        the SLM concludes). None elsewhere."""
-        s = self.setting(effort)
-        thr = s.threshold_at(stage)
-        if probability >= thr:
-            return Decision(True, "sufficient", thr)
-        if thought_end is not None:
-            if s.at_thought_end or not thought_end or (llm_tokens >= s.max_budget and not s.finish):
-                return Decision(True, "thought_end", thr)
-            return Decision(False, "finish", thr)
-        if llm_tokens >= s.max_budget:
-            return Decision(False, "finish", thr) if s.finish else Decision(True, "budget", thr)
-        return Decision(False, "continue", thr)
+        """This rule's decision at one checkpoint of a continue-mode solve (`tandem.decision.decide`, where
+        the hand-over mode and the LLM's thought are given too). `thought_end`: the checkpoint is where a
+        reasoning LLM's thought ended: True when it closed it, False when its token limit cut it."""
+        from .decision import CheckpointState, HandoverContext, decide
+
+        event: CheckpointEvent = "budget" if thought_end is None else "thought_end"
+        return decide(HandoverContext(self, effort, llm_thinks=thought_end is not None),
+                      CheckpointState(stage, llm_tokens, probability, event, thought_end))
 
     def with_budget(self, effort: str, max_budget: int) -> StopRule:
         efforts = dict(self.efforts)

@@ -20,7 +20,8 @@ from ..checkpoints import (
     THINK_CLOSE,
     THINK_OPEN,
     THINK_SEP,
-    CheckpointSchedule,
+    CheckpointFinder,
+    CheckpointMark,
     question_steps,
     shadow_mode,
     shadow_span,
@@ -165,26 +166,23 @@ class Prober:
             llm_solve.pop("_steps"), llm_solve.pop("_times")
         # checkpoints: the live schedule over the whole budget list
         seg = InsightSegmenter(cfg.handover)
-        sched = CheckpointSchedule(sorted(cfg.stage_budgets), cfg.max_unit_tokens)
-        marks: list[tuple[int, int, str, int]] = []  # (stage, llm_tokens, prefix text, n units)
-        text = ""
-        for i, st in enumerate(llm_steps, 1):
-            text += st.text
-            new = seg.feed(st.text, i)
-            stage = sched.due(i, bool(new))
-            if stage is None:
-                continue
-            prefix = text[: len(text) - len(seg.pending)] if new else text
-            marks.append((stage, i, prefix, len(seg.units)))
-            sched.passed(i)
-        seg.flush(len(llm_steps))
-        if cfg.handover == "hint" and (not marks or marks[-1][1] < len(llm_steps)) and sched.stage <= len(sched.budgets):
-            marks.append((sched.stage, len(llm_steps), text, len(seg.units)))  # insights ended early
+        finder = CheckpointFinder(sorted(cfg.stage_budgets), cfg.max_unit_tokens, seg)
+        marks: list[CheckpointMark] = []
+        for st in llm_steps:
+            mark = finder.feed(st.text)
+            if mark is not None:
+                marks.append(mark)
+                finder.passed()
+        finder.end()
+        n = len(llm_steps)
+        if cfg.handover == "hint" and (not marks or marks[-1].llm_tokens < n) and finder.stage <= len(cfg.stage_budgets):
+            marks.append(CheckpointMark(finder.stage, n, len(finder.text), len(seg.units)))  # insights ended early
         # the SLM at each checkpoint: shadow-score the prefix, then solve from the warm cache
         self._reset()
         self.slm.score(base)
         checkpoints, prev_tokens = [], self._tokens(base)
-        for stage, k, prefix, n_units in marks:
+        for m in marks:
+            stage, k, n_units, prefix = m.stage, m.llm_tokens, m.n_units, finder.text[:m.prefix_chars]
             prompt = ps.continue_from(q, prefix) if cfg.handover == "continue" else ps.with_hint(q, prefix)
             scored, start = shadow_span(self.slm.render(prompt), base, prefix, cfg.handover, cfg.prompts.hint_guide)
             sr, toks, live = self._shadow_pass(scored, prev_tokens)
@@ -251,31 +249,26 @@ class Prober:
         llm["chars"] = len(full)
         # checkpoints: the stage budgets inside the thought, then the thought's end
         seg = InsightSegmenter(shadow)
-        sched = CheckpointSchedule(sorted(cfg.stage_budgets), cfg.max_unit_tokens)
-        marks: list[tuple[int, int, int, int, bool | None]] = []  # stage, tokens, prefix chars, units, end
-        text = ""
-        for i, st in enumerate(llm_steps, 1):
-            before, text = len(text), text + st.text
-            if closed_at >= 0 and len(text) > closed_at:  # the thought closes in this token
-                seg.feed(text[before:closed_at] if closed_at > before else "", i)
-                seg.flush(i)
-                marks.append((sched.stage, i, closed_at, len(seg.units), True))
-                break
-            new = seg.feed(st.text, i)
-            stage = sched.due(i, bool(new))
-            if stage is None:
-                continue
-            marks.append((stage, i, len(text) - len(seg.pending) if new else len(text), len(seg.units), None))
-            sched.passed(i)
+        finder = CheckpointFinder(sorted(cfg.stage_budgets), cfg.max_unit_tokens, seg, thinks=True,
+                                  closes_at=closed_at if closed_at >= 0 else None)
+        marks: list[CheckpointMark] = []
+        for st in llm_steps:
+            mark = finder.feed(st.text)
+            if mark is not None:
+                marks.append(mark)
+                if mark.event == "thought_end":
+                    break
+                finder.passed()
         else:
-            seg.flush(len(llm_steps))
-            if llm_steps and closed_at < 0:  # cut by its token limit mid-thought: the SLM concludes
-                marks.append((sched.stage, len(llm_steps), len(full), len(seg.units), False))
+            cut = finder.end()  # cut by its token limit mid-thought: the SLM concludes
+            if cut is not None:
+                marks.append(cut)
         # the SLM at each checkpoint: shadow pass, trial answer, then its answer from the warm cache
         self._reset()
         self.slm.score(base)
         checkpoints, prev_tokens, prev_trial = [], self._tokens(base), trial0
-        for stage, k, n_chars, n_units, end in marks:
+        for m in marks:
+            stage, k, n_chars, n_units, end = m.stage, m.llm_tokens, m.prefix_chars, m.n_units, m.thought_closed
             thought = full[:n_chars]
             scored, start = shadow_span(self.slm.render(ps.handover(q, thought, shadow)), base, thought, shadow,
                                         cfg.prompts.hint_guide)

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import capabilities
-from ..checkpoints import route_without_classifier, stage_budgets_for
+from ..checkpoints import route_without_classifier
+from ..decision import CheckpointEvent, HandoverContext, HandoverWalk, route_context
 from ..errors import ConfigError
 from ..features import trial_features
 from ..methods import Method
@@ -91,8 +92,9 @@ def _llm_time(rec: dict[str, Any], k: int) -> float:
 
 
 def _handover(rec: dict[str, Any], ck: dict[str, Any], p: PairParams, method: str, *,
-              shadow: list[dict[str, Any]] | None, stop: str) -> Outcome:
-    """Hand over at `ck`; `shadow` = the checkpoints whose shadow passes were paid (None: no shadow)."""
+              shadow: tuple[int, float] | None, stop: str) -> Outcome:
+    """Hand over at `ck`; `shadow` = the SLM tokens and seconds the shadow passes after checkpoint 0 cost
+    (None: no shadow passes)."""
     k, s = ck["llm_tokens"], ck["slm"]
     c = _Cost(llm_prompt=rec["llm"]["prompt_tokens"], llm_gen=k, slm_gen=s["generated"])
     c.seconds = _llm_time(rec, k) + s["seconds"]
@@ -100,8 +102,8 @@ def _handover(rec: dict[str, Any], ck: dict[str, Any], p: PairParams, method: st
         c.slm_prompt = s["prompt_tokens"]
         c.seconds += _slm_prompt_seconds(rec, s["prompt_tokens"])
     else:
-        c.slm_prompt = rec["ck0"]["score_tokens"] + sum(x["score_tokens_live"] for x in shadow) + s["prompt_computed"]
-        c.seconds += rec["ck0"]["score_seconds"] + sum(x["score_seconds"] for x in shadow)
+        c.slm_prompt = rec["ck0"]["score_tokens"] + shadow[0] + s["prompt_computed"]
+        c.seconds += rec["ck0"]["score_seconds"] + shadow[1]
     return _outcome(rec, method, s["grade"], c, p, stop=stop, handover=k, finish=s["finish"])
 
 
@@ -139,7 +141,7 @@ def ck_features(rec: dict[str, Any], ck: dict[str, Any] | None) -> dict[str, flo
     src = rec["ck0"] if ck is None else ck
     feats = src["features"]
     trial = src.get("trial")
-    thinks = str(rec.get("version", "")) >= "probe-v2"
+    thinks = thinking_record(rec)
     if (trial is None or "trial_has_answer" in feats) and (not thinks or "thought_end" in feats):
         return dict(feats)
     out = dict(feats)
@@ -190,30 +192,37 @@ def replay_oracle(rec: dict[str, Any], p: PairParams) -> Outcome:
     return best
 
 
+def thinking_record(rec: dict[str, Any]) -> bool:
+    """Whether a probe record's LLM reasons (its table marks where the thought ends)."""
+    return str(rec.get("version", "")) >= "probe-v2"
+
+
+def _event(ck: dict[str, Any]) -> tuple[CheckpointEvent, bool | None]:
+    return ("thought_end", ck.get("thought_closed")) if ck.get("event") == "thought_end" else ("budget", None)
+
+
 def replay_policy(rec: dict[str, Any], p: PairParams, policy: StopPolicy, rule: StopRule, *, effort: str,
                   handover: str = "continue", method: str | None = None, budgets: tuple[int, ...] | None = None,
                   ) -> Outcome:
-    """The live pipeline's decisions, replayed: checkpoint 0, then each checkpoint up to the effort's budget."""
+    """The live pipeline's decisions, replayed: the same walk (`tandem.decision`) over the probe's
+    checkpoints, from checkpoint 0 up to the effort's largest budget."""
     method = method or f"tandem:{effort}"
-    if handover != "continue":  # as live: in hint mode every budget hands over
-        rule = rule.without_finish()
-    max_budget = rule.setting(effort).max_budget
+    ctx = HandoverContext(rule, effort, handover, thinking_record(rec))
     probe_budgets = tuple(budgets or (32, 64, 128, 192, 256))
-    if max_budget not in probe_budgets:
-        raise ConfigError(f"effort {effort!r} has budget {max_budget}, not a checkpoint of this probe table "
-                          f"({probe_budgets})")
-    if not rule.setting(effort).hands_over:  # as live: the LLM alone, no shadow passes
+    if ctx.setting.max_budget not in probe_budgets:
+        raise ConfigError(f"effort {effort!r} has budget {ctx.setting.max_budget}, not a checkpoint of this probe "
+                          f"table ({probe_budgets})")
+    if ctx.llm_alone:  # as live: the LLM alone, no shadow passes
         out = _llm(rec, p, method)
         out.stop_reason = "llm_finished"
         return out
-    n_stages = len(stage_budgets_for(probe_budgets, max_budget))
+    walk = HandoverWalk(ctx, len(ctx.stage_budgets(probe_budgets)))
     trial = capabilities.uses_trial(policy)
 
     def priced(out: Outcome, visited: list[dict[str, Any]]) -> Outcome:
         return _with_trials(out, rec, visited, p) if trial else out
 
-    d = rule.decide(policy.sufficiency(ck_features(rec, None)), effort=effort, stage=0, llm_tokens=0)
-    if d.handover:
+    if walk.step(0, 0, policy.sufficiency(ck_features(rec, None)), "start").handover:
         out = _slm(rec, p, method)
         out.slm_prompt_tokens = rec["ck0"]["score_tokens"]  # the shadow pass read the prompt
         out.stop_reason, out.extra = "slm_alone", {**out.extra, "decided_at_stage": 0}
@@ -221,37 +230,38 @@ def replay_policy(rec: dict[str, Any], p: PairParams, policy: StopPolicy, rule: 
         return priced(out, [])
     visited: list[dict[str, Any]] = []
     shadow = capabilities.uses_shadow(policy)
+    # a shadow pass reads what the SLM's cache lacks: the text since the last checkpoint visited, so one
+    # after skipped checkpoints (a cut thought after a finish) pays for theirs too
+    paid_tokens, paid_seconds, due_tokens, due_seconds = 0, 0.0, 0, 0.0
+
+    def handed_over(ck: dict[str, Any], stop: str) -> Outcome:
+        out = _handover(rec, ck, p, method, shadow=(paid_tokens, paid_seconds) if shadow else None, stop=stop)
+        out.extra = {**out.extra, "decided_at_stage": ck["stage"]}
+        return priced(out, visited)
+
     for ck in rec["checkpoints"]:
-        if ck["stage"] > n_stages:
-            break
+        due_tokens += int(ck["score_tokens_live"])
+        due_seconds += float(ck["score_seconds"])
+        event, closed = _event(ck)
+        if not walk.visits(event, ck["stage"], closed):
+            continue
         visited.append(ck)
-        end = ck.get("thought_closed") if ck.get("event") == "thought_end" else None
-        d = rule.decide(policy.sufficiency(ck_features(rec, ck)), effort=effort, stage=ck["stage"],
-                        llm_tokens=ck["llm_tokens"], thought_end=end)
-        if d.reason == "finish":  # no hand-over, no more checkpoints: the LLM writes its whole answer
-            cut = _thought_end(rec)
-            if cut is not None and cut.get("thought_closed") is False and cut is not ck:
-                # as live: its token limit then cut the thought, and the SLM concludes from all of it
-                visited.append(cut)
-                out = _handover(rec, cut, p, method, shadow=visited if shadow else None, stop="thought_end")
-                out.extra = {**out.extra, "decided_at_stage": cut["stage"]}
-                return priced(out, visited)
-            break
-        last_insight = handover == "hint" and ck is rec["checkpoints"][-1] and \
-            ck["llm_tokens"] >= rec["llm"]["generated"]
-        if d.handover or last_insight:
-            stop = d.reason if d.handover else "llm_finished"
-            out = _handover(rec, ck, p, method, shadow=visited if shadow else None, stop=stop)
-            out.extra = {**out.extra, "decided_at_stage": ck["stage"]}
-            return priced(out, visited)
+        paid_tokens, paid_seconds = paid_tokens + due_tokens, paid_seconds + due_seconds
+        due_tokens, due_seconds = 0, 0.0
+        d = walk.step(ck["stage"], ck["llm_tokens"], policy.sufficiency(ck_features(rec, ck)), event, closed)
+        if d.handover:
+            return handed_over(ck, d.reason)
+    end = walk.end(rec["llm"]["generated"])
+    if end.handover and visited and visited[-1]["llm_tokens"] >= rec["llm"]["generated"]:
+        # hint mode: the LLM's insights ended at the last checkpoint, and the SLM takes them all
+        return handed_over(visited[-1], end.reason)
     # the LLM finished its own solution first: its answer stands (plus the shadow passes paid)
     out = _llm(rec, p, method)
     out.stop_reason = "llm_finished"
     if not shadow:
         return priced(out, visited)
-    out.slm_prompt_tokens = rec["ck0"]["score_tokens"] + sum(x["score_tokens_live"] for x in visited)
-    extra_s = rec["ck0"]["score_seconds"] + sum(x["score_seconds"] for x in visited)
-    out.wall_seconds += extra_s
+    out.slm_prompt_tokens = rec["ck0"]["score_tokens"] + paid_tokens
+    out.wall_seconds += rec["ck0"]["score_seconds"] + paid_seconds
     out.flops_total += 2.0 * p.slm * out.slm_prompt_tokens
     return priced(out, visited)
 
@@ -262,10 +272,11 @@ def replay_route(rec: dict[str, Any], p: PairParams, policy: StopPolicy, thresho
     fixed = route_without_classifier(threshold)
     if fixed is not None:
         return _slm(rec, p, "route") if fixed == "slm" else _llm(rec, p, "route")
-    prob = policy.sufficiency(ck_features(rec, None))
+    walk = HandoverWalk(route_context(threshold), 0)
+    to_slm = walk.step(0, 0, policy.sufficiency(ck_features(rec, None)), "start").handover
     ck0 = rec["ck0"]
     shadow = capabilities.uses_shadow(policy)  # as live: no shadow features, no scoring pass
-    if prob >= threshold:
+    if to_slm:
         out = _slm(rec, p, "route")
         if shadow:
             out.slm_prompt_tokens = ck0["score_tokens"]
