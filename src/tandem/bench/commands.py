@@ -165,10 +165,12 @@ def _settings(config: Path | None, llm_model: str | None, slm_model: str | None,
 
 def recorded_only(problems: Any, llm: Any, console: Console | None = None) -> Any:
     """The problems the LLM has a recording of, when it replays recordings (else all of them)."""
-    recs = getattr(llm, "recordings", None)
-    if recs is None:
-        return problems
+    from ..backends.recorded import RecordedBackend
     from ..prompts import PromptSet
+
+    if not isinstance(llm, RecordedBackend):
+        return problems
+    recs = llm.recordings
 
     kept = [p for p in problems if recs.has(PromptSet(p.task).question_text(p.question), p.id)]
     if not kept:
