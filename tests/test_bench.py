@@ -626,3 +626,19 @@ def test_a_live_record_that_is_no_outcome_is_refused_by_report(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and "'9|slm' is not an evaluation outcome" in res.stderr
+
+
+def test_a_probe_store_line_that_is_no_probe_record_is_refused_in_one_line(tmp_path):
+    from tandem.bench.replay_run import load_probe
+
+    llm, slm = pair()
+    store = RunStore(tmp_path / "run")
+    run_probe(PROBLEMS[:1], llm, slm, get_grader("gsm8k"), store, ProbeConfig(), dataset="gsm8k/train[0:1]",
+              grader_name="gsm8k")
+    _, recs = load_probe(tmp_path / "run")
+    assert recs[0]["checkpoints"][0]["slm"]["grade"]["correct"] in (True, False)
+    with (tmp_path / "run" / "records.jsonl").open("a") as f:
+        f.write(json.dumps({"key": "x", "problem_id": "x", "error": "ValueError: boom"}) + "\n")
+        f.write(json.dumps({"key": "y", "problem_id": "y", "llm": {}}) + "\n")
+    with pytest.raises(InputError, match=r"record 3 is no probe record \(it lacks ck0, slm_alone, checkpoints\)"):
+        load_probe(tmp_path / "run")

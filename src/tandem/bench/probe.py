@@ -32,6 +32,7 @@ from ..prompts import DEFAULT_TEXTS, PromptSet, PromptTexts
 from ..segment import InsightSegmenter
 from ..trial import ask_trial
 from ..types import Backend, GenerationRequest, Grade, Problem, Prompt, TokenStep
+from .probe_records import Checkpoint0Record, CheckpointRecord, GradeRecord, ProbeRecord, SolveRecord
 
 PROBE_VERSION = "probe-v1"
 PROBE_VERSION_THINK = "probe-v2"
@@ -53,7 +54,7 @@ def _r(x: float | None) -> float | None:
     return None if x is None else round(float(x), 4)
 
 
-def _grade_dict(g: Grade) -> dict[str, Any]:
+def _grade_dict(g: Grade) -> GradeRecord:
     ex = g.extraction
     return {"correct": g.correct, "reason": g.reason, "answer": ex.answer if ex else None,
             "rule": ex.rule if ex else "none"}
@@ -106,20 +107,20 @@ class Prober:
         return steps, times, s
 
     def _solve(self, backend: Backend, problem: Problem, prompt: Prompt, max_tokens: int,
-               prefix: str = "", keep_text: bool = True) -> dict[str, Any]:
+               prefix: str = "", keep_text: bool = True) -> tuple[SolveRecord, list[TokenStep], list[float]]:
         t0 = time.perf_counter()
         thinks = backend.info.thinks  # its template opened a thought: its text starts inside it
         steps, times, s = self._gen(backend, prompt, max_tokens, problem.task, thinks)
         text = "".join(x.text for x in steps)
         lps = [x.logprob for x in steps if x.logprob is not None]
-        return {
+        record: SolveRecord = {
             "lp_mean": sum(lps) / len(lps) if lps else 0.0, "lp_min": min(lps) if lps else 0.0,
             "text": text if keep_text else None, "prompt_tokens": s.usage.prompt_tokens,
             "prompt_computed": s.usage.computed_prompt_tokens, "generated": s.usage.generated_tokens,
             "seconds": time.perf_counter() - t0, "finish": s.finish_reason,
             "grade": _grade_dict(self.grade(problem, (THINK_OPEN if thinks and not prefix else "") + prefix + text)),
-            "_steps": steps, "_times": times,
         }
+        return record, steps, times
 
     def _shadow_pass(self, scored: str, prev_tokens: list[Any] | None) -> tuple[Any, list[Any] | None, int]:
         """Score `scored` on the SLM's cache; return the result, its tokens, and what a live shadow pass
@@ -138,7 +139,7 @@ class Prober:
     def _tokens(self, text: str) -> list[Any] | None:
         return capabilities.tokenize(self.slm, text)
 
-    def probe(self, problem: Problem) -> dict[str, Any]:
+    def probe(self, problem: Problem) -> ProbeRecord:
         if self.llm.info.thinks:
             return self.probe_thinking(problem)
         cfg, ps = self.cfg, PromptSet(problem.task, self.cfg.prompts)
@@ -148,22 +149,20 @@ class Prober:
         # checkpoint 0: the SLM reads the question (its features route), then solves alone, warm
         sr0 = self.slm.score(base)
         q_steps = question_steps(sr0, base, q)
-        ck0 = {"features": compute_features(CheckpointInputs(0, 0, [], [], q_steps, [])),
+        ck0: Checkpoint0Record = {"features": compute_features(CheckpointInputs(0, 0, [], [], q_steps, [])),
                "score_tokens": sr0.usage.computed_prompt_tokens, "score_seconds": sr0.usage.seconds}
-        slm_alone = self._solve(self.slm, problem, ps.solve(q), cfg.decoding.slm_max_tokens)
+        slm_alone = self._solve(self.slm, problem, ps.solve(q), cfg.decoding.slm_max_tokens)[0]
         slm_alone["prompt_tokens_cold"] = len(sr0.steps)
         # the LLM's full stream, never cut
         llm_prompt = ps.solve(q) if cfg.handover == "continue" else ps.coordinator(q)
         self._reset()
         replayed = self.llm.info.capabilities.replayed
-        llm = self._solve(self.llm, problem, llm_prompt, cfg.decoding.llm_max_tokens, keep_text=not replayed)
-        llm_steps: list[TokenStep] = llm.pop("_steps")
-        llm_times: list[float] = llm.pop("_times")
+        llm, llm_steps, llm_times = self._solve(self.llm, problem, llm_prompt, cfg.decoding.llm_max_tokens,
+                                                keep_text=not replayed)
         llm_solve = None
         if cfg.handover == "hint":
             self._reset()
-            llm_solve = self._solve(self.llm, problem, ps.solve(q), cfg.decoding.llm_max_tokens)
-            llm_solve.pop("_steps"), llm_solve.pop("_times")
+            llm_solve = self._solve(self.llm, problem, ps.solve(q), cfg.decoding.llm_max_tokens)[0]
         # checkpoints: the live schedule over the whole budget list
         seg = InsightSegmenter(cfg.handover)
         finder = CheckpointFinder(sorted(cfg.stage_budgets), cfg.max_unit_tokens, seg)
@@ -180,7 +179,8 @@ class Prober:
         # the SLM at each checkpoint: shadow-score the prefix, then solve from the warm cache
         self._reset()
         self.slm.score(base)
-        checkpoints, prev_tokens = [], self._tokens(base)
+        checkpoints: list[CheckpointRecord] = []
+        prev_tokens = self._tokens(base)
         for m in marks:
             stage, k, n_units, prefix = m.stage, m.llm_tokens, m.n_units, finder.text[:m.prefix_chars]
             prompt = ps.continue_from(q, prefix) if cfg.handover == "continue" else ps.with_hint(q, prefix)
@@ -191,8 +191,7 @@ class Prober:
             feats = compute_features(CheckpointInputs(stage, k, seg.units[:n_units], streamed, q_steps,
                                                       sr.after(start)))
             room = cfg.decoding.slm_max_tokens - (k if cfg.handover == "continue" else 0)
-            slm = self._solve(self.slm, problem, prompt, room, prefix if cfg.handover == "continue" else "")
-            slm.pop("_steps"), slm.pop("_times")
+            slm = self._solve(self.slm, problem, prompt, room, prefix if cfg.handover == "continue" else "")[0]
             checkpoints.append({
                 "stage": stage, "llm_tokens": k, "n_insights": n_units, "features": feats,
                 "handover_prompt_tokens": len(toks) if toks is not None else sr.usage.prompt_tokens,
@@ -202,7 +201,7 @@ class Prober:
             self.slm.score(scored)  # back to the live cache state before the next checkpoint
         return {
             "version": PROBE_VERSION, "problem_id": problem.id, "gold": problem.answer, "task": problem.task,
-            "ck0": ck0, "slm_alone": {k: v for k, v in slm_alone.items() if not k.startswith("_")},
+            "ck0": ck0, "slm_alone": slm_alone,
             "llm": {**llm, "token_times": [round(t, 4) for t in llm_times],
                     "lp": [_r(s.logprob) for s in llm_steps], "ent": [_r(s.entropy) for s in llm_steps]},
             "llm_solve": llm_solve, "checkpoints": checkpoints,
@@ -217,7 +216,7 @@ class Prober:
         t["correct"] = bool(t["answer"] and self.grade(problem, "\\boxed{" + t["answer"] + "}").correct)
         return t
 
-    def probe_thinking(self, problem: Problem) -> dict[str, Any]:
+    def probe_thinking(self, problem: Problem) -> ProbeRecord:
         """Probe a reasoning LLM's stream: checkpoints at the stage budgets within its thought and where
         the thought ends (closed, or cut by its token limit); the SLM gets the thought, tags removed,
         under its own chat template, and answers within its own budget. The table keeps no text of the
@@ -230,17 +229,14 @@ class Prober:
         q_steps = question_steps(sr0, base, q)
         trials = cfg.trial_tokens > 0 and problem.task == "math"
         trial0 = self._trial(problem, ps.trial(q, "", shadow), None) if trials else None
-        ck0 = {"features": compute_features(CheckpointInputs(0, 0, [], None, q_steps, [], trial0, "open")),
+        ck0: Checkpoint0Record = {"features": compute_features(CheckpointInputs(0, 0, [], None, q_steps, [], trial0, "open")),
                "score_tokens": sr0.usage.computed_prompt_tokens, "score_seconds": sr0.usage.seconds}
-        slm_alone = self._solve(self.slm, problem, ps.solve(q), cfg.decoding.slm_max_tokens)
+        slm_alone = self._solve(self.slm, problem, ps.solve(q), cfg.decoding.slm_max_tokens)[0]
         slm_alone["prompt_tokens_cold"] = len(sr0.steps)
-        slm_alone.pop("_steps"), slm_alone.pop("_times")
         # the LLM's whole stream (a recording, or a live reasoning model)
         self._reset()
-        llm = self._solve(self.llm, problem, ps.solve(q), cfg.decoding.llm_max_tokens,
-                          keep_text=not self.llm.info.capabilities.replayed)
-        llm_steps: list[TokenStep] = llm.pop("_steps")
-        llm_times: list[float] = llm.pop("_times")
+        llm, llm_steps, llm_times = self._solve(self.llm, problem, ps.solve(q), cfg.decoding.llm_max_tokens,
+                                                keep_text=not self.llm.info.capabilities.replayed)
         full = "".join(st.text for st in llm_steps)
         llm["grade"] = _grade_dict(self.grade(problem, THINK_OPEN + full))
         closed_at = full.find(THINK_CLOSE)
@@ -266,7 +262,8 @@ class Prober:
         # the SLM at each checkpoint: shadow pass, trial answer, then its answer from the warm cache
         self._reset()
         self.slm.score(base)
-        checkpoints, prev_tokens, prev_trial = [], self._tokens(base), trial0
+        checkpoints: list[CheckpointRecord] = []
+        prev_tokens, prev_trial = self._tokens(base), trial0
         for m in marks:
             stage, k, n_chars, n_units, end = m.stage, m.llm_tokens, m.prefix_chars, m.n_units, m.thought_closed
             thought = full[:n_chars]
@@ -280,11 +277,11 @@ class Prober:
             feats = compute_features(CheckpointInputs(stage, k, seg.units[:n_units], None, q_steps, sr.after(start),
                                                       trial, state))
             prompt = ps.handover(q, thought, mode)
-            slm = self._solve(self.slm, problem, prompt, cfg.decoding.slm_max_tokens)
-            slm.pop("_steps"), slm.pop("_times")
-            slm["grade"] = _grade_dict(self.grade(problem, THINK_OPEN + thought + THINK_SEP + slm["text"]))
+            slm = self._solve(self.slm, problem, prompt, cfg.decoding.slm_max_tokens)[0]
+            answer = slm["text"] or ""
+            slm["grade"] = _grade_dict(self.grade(problem, THINK_OPEN + thought + THINK_SEP + answer))
             if self.llm.info.capabilities.replayed:  # the SLM may quote the thought it read: keep no text
-                slm["chars"], slm["text"] = len(slm["text"]), None
+                slm["chars"], slm["text"] = len(answer), None
             checkpoints.append({
                 "stage": stage, "llm_tokens": k, "n_insights": n_units, "features": feats,
                 "event": "budget" if end is None else "thought_end", "thought_closed": end,
@@ -297,7 +294,7 @@ class Prober:
         units = _units(seg.units, self.llm.info.capabilities.replayed)
         return {
             "version": PROBE_VERSION_THINK, "problem_id": problem.id, "gold": problem.answer, "task": problem.task,
-            "ck0": {**ck0, "trial": trial0}, "slm_alone": {k: v for k, v in slm_alone.items() if not k.startswith("_")},
+            "ck0": {**ck0, "trial": trial0}, "slm_alone": slm_alone,
             "llm": {**llm, "token_times": [round(t, 4) for t in llm_times], "lp": None, "ent": None},
             "llm_solve": None, "checkpoints": checkpoints, "units": units,
         }

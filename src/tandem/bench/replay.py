@@ -17,7 +17,6 @@ estimated from the SLM's measured prompt throughput at checkpoint 0).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from .. import capabilities
 from ..checkpoints import route_without_classifier
@@ -27,6 +26,7 @@ from ..features import trial_features
 from ..methods import Method
 from ..policy import StopRule
 from ..types import StopPolicy
+from .probe_records import CheckpointRecord, GradeRecord, ProbeRecord, SolveRecord, is_thinking
 from .records import Outcome
 
 
@@ -49,17 +49,17 @@ class _Cost:
         return total, 2.0 * (p.llm * self.llm_gen + p.slm * self.slm_gen)
 
 
-def _llm_alone(rec: dict[str, Any]) -> dict[str, Any]:
+def _llm_alone(rec: ProbeRecord) -> SolveRecord:
     return rec["llm_solve"] or rec["llm"]
 
 
-def _slm_prompt_seconds(rec: dict[str, Any], tokens: int) -> float:
+def _slm_prompt_seconds(rec: ProbeRecord, tokens: int) -> float:
     ck0 = rec["ck0"]
     rate = ck0["score_seconds"] / max(ck0["score_tokens"], 1)
     return tokens * rate
 
 
-def _outcome(rec: dict[str, Any], method: str, grade: dict[str, Any], cost: _Cost, p: PairParams, *,
+def _outcome(rec: ProbeRecord, method: str, grade: GradeRecord, cost: _Cost, p: PairParams, *,
              stop: str, handover: int | None, finish: str | None) -> Outcome:
     total, gen = cost.flops(p)
     unknown = rec["llm"].get("timing") == "none" and cost.llm_prompt + cost.llm_gen > 0
@@ -73,25 +73,25 @@ def _outcome(rec: dict[str, Any], method: str, grade: dict[str, Any], cost: _Cos
     )
 
 
-def _slm(rec: dict[str, Any], p: PairParams, method: str = "slm") -> Outcome:
+def _slm(rec: ProbeRecord, p: PairParams, method: str = "slm") -> Outcome:
     a = rec["slm_alone"]
     c = _Cost(slm_prompt=a["prompt_tokens_cold"], slm_gen=a["generated"],
               seconds=rec["ck0"]["score_seconds"] + a["seconds"])
     return _outcome(rec, method, a["grade"], c, p, stop="slm_alone", handover=None, finish=a["finish"])
 
 
-def _llm(rec: dict[str, Any], p: PairParams, method: str = "llm") -> Outcome:
+def _llm(rec: ProbeRecord, p: PairParams, method: str = "llm") -> Outcome:
     a = _llm_alone(rec)
     c = _Cost(llm_prompt=a["prompt_tokens"], llm_gen=a["generated"], seconds=a["seconds"])
     return _outcome(rec, method, a["grade"], c, p, stop="llm_alone", handover=None, finish=a["finish"])
 
 
-def _llm_time(rec: dict[str, Any], k: int) -> float:
+def _llm_time(rec: ProbeRecord, k: int) -> float:
     times = rec["llm"]["token_times"]
     return float(times[min(k, len(times)) - 1]) if k > 0 and times else 0.0
 
 
-def _handover(rec: dict[str, Any], ck: dict[str, Any], p: PairParams, method: str, *,
+def _handover(rec: ProbeRecord, ck: CheckpointRecord, p: PairParams, method: str, *,
               shadow: tuple[int, float] | None, stop: str) -> Outcome:
     """Hand over at `ck`; `shadow` = the SLM tokens and seconds the shadow passes after checkpoint 0 cost
     (None: no shadow passes)."""
@@ -107,7 +107,7 @@ def _handover(rec: dict[str, Any], ck: dict[str, Any], p: PairParams, method: st
     return _outcome(rec, method, s["grade"], c, p, stop=stop, handover=k, finish=s["finish"])
 
 
-def _checkpoint_for_budget(rec: dict[str, Any], n: int) -> dict[str, Any] | None:
+def _checkpoint_for_budget(rec: ProbeRecord, n: int) -> CheckpointRecord | None:
     """The live checkpoint of a fixed budget n: the first probe checkpoint at or after n tokens."""
     for ck in rec["checkpoints"]:
         if ck["llm_tokens"] >= n:
@@ -115,7 +115,7 @@ def _checkpoint_for_budget(rec: dict[str, Any], n: int) -> dict[str, Any] | None
     return None
 
 
-def replay_fixed(rec: dict[str, Any], n: int, p: PairParams, handover: str = "continue") -> Outcome:
+def replay_fixed(rec: ProbeRecord, n: int, p: PairParams, handover: str = "continue") -> Outcome:
     method = f"fixed:{n}"
     if n == 0:
         return _slm(rec, p, method)
@@ -127,7 +127,7 @@ def replay_fixed(rec: dict[str, Any], n: int, p: PairParams, handover: str = "co
     return _handover(rec, ck, p, method, shadow=None, stop="budget")
 
 
-def options(rec: dict[str, Any], p: PairParams) -> list[Outcome]:
+def options(rec: ProbeRecord, p: PairParams) -> list[Outcome]:
     """Every per-problem choice a stopping rule could make, priced without shadow passes."""
     outs = [_slm(rec, p, "slm")]
     outs += [_handover(rec, ck, p, f"ck@{ck['llm_tokens']}", shadow=None, stop="oracle") for ck in rec["checkpoints"]]
@@ -135,13 +135,13 @@ def options(rec: dict[str, Any], p: PairParams) -> list[Outcome]:
     return outs
 
 
-def ck_features(rec: dict[str, Any], ck: dict[str, Any] | None) -> dict[str, float]:
+def ck_features(rec: ProbeRecord, ck: CheckpointRecord | None) -> dict[str, float]:
     """A checkpoint's features (`ck` None: checkpoint 0), with the trial and thought groups derived from
     the record where the table was written before they were computed with the rest."""
     src = rec["ck0"] if ck is None else ck
     feats = src["features"]
     trial = src.get("trial")
-    thinks = thinking_record(rec)
+    thinks = is_thinking(rec)
     if (trial is None or "trial_has_answer" in feats) and (not thinks or "thought_end" in feats):
         return dict(feats)
     out = dict(feats)
@@ -153,7 +153,7 @@ def ck_features(rec: dict[str, Any], ck: dict[str, Any] | None) -> dict[str, flo
     return out
 
 
-def _with_trials(out: Outcome, rec: dict[str, Any], visited: list[dict[str, Any]], p: PairParams) -> Outcome:
+def _with_trials(out: Outcome, rec: ProbeRecord, visited: list[CheckpointRecord], p: PairParams) -> Outcome:
     """Add what the trial answers at checkpoint 0 and the visited checkpoints cost (a policy reads them)."""
     trials = [t for t in [rec["ck0"].get("trial"), *(ck.get("trial") for ck in visited)] if t]
     prompt = sum(int(t["prompt_computed"]) for t in trials)
@@ -166,7 +166,7 @@ def _with_trials(out: Outcome, rec: dict[str, Any], visited: list[dict[str, Any]
     return out
 
 
-def _thought_end(rec: dict[str, Any]) -> dict[str, Any] | None:
+def _thought_end(rec: ProbeRecord) -> CheckpointRecord | None:
     """A reasoning LLM's table: the checkpoint where its thought ended (closed or cut), if any."""
     for ck in rec["checkpoints"]:
         if ck.get("event") == "thought_end":
@@ -174,7 +174,7 @@ def _thought_end(rec: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def replay_afterthink(rec: dict[str, Any], p: PairParams) -> Outcome:
+def replay_afterthink(rec: ProbeRecord, p: PairParams) -> Outcome:
     """The LLM thinks until its thought ends; the SLM writes the answer from the whole thought."""
     ck = _thought_end(rec)
     if ck is None:
@@ -184,7 +184,7 @@ def replay_afterthink(rec: dict[str, Any], p: PairParams) -> Outcome:
     return _handover(rec, ck, p, "afterthink", shadow=None, stop="thought_end")
 
 
-def replay_oracle(rec: dict[str, Any], p: PairParams) -> Outcome:
+def replay_oracle(rec: ProbeRecord, p: PairParams) -> Outcome:
     opts = options(rec, p)
     right = [o for o in opts if o.correct]
     best = min(right, key=lambda o: o.flops_total) if right else opts[-1]
@@ -192,22 +192,17 @@ def replay_oracle(rec: dict[str, Any], p: PairParams) -> Outcome:
     return best
 
 
-def thinking_record(rec: dict[str, Any]) -> bool:
-    """Whether a probe record's LLM reasons (its table marks where the thought ends)."""
-    return str(rec.get("version", "")) >= "probe-v2"
-
-
-def _event(ck: dict[str, Any]) -> tuple[CheckpointEvent, bool | None]:
+def _event(ck: CheckpointRecord) -> tuple[CheckpointEvent, bool | None]:
     return ("thought_end", ck.get("thought_closed")) if ck.get("event") == "thought_end" else ("budget", None)
 
 
-def replay_policy(rec: dict[str, Any], p: PairParams, policy: StopPolicy, rule: StopRule, *, effort: str,
+def replay_policy(rec: ProbeRecord, p: PairParams, policy: StopPolicy, rule: StopRule, *, effort: str,
                   handover: str = "continue", method: str | None = None, budgets: tuple[int, ...] | None = None,
                   ) -> Outcome:
     """The live pipeline's decisions, replayed: the same walk (`tandem.decision`) over the probe's
     checkpoints, from checkpoint 0 up to the effort's largest budget."""
     method = method or f"tandem:{effort}"
-    ctx = HandoverContext(rule, effort, handover, thinking_record(rec))
+    ctx = HandoverContext(rule, effort, handover, is_thinking(rec))
     probe_budgets = tuple(budgets or (32, 64, 128, 192, 256))
     if ctx.setting.max_budget not in probe_budgets:
         raise ConfigError(f"effort {effort!r} has budget {ctx.setting.max_budget}, not a checkpoint of this probe "
@@ -219,7 +214,7 @@ def replay_policy(rec: dict[str, Any], p: PairParams, policy: StopPolicy, rule: 
     walk = HandoverWalk(ctx, len(ctx.stage_budgets(probe_budgets)))
     trial = capabilities.uses_trial(policy)
 
-    def priced(out: Outcome, visited: list[dict[str, Any]]) -> Outcome:
+    def priced(out: Outcome, visited: list[CheckpointRecord]) -> Outcome:
         return _with_trials(out, rec, visited, p) if trial else out
 
     if walk.step(0, 0, policy.sufficiency(ck_features(rec, None)), "start").handover:
@@ -228,13 +223,13 @@ def replay_policy(rec: dict[str, Any], p: PairParams, policy: StopPolicy, rule: 
         out.stop_reason, out.extra = "slm_alone", {**out.extra, "decided_at_stage": 0}
         out.handover_tokens = 0  # as live: handed over before the LLM wrote anything
         return priced(out, [])
-    visited: list[dict[str, Any]] = []
+    visited: list[CheckpointRecord] = []
     shadow = capabilities.uses_shadow(policy)
     # a shadow pass reads what the SLM's cache lacks: the text since the last checkpoint visited, so one
     # after skipped checkpoints (a cut thought after a finish) pays for theirs too
     paid_tokens, paid_seconds, due_tokens, due_seconds = 0, 0.0, 0, 0.0
 
-    def handed_over(ck: dict[str, Any], stop: str) -> Outcome:
+    def handed_over(ck: CheckpointRecord, stop: str) -> Outcome:
         out = _handover(rec, ck, p, method, shadow=(paid_tokens, paid_seconds) if shadow else None, stop=stop)
         out.extra = {**out.extra, "decided_at_stage": ck["stage"]}
         return priced(out, visited)
@@ -266,7 +261,7 @@ def replay_policy(rec: dict[str, Any], p: PairParams, policy: StopPolicy, rule: 
     return priced(out, visited)
 
 
-def replay_route(rec: dict[str, Any], p: PairParams, policy: StopPolicy, threshold: float) -> Outcome:
+def replay_route(rec: ProbeRecord, p: PairParams, policy: StopPolicy, threshold: float) -> Outcome:
     """RouteLLM's idea: decide once, before the LLM writes anything, between SLM alone and LLM alone.
     A threshold outside (0, 1] decides without scoring, as live."""
     fixed = route_without_classifier(threshold)
@@ -290,7 +285,7 @@ def replay_route(rec: dict[str, Any], p: PairParams, policy: StopPolicy, thresho
     return out
 
 
-def replay_cascade(rec: dict[str, Any], p: PairParams, threshold: float) -> Outcome:
+def replay_cascade(rec: ProbeRecord, p: PairParams, threshold: float) -> Outcome:
     """FrugalGPT/AutoMix's idea: SLM first; escalate to the LLM when its own confidence is low."""
     s = _slm(rec, p, "cascade")
     if rec["slm_alone"]["lp_mean"] >= threshold:
@@ -304,7 +299,7 @@ def replay_cascade(rec: dict[str, Any], p: PairParams, threshold: float) -> Outc
     return out
 
 
-def replay(rec: dict[str, Any], method: str, p: PairParams, *, handover: str = "continue",
+def replay(rec: ProbeRecord, method: str, p: PairParams, *, handover: str = "continue",
            policy: StopPolicy | None = None, rule: StopRule | None = None,
            budgets: tuple[int, ...] | None = None) -> Outcome:
     """Replay one method by name: slm, llm, oracle, fixed:N, tandem:EFFORT, route, cascade:T."""

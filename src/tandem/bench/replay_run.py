@@ -9,6 +9,7 @@ from typing import Any
 from ..errors import ConfigError, InputError
 from ..policy import StopRule
 from ..types import StopPolicy
+from .probe_records import ProbeRecord, probe_records
 from .records import Outcome
 from .replay import PairParams, options, replay, replay_cascade, replay_route
 from .store import read_manifest, read_records
@@ -26,7 +27,7 @@ def default_methods(budgets: Sequence[int], with_classifier: bool, *, cascade: b
     return methods
 
 
-def replay_method(rec: dict[str, Any], method: str, p: PairParams, *, handover: str, budgets: tuple[int, ...],
+def replay_method(rec: ProbeRecord, method: str, p: PairParams, *, handover: str, budgets: tuple[int, ...],
                   policy: StopPolicy | None = None, rule: StopRule | None = None,
                   route_threshold: float | None = None, cascade_threshold: float | None = None) -> Outcome:
     """`replay` plus the calibrated operating points: `route` at `route_threshold` (when given;
@@ -43,14 +44,14 @@ def replay_method(rec: dict[str, Any], method: str, p: PairParams, *, handover: 
     return replay(rec, method, p, handover=handover, policy=policy, rule=rule, budgets=budgets)
 
 
-def load_probe(run_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def load_probe(run_dir: str | Path) -> tuple[dict[str, Any], list[ProbeRecord]]:
     man = read_manifest(run_dir)
     if man.get("kind") != "probe":
         raise InputError(f"{run_dir} is not a probe run")
-    return man, list(read_records(run_dir))
+    return man, probe_records(read_records(run_dir), str(run_dir))
 
 
-def thought_closed(rec: dict[str, Any]) -> bool:
+def thought_closed(rec: ProbeRecord) -> bool:
     """Whether the LLM's own answer is fully known: its thought closed within its token limit (always,
     for an LLM that does not reason)."""
     return bool(rec["llm"].get("thought_closed", True))

@@ -24,6 +24,7 @@ from ..pipeline import Tandem, config_dict
 from ..result import TandemResult
 from ..types import Backend, Grade, Problem
 from .probe import PROBE_VERSION, PROBE_VERSION_THINK, ProbeConfig, Prober
+from .probe_records import error_record
 from .records import Outcome
 from .store import RunStore, git_revision
 
@@ -90,7 +91,7 @@ def _probe_all(todo: Sequence[Problem], total: int, prober: Prober, store: RunSt
             try:
                 rec = prober.probe(p)
             except TandemError as exc:  # recorded and counted apart, never graded
-                rec, errors = {"problem_id": p.id, "error": f"{type(exc).__name__}: {exc}"}, errors + 1
+                rec, errors = error_record(p.id, f"{type(exc).__name__}: {exc}"), errors + 1
             store.append(p.id, rec)
             added += 1
             if "error" not in rec:

@@ -17,7 +17,7 @@ import json
 import os
 import subprocess
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -216,7 +216,7 @@ class RunStore:
             with p.open("r+b") as f:
                 f.truncate(cut)
 
-    def append(self, key: str, record: dict[str, Any]) -> None:
+    def append(self, key: str, record: Mapping[str, Any]) -> None:
         line = json.dumps({"key": key, **record}, default=str) + "\n"
         with self.records_path.open("a", encoding="utf-8") as f:
             f.write(line)

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ..bench.probe_records import ProbeRecord, probe_records
 from ..bench.store import entropy_kinds_of, git_revision, read_manifest, read_records
 from ..errors import ConfigError, InputError
 from ..features import FEATURE_GROUPS
@@ -69,7 +70,7 @@ class ProbeTable:
 
     path: Path
     manifest: dict[str, Any]
-    records: list[dict[str, Any]]
+    records: list[ProbeRecord]
     errors: int
 
     @property
@@ -114,7 +115,7 @@ def load_tables(dirs: Sequence[str | Path], *, allow_test_split: bool = False,
             raise ConfigError(f"{d} {what}: such tables are never used to fit or calibrate (pass "
                               "--allow-test-split only for smoke checks)")
         recs, errors = [], 0
-        for r in read_records(d):
+        for r in probe_records(read_records(d), str(d)):
             if "error" in r:
                 errors += 1
             elif not finished_only or r["llm"].get("thought_closed", True):
@@ -178,7 +179,7 @@ def _row(features: dict[str, float], names: Sequence[str], where: str) -> list[f
     return [float(features[n]) for n in names]
 
 
-def record_rows(rec: dict[str, Any], names: Sequence[str]) -> list[tuple[list[float], int, int, int]]:
+def record_rows(rec: ProbeRecord, names: Sequence[str]) -> list[tuple[list[float], int, int, int]]:
     """(features, label, stage, llm tokens) for checkpoint 0 and every checkpoint of one record."""
     from ..bench.replay import ck_features
 
