@@ -301,17 +301,26 @@ class _AgreeingTrials:
         return 0.9 if features.get("trial_agree_prev") else 0.0
 
 
+class _AgreeingTrialsOnly(_AgreeingTrials):
+    """The same rule from the trial answers alone: no shadow-pass feature read."""
+
+    uses_shadow = False
+
+
 def _trial_slm() -> ScriptedBackend:
     def reply(prompt, rendered: str) -> str:
         return "7}." if rendered.endswith("\\boxed{") else "Therefore the total is \\boxed{7}."
     return ScriptedBackend(reply, name="slm", n_params=1_000_000)
 
 
-def test_trial_answers_live_and_replayed_agree(recordings: Path) -> None:
+@pytest.mark.parametrize("policy", [_AgreeingTrials, _AgreeingTrialsOnly])
+def test_trial_answers_live_and_replayed_agree(recordings: Path, policy: type[_AgreeingTrials]) -> None:
+    """A policy that reads trial answers pays for the SLM reading the prefix they answer from (the
+    shadow pass), whether or not it reads the shadow pass's own features."""
     rule = StopRule({"medium": EffortSetting(max_budget=64, threshold=0.5)})
     cfg = PipelineConfig(stage_budgets=(16, 32, 64), decoding=DecodingSettings(2000, slm_max_tokens=50))
     events: list[str] = []
-    live = Tandem(backend(recordings), _trial_slm(), policy=_AgreeingTrials(), rule=rule, config=cfg).solve(
+    live = Tandem(backend(recordings), _trial_slm(), policy=policy(), rule=rule, config=cfg).solve(
         Q1, on_event=lambda e, p: events.append(e))
     assert events.count("trial") == 2  # checkpoint 0, then checkpoint 1, where two answers agree
     assert live.stop_reason == "sufficient" and live.checkpoints[1].features["trial_agree_prev"] == 1.0
@@ -319,7 +328,7 @@ def test_trial_answers_live_and_replayed_agree(recordings: Path) -> None:
                        trial_tokens=16)
     rec = Prober(backend(recordings), _trial_slm(), grade_gsm8k, pcfg).probe(Problem("p1", Q1, "7"))
     assert rec["ck0"]["trial"]["answer"] == "7" and rec["checkpoints"][0]["trial"]["agree_prev"]
-    out = replay(rec, "tandem:medium", PairParams(32_000_000_000, 1_000_000), policy=_AgreeingTrials(),
+    out = replay(rec, "tandem:medium", PairParams(32_000_000_000, 1_000_000), policy=policy(),
                  rule=rule, budgets=(16, 32, 64))
     assert out.handover_tokens == live.handover_tokens and out.correct
     slm = live.cost.models["slm"]

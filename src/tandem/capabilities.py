@@ -44,6 +44,12 @@ def uses_trial(policy: StopPolicy) -> bool:
     return bool(getattr(policy, "uses_trial", _POLICY.uses_trial))
 
 
+def reads_prefix(policy: StopPolicy) -> bool:
+    """Whether checkpoints pay for the SLM reading the LLM's text so far (the shadow pass): the policy
+    reads that pass's features, or trial answers, which the SLM gives from what that pass read."""
+    return uses_shadow(policy) or uses_trial(policy)
+
+
 def route_threshold(policy: StopPolicy) -> float | None:
     """`policy`'s calibrated `route` threshold, or None."""
     return getattr(policy, "route_threshold", _POLICY.route_threshold)

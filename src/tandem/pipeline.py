@@ -293,10 +293,12 @@ class _Run:
 
     # ---- checkpoints -------------------------------------------------------------------------
     def _start_shadow(self, policy: StopPolicy) -> None:
-        """Whether checkpoints score question + insights with the SLM (the policy reads those features
-        and the SLM can score raw text), and the rendered solve prompt the scored text starts with."""
+        """Whether checkpoints score question + insights with the SLM (the policy reads those features,
+        or trial answers given from what the SLM read, and the SLM can score raw text), and the rendered
+        solve prompt the scored text starts with."""
         caps = self.t.slm.info.capabilities
-        self.can_shadow = self.cfg.shadow and capabilities.uses_shadow(policy) and caps.score and caps.raw_prompt
+        reads = capabilities.uses_shadow(policy) or (self.cfg.task == "math" and capabilities.uses_trial(policy))
+        self.can_shadow = self.cfg.shadow and reads and caps.score and caps.raw_prompt
         self.base_text = self.t.slm.render(self.prompts.solve(self.q)) if self.can_shadow else ""
         # trial answers: where the policy reads them, on the SLM's warm cache (math answers only)
         self.uses_trial = self.can_shadow and self.cfg.task == "math" and capabilities.uses_trial(policy)

@@ -224,7 +224,7 @@ def replay_policy(rec: ProbeRecord, p: PairParams, policy: StopPolicy, rule: Sto
         out.handover_tokens = 0  # as live: handed over before the LLM wrote anything
         return priced(out, [])
     visited: list[CheckpointRecord] = []
-    shadow = capabilities.uses_shadow(policy)
+    shadow = capabilities.reads_prefix(policy)
     # a shadow pass reads what the SLM's cache lacks: the text since the last checkpoint visited, so one
     # after skipped checkpoints (a cut thought after a finish) pays for theirs too
     paid_tokens, paid_seconds, due_tokens, due_seconds = 0, 0.0, 0, 0.0
@@ -270,7 +270,7 @@ def replay_route(rec: ProbeRecord, p: PairParams, policy: StopPolicy, threshold:
     walk = HandoverWalk(route_context(threshold), 0)
     to_slm = walk.step(0, 0, policy.sufficiency(ck_features(rec, None)), "start").handover
     ck0 = rec["ck0"]
-    shadow = capabilities.uses_shadow(policy)  # as live: no shadow features, no scoring pass
+    shadow = capabilities.reads_prefix(policy)  # as live: nothing read from the SLM, no scoring pass
     if to_slm:
         out = _slm(rec, p, "route")
         if shadow:
