@@ -783,7 +783,7 @@ async def test_health_and_background_loading_from_settings():
             r = await c.get("/health")
             assert r.status_code == 200
             assert r.json() == {"status": "ok", "backends": {"llm": True, "slm": True},
-                                "queue": {"active": 0, "max": 8, "stuck": 0}}
+                                "queue": {"active": 0, "max": 8, "stuck": 0, "in_flight_max": 1}}
             d = (await c.post(URL, json=body())).json()
             assert d["tandem"]["effort"] == "low" and d["tandem"]["models"] == {"llm": "big", "slm": "small"}
         r = await c.get("/health")

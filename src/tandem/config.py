@@ -55,6 +55,9 @@ class BackendSettings(StrictModel):
     min_tokens_per_s: float = Field(default=DEFAULT_MIN_TOKENS_PER_S, gt=0, description="openai: a stream must "
                                     "end within timeout_s + max_tokens / min_tokens_per_s")
     max_retries: int = Field(default=DEFAULT_MAX_RETRIES, ge=0)
+    max_in_flight: int | None = Field(default=None, ge=1, description="calls this model takes at once: openai: "
+                                      "the engine's own bound (e.g. vLLM's max_num_seqs; unset: none of its own); "
+                                      "scripted: default 1; llamacpp: one, always")
     top_logprobs: int = Field(default=DEFAULT_TOP_LOGPROBS, ge=0)
     tokenizer_id: str = ""
     chat_template_id: str = ""
@@ -192,6 +195,9 @@ class ServerSettings(StrictModel):
     max_body_bytes: int = Field(default=1_048_576, ge=1, description="larger request bodies get 413")
     max_tokens_cap: int = Field(default=4096, ge=1, description="largest max_tokens a request may ask for")
     max_queue: int = Field(default=8, ge=1, description="requests waiting + running; beyond it 429")
+    max_in_flight: int = Field(default=4, ge=1, description="pipelines running at once, at most; each model's "
+                               "own limit bounds it too (an embedded llama.cpp model takes one call at a time, "
+                               "so a server with one runs one pipeline at a time)")
     request_timeout_s: float = Field(default=600.0, gt=0, description="from admission to the last byte; 504")
     body_timeout_s: float = Field(default=30.0, gt=0, description="the request body must arrive within this; "
                                   "408 and the connection closed")

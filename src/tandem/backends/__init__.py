@@ -19,6 +19,9 @@ def build_backend(settings: BackendSettings, *, models_dir: str | None = None) -
     from .sampling import Sampling
 
     if settings.kind == "llamacpp":
+        if settings.max_in_flight not in (None, 1):
+            raise ConfigError(f"max_in_flight {settings.max_in_flight}: an embedded llama.cpp model takes one call "
+                              "at a time (serve it behind an engine that batches, e.g. vLLM, for more)")
         from ..models import resolve_model, spec_for_path
         from .llamacpp import LlamaCppBackend, LlamaCppConfig
 
@@ -48,7 +51,8 @@ def build_backend(settings: BackendSettings, *, models_dir: str | None = None) -
         from .scripted import ScriptedBackend
 
         return ScriptedBackend(settings.reply or "The answer is \\boxed{0}.", name=settings.model,
-                               n_params=settings.n_params or 1_000_000, token_delay_s=settings.token_delay_s)
+                               n_params=settings.n_params or 1_000_000, token_delay_s=settings.token_delay_s,
+                               max_in_flight=settings.max_in_flight or 1)
     if settings.kind == "recorded":
         from .recorded import RecordedBackend, RecordedConfig
         from .tokenizers import load_tokenizer

@@ -164,6 +164,7 @@ class OpenAIBackendConfig:
     checksum: str = ""
     reasoning: bool = False
     sampling: Sampling = field(default_factory=Sampling)
+    max_in_flight: int | None = None  # the engine's own bound on concurrent calls (None: it queues them itself)
 
     def __post_init__(self) -> None:
         if isinstance(self.sampling, Mapping):
@@ -223,6 +224,7 @@ class OpenAIBackendConfig:
             max_retries=settings.max_retries, top_logprobs=settings.top_logprobs, api=settings.api,
             tokenizer_id=settings.tokenizer_id, chat_template_id=settings.chat_template_id,
             reasoning=settings.reasoning, sampling=Sampling.from_settings(settings),
+            max_in_flight=settings.max_in_flight,
         )
 
 
@@ -239,6 +241,7 @@ class OpenAIBackend(BackendBase):
     def __init__(self, config: OpenAIBackendConfig, *, transport: httpx.BaseTransport | None = None,
                  tokenizer: Tokenizer | None = None) -> None:
         self.config = config
+        self.max_in_flight = config.max_in_flight
         self._tokenizer = tokenizer
         self._hides_thought = False  # the endpoint was seen hiding the model's thought
         self._told_undeclared = False

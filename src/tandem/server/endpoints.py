@@ -26,7 +26,8 @@ async def health(request: Request) -> JSONResponse:
     else:
         status = "ok"
     body = {"status": status, "backends": {"llm": t is not None, "slm": t is not None},
-            "queue": {"active": state.runner.active, "max": state.srv.max_queue, "stuck": stuck}}
+            "queue": {"active": state.runner.active, "max": state.srv.max_queue, "stuck": stuck,
+                      "in_flight_max": state.runner.concurrency}}
     return JSONResponse(body, status_code=200 if status == "ok" else 503)
 
 

@@ -1,8 +1,10 @@
 """Running the synchronous pipeline for the event loop.
 
-One worker thread per pipeline (embedded llama.cpp models are not re-entrant, so requests are
-serialised), a bounded admission count in front of it (requests waiting + running), and a handle per
-run: the worker pushes the run's answer deltas (streamed runs only) and its end to the loop with
+Up to N pipelines run at once on a pool of worker threads, N the smaller of the server's
+`max_in_flight` and each model's own limit (`concurrency_for`: an embedded llama.cpp model is not
+re-entrant and holds a run's warm cache, so a server with one runs one pipeline at a time; HTTP
+backends take concurrent calls, which their engine batches). In front of the pool, a bounded
+admission count (requests waiting + running), and a handle per run: the worker pushes the run's answer deltas (streamed runs only) and its end to the loop with
 `loop.call_soon_threadsafe`, and the loop cancels a run by setting an event that the pipeline's hook
 checks at every event (it then raises `Cancelled`, which closes every model stream).
 
@@ -25,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from .. import capabilities
 from ..backends.guard import CallGuard, guarded
 from ..errors import BackendError, Cancelled
 from ..pipeline import Tandem
@@ -190,11 +193,23 @@ def run_spec(tandem: Tandem, spec: RunSpec, handle: RunHandle) -> Outcome:
         return Outcome(result, list(handle.deltas), {"used": True, "model": fb, "reason": type(exc).__name__})
 
 
+def concurrency_for(tandem: Tandem, max_in_flight: int) -> tuple[int, str]:
+    """How many pipelines may run at once, and which limit says so: the server's `max_in_flight`, or
+    the smaller limit of the two models (every run holds both for its whole length)."""
+    n, why = max_in_flight, "server.max_in_flight"
+    for role, backend in (("llm", tandem.llm), ("slm", tandem.slm)):
+        limit = capabilities.max_in_flight(backend)
+        if limit is not None and limit < n:
+            n, why = limit, f"the {role.upper()} ({backend.info.name}) takes {limit} call(s) at a time"
+    return max(1, n), why
+
+
 class PipelineRunner:
-    """Admission control and the one worker thread."""
+    """Admission control and the pool of worker threads (one until `set_concurrency`)."""
 
     def __init__(self, max_queue: int, *, on_depth: Callable[[int], None] | None = None) -> None:
         self.max_queue = max_queue
+        self.concurrency = 1
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tandem-pipeline")
         self.handles: set[RunHandle] = set()
         self._on_depth = on_depth or (lambda _n: None)
@@ -246,6 +261,15 @@ class PipelineRunner:
 
         handle._abandon = abandon
         fut.add_done_callback(release)
+
+    def set_concurrency(self, n: int) -> None:
+        """Run up to `n` pipelines at once from now on (called once the models are known, before any run
+        is admitted: the previous pool is then idle)."""
+        if n == self.concurrency:
+            return
+        old, self.concurrency = self.executor, n
+        self.executor = ThreadPoolExecutor(max_workers=n, thread_name_prefix="tandem-pipeline")
+        old.shutdown(wait=False)
 
     async def call(self, fn: Callable[[], T]) -> T:
         """Run `fn` on the worker thread (e.g. loading the models), in turn with the runs."""

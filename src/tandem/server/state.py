@@ -19,7 +19,7 @@ from ..config import TandemSettings
 from ..errors import ConfigError
 from ..pipeline import Tandem
 from .metrics import ServerMetrics
-from .runner import PipelineRunner
+from .runner import PipelineRunner, concurrency_for
 from .schemas import RequestError
 
 log = logging.getLogger("tandem.server")
@@ -55,6 +55,7 @@ class AppState:
         self.runner = PipelineRunner(self.srv.max_queue, on_depth=self.metrics.queue_depth.set)
         if tandem is not None:
             self.metrics.llm_params = tandem.llm.info.n_params
+            self._size_pool(tandem)
 
     # ---- lifecycle ------------------------------------------------------------------------------
     async def load(self) -> None:
@@ -66,9 +67,15 @@ class AppState:
             self.load_error = f"{type(exc).__name__}: {exc}"
             log.error("the models failed to load: %s", self.load_error)
             return
+        self._size_pool(tandem)
         self.tandem = tandem
         self.metrics.llm_params = tandem.llm.info.n_params
         log.info("models loaded: llm=%s slm=%s", tandem.llm.info.name, tandem.slm.info.name)
+
+    def _size_pool(self, tandem: Tandem) -> None:
+        n, why = concurrency_for(tandem, self.srv.max_in_flight)
+        self.runner.set_concurrency(n)
+        log.info("pipelines in flight: up to %d (%s)", n, why)
 
     async def shutdown(self) -> None:
         """Stop admitting, let runs finish for the grace period, cancel the rest, close the backends."""
