@@ -113,3 +113,13 @@ async def test_the_queue_still_bounds_admission_with_runs_in_flight() -> None:
     assert codes.count(200) >= 3 and codes.count(429) >= 1 and set(codes) <= {200, 429}
     assert big.peak <= 2
 
+
+def test_solve_many_runs_in_flight_within_the_backends_limits() -> None:
+    questions = [f"This is question number {i}. Answer." for i in range(7)]
+    big, small = Counting("big", max_in_flight=None), Counting("small", max_in_flight=None)
+    results = Tandem(big, small).solve_many(questions, method="llm", max_in_flight=3)
+    assert [r.answer.answer for r in results] == [str(i) for i in range(7)]  # in order, each its own
+    assert big.peak == 3
+    big, small = Counting("big", max_in_flight=None), Counting("small", max_in_flight=1)
+    assert len(Tandem(big, small).solve_many(questions[:3], method="llm")) == 3
+    assert big.peak == 1  # an embedded SLM (one call at a time) bounds the pair

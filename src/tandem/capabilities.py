@@ -24,6 +24,14 @@ def max_in_flight(backend: Backend) -> int | None:
     return getattr(backend, "max_in_flight", _BACKEND.max_in_flight)
 
 
+def max_concurrency(*backends: Backend) -> int | None:
+    """How many calls the backends take at once (None: no limit of their own). A backend says so with
+    a `max_in_flight` attribute; one that does not is taken to allow one call at a time."""
+    limits = [max_in_flight(b) for b in backends]
+    bounded = [n for n in limits if n is not None]
+    return min(bounded) if bounded else None
+
+
 def reset_cache(backend: Backend) -> None:
     """Make `backend` forget its cached prompt state, if it keeps any."""
     getattr(backend, "reset_cache", _BACKEND.reset_cache)()

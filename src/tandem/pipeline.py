@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -130,6 +131,19 @@ class Tandem:
                            "slm": self.slm.info.name, **PromptSet(cfg.task, cfg.prompts).identity()}
         return result
 
+
+    def solve_many(self, questions: Sequence[str], *, method: str = "tandem", max_in_flight: int | None = None,
+                   **overrides: Any) -> list[TandemResult]:
+        """`solve` each question, up to `max_in_flight` at once and never more than both backends take
+        (their `max_in_flight`: an embedded llama.cpp pair runs one at a time, HTTP engines batch
+        concurrent calls); the results in the questions' order, or the first error raised. `solve` is
+        safe to call from several threads within those limits: this is that, with a pool."""
+        limits = [n for n in (capabilities.max_concurrency(self.llm, self.slm), max_in_flight) if n is not None]
+        n = max(1, min([len(questions), *limits]))
+        if n == 1:
+            return [self.solve(q, method=method, **overrides) for q in questions]
+        with ThreadPoolExecutor(n, thread_name_prefix="tandem-solve") as pool:
+            return list(pool.map(lambda q: self.solve(q, method=method, **overrides), questions))
 
     def check_method(self, method: str) -> Method:
         """The method `method` names, refused when this pipeline cannot run it (unknown, malformed, replay

@@ -105,12 +105,7 @@ def _probe_all(todo: Sequence[Problem], total: int, prober: Prober, store: RunSt
     return added
 
 
-def max_concurrency(*backends: Backend) -> int | None:
-    """How many calls the backends take at once (None: no limit of their own). A backend says so with
-    a `max_in_flight` attribute; one that does not is taken to allow one call at a time."""
-    limits = [capabilities.max_in_flight(b) for b in backends]
-    bounded = [n for n in limits if n is not None]
-    return min(bounded) if bounded else None
+max_concurrency = capabilities.max_concurrency  # also importable from here, where it was first defined
 
 
 def _in_flight(items: Sequence[T], work: Callable[[T], R], concurrency: int) -> Iterator[tuple[T, R]]:
