@@ -123,3 +123,37 @@ def test_solve_many_runs_in_flight_within_the_backends_limits() -> None:
     big, small = Counting("big", max_in_flight=None), Counting("small", max_in_flight=1)
     assert len(Tandem(big, small).solve_many(questions[:3], method="llm")) == 3
     assert big.peak == 1  # an embedded SLM (one call at a time) bounds the pair
+
+
+def _core(rec: dict[str, Any]) -> dict[str, Any]:
+    """What a probe record says of a problem, without its times and cache counts."""
+    return {"id": rec["problem_id"], "llm": rec["llm"]["text"], "slm": (rec["slm_alone"]["text"], rec["slm_alone"]["grade"]),
+            "cks": [(c["stage"], c["llm_tokens"], c["n_insights"], c["features"], c["slm"]["text"], c["slm"]["grade"])
+                    for c in rec["checkpoints"]]}
+
+
+def test_probe_in_flight_writes_the_serial_records_and_says_so(tmp_path: Any) -> None:
+    from tandem.bench.graders import get_grader
+    from tandem.bench.probe import ProbeConfig
+    from tandem.bench.runner import run_probe
+    from tandem.bench.store import RunStore, read_manifest, read_records
+    from tandem.errors import ConfigError
+    from tandem.types import Problem
+
+    problems = [Problem(f"p{i}", f"This is question number {i}. Answer.", str(i)) for i in range(6)]
+    cfg = ProbeConfig(stage_budgets=(4, 8, 16))
+    tables = {}
+    for n in (1, 3):
+        big, small = Counting("big", max_in_flight=None), Counting("small", max_in_flight=None)
+        assert run_probe(problems, big, small, get_grader("gsm8k"), RunStore(tmp_path / str(n)), cfg,
+                         dataset="x/test[0:6]", grader_name="gsm8k", concurrency=n) == 6
+        assert read_manifest(tmp_path / str(n))["concurrency"] == n and big.peak == n
+        tables[n] = sorted((_core(r) for r in read_records(tmp_path / str(n))), key=lambda r: r["id"])
+    assert tables[3] == tables[1] and all(r["slm"][1]["correct"] for r in tables[1])
+    with pytest.raises(ConfigError, match="another manifest"):  # resumed at its own concurrency only
+        run_probe(problems, Counting("big", max_in_flight=None), Counting("small", max_in_flight=None),
+                  get_grader("gsm8k"), RunStore(tmp_path / "3"), cfg, dataset="x/test[0:6]", grader_name="gsm8k")
+    with pytest.raises(ConfigError, match="take 1 call"):  # an embedded-like SLM
+        run_probe(problems, Counting("big", max_in_flight=None), Counting("small", max_in_flight=1),
+                  get_grader("gsm8k"), RunStore(tmp_path / "x"), cfg, dataset="x/test[0:6]", grader_name="gsm8k",
+                  concurrency=2)

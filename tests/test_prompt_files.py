@@ -71,6 +71,7 @@ def test_runs_recorded_before_later_options_still_resume(tmp_path: Path) -> None
     man = json.loads(m.read_text())
     dec = man["config"]["decoding"]
     del man["config"]["trial_tokens"], dec["stop_at_answer"], dec["sampling"]  # as older runs wrote it
+    del man["concurrency"]
     m.write_text(json.dumps(man))
     assert run_probe([Problem("q", "What is 1+1?", "2")], llm, slm, grade_gsm8k, RunStore(tmp_path / "run"),
                      ProbeConfig(), dataset="x/train[1:2]", grader_name="gsm8k") == 1

@@ -241,6 +241,8 @@ def probe(
                                                      "tables marked train or calibration may be fitted on)")] = None,
     fields: Fields = None, hf_config: HfConfig = None, hf_data_files: HfDataFiles = None, task: HfTask = None,
     grader: HfGrader = None,
+    concurrency: Annotated[int, typer.Option(min=1, help="problems probed at once: HTTP backends only (an "
+                                                       "engine's batching is not bit-identical to serial runs)")] = 1,
 ) -> None:
     """Record probe tables: the LLM's full stream and the SLM's graded answer at every checkpoint."""
     from ..backends import build_backend
@@ -271,7 +273,7 @@ def probe(
         raise
     try:
         n = run_probe(problems, llm, slm, get_grader(grader_name), RunStore(out_dir), cfg, dataset=label,
-                      grader_name=grader_name, console=err, purpose=purpose)
+                      grader_name=grader_name, console=err, purpose=purpose, concurrency=concurrency)
     finally:
         llm.close()
         slm.close()

@@ -24,7 +24,7 @@ from ..pipeline import Tandem, config_dict
 from ..result import TandemResult
 from ..types import Backend, Grade, Problem
 from .probe import PROBE_VERSION, PROBE_VERSION_THINK, ProbeConfig, Prober
-from .probe_records import error_record
+from .probe_records import ProbeRecord, error_record
 from .records import Outcome
 from .store import RunStore, git_revision
 
@@ -59,39 +59,47 @@ def _progress(console: Console | None) -> Progress:
 
 def run_probe(problems: Sequence[Problem], llm: Backend, slm: Backend, grader: Grader, store: RunStore,
               cfg: ProbeConfig, *, dataset: str, grader_name: str, console: Console | None = None,
-              purpose: str | None = None) -> int:
+              purpose: str | None = None, concurrency: int = 1) -> int:
     """Probe every problem not yet in the store; return how many were added. `purpose` (train,
     calibration, dev, test) says what the table may be used for, where the benchmark's split does not
-    (recorded outputs exist only for test splits, so train and calibration rows come from them too)."""
+    (recorded outputs exist only for test splits, so train and calibration rows come from them too).
+    `concurrency` > 1 probes that many problems at once (backends that take concurrent calls only: an
+    engine that batches is not bit-identical to one request at a time, so the manifest says so and a
+    run is resumed at its own concurrency)."""
+    check_concurrency(concurrency, llm, slm)
     manifest = {
         "kind": "probe", "probe_version": PROBE_VERSION_THINK if llm.info.thinks else PROBE_VERSION,
         "prompt_version": cfg.prompts.version,
         "llm": model_identity(llm), "slm": model_identity(slm), "entropy": entropy_kinds(llm, slm),
         "config": config_dict(cfg),
         "dataset": dataset, "grader": grader_name, "problem_ids": [p.id for p in problems],
-        **({"purpose": purpose} if purpose else {}),
+        "concurrency": concurrency, **({"purpose": purpose} if purpose else {}),
         "git_revision": git_revision(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     done = store.open(manifest)
     try:  # the run directory stays locked while this process writes it
         return _probe_all([p for p in problems if p.id not in done], len(problems), Prober(llm, slm, grader, cfg),
-                          store, dataset, console)
+                          store, dataset, console, concurrency)
     finally:
         store.close()
 
 
 def _probe_all(todo: Sequence[Problem], total: int, prober: Prober, store: RunStore, dataset: str,
-               console: Console | None) -> int:
+               console: Console | None, concurrency: int = 1) -> int:
     added, errors = 0, 0
     right = {"slm": 0, "llm": 0}
     tokens, t0 = {"llm": 0}, time.perf_counter()
+
+    def one(p: Problem) -> ProbeRecord:
+        try:
+            return prober.probe(p)
+        except TandemError as exc:  # recorded and counted apart, never graded
+            return error_record(p.id, f"{type(exc).__name__}: {exc}")
+
     with _progress(console) as bar:
         task = bar.add_task(f"probe {dataset}", total=total, completed=total - len(todo), status="")
-        for p in todo:
-            try:
-                rec = prober.probe(p)
-            except TandemError as exc:  # recorded and counted apart, never graded
-                rec, errors = error_record(p.id, f"{type(exc).__name__}: {exc}"), errors + 1
+        for p, rec in _in_flight(todo, one, concurrency):
+            errors += "error" in rec
             store.append(p.id, rec)
             added += 1
             if "error" not in rec:
@@ -149,6 +157,16 @@ def greedy_roles(tandem: Tandem) -> list[str]:
     return out
 
 
+def check_concurrency(concurrency: int, *backends: Backend) -> None:
+    """Refuse a concurrency the backends cannot take (embedded llama.cpp models: one call at a time)."""
+    if concurrency < 1:
+        raise ConfigError("--concurrency must be at least 1")
+    limit = max_concurrency(*backends)
+    if limit is not None and concurrency > limit:
+        raise ConfigError(f"--concurrency {concurrency}: these backends take {limit} call(s) at a time "
+                          "(embedded llama.cpp models are not re-entrant); use HTTP endpoints for more")
+
+
 def run_live(problems: Sequence[Problem], tandem: Tandem, methods: Iterable[str], grader: Grader,
              store: RunStore, *, dataset: str, grader_name: str, effort: str | None = None,
              console: Console | None = None, cold: bool = True, concurrency: int = 1, samples: int = 1) -> int:
@@ -158,14 +176,9 @@ def run_live(problems: Sequence[Problem], tandem: Tandem, methods: Iterable[str]
     caches are then not reset between samples. `samples` > 1 runs each (problem, method) that many
     times, sample i with the run's seed + i (its Outcome's `extra` says `sample` and `seed`)."""
     methods = list(methods)
-    limit = max_concurrency(tandem.llm, tandem.slm)
-    if concurrency < 1:
-        raise ConfigError("--concurrency must be at least 1")
+    check_concurrency(concurrency, tandem.llm, tandem.slm)
     if samples < 1:
         raise ConfigError("--samples must be at least 1")
-    if limit is not None and concurrency > limit:
-        raise ConfigError(f"--concurrency {concurrency}: these backends take {limit} call(s) at a time "
-                          "(embedded llama.cpp models are not re-entrant); use HTTP endpoints for more")
     cfg = config_dict(tandem.config)
     manifest = {
         "kind": "live", "prompt_version": tandem.config.prompts.version, "llm": model_identity(tandem.llm),

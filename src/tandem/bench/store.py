@@ -52,7 +52,7 @@ def _identity(manifest: dict[str, Any]) -> dict[str, Any]:
     ident = {k: v for k, v in manifest.items() if k not in _EXTENSIBLE}
     if manifest.get("kind") in ("probe", "live"):
         ident["entropy"] = entropy_kinds_of(manifest)
-    if manifest.get("kind") == "live":  # recorded before concurrency was written: serial
+    if manifest.get("kind") in ("live", "probe"):  # recorded before concurrency was written: serial
         ident.setdefault("concurrency", 1)
     if "dataset" in manifest:
         ident["dataset (without rows)"] = str(manifest["dataset"]).split("[", 1)[0]
