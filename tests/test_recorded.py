@@ -315,8 +315,9 @@ def _trial_slm() -> ScriptedBackend:
 
 @pytest.mark.parametrize("policy", [_AgreeingTrials, _AgreeingTrialsOnly])
 def test_trial_answers_live_and_replayed_agree(recordings: Path, policy: type[_AgreeingTrials]) -> None:
-    """A policy that reads trial answers pays for the SLM reading the prefix they answer from (the
-    shadow pass), whether or not it reads the shadow pass's own features."""
+    """A policy that reads trial answers pays for the SLM reading the prefix they answer from: in the
+    shadow pass where it reads that pass's features, else in the trial request itself (exact up to the
+    token each request re-reads where the cached text ends)."""
     rule = StopRule({"medium": EffortSetting(max_budget=64, threshold=0.5)})
     cfg = PipelineConfig(stage_budgets=(16, 32, 64), decoding=DecodingSettings(2000, slm_max_tokens=50))
     events: list[str] = []
@@ -332,7 +333,11 @@ def test_trial_answers_live_and_replayed_agree(recordings: Path, policy: type[_A
                  rule=rule, budgets=(16, 32, 64))
     assert out.handover_tokens == live.handover_tokens and out.correct
     slm = live.cost.models["slm"]
-    assert (out.slm_prompt_tokens, out.slm_generated_tokens) == (slm.input_tokens, slm.generated_tokens)
+    assert out.slm_generated_tokens == slm.generated_tokens
+    if policy is _AgreeingTrials:
+        assert out.slm_prompt_tokens == slm.input_tokens
+    else:
+        assert abs(out.slm_prompt_tokens - slm.input_tokens) <= 2 and "slm_score" not in live.cost.phases
 
 
 def test_purpose_decides_which_test_split_tables_may_be_fitted(recordings: Path, tmp_path: Path) -> None:

@@ -53,8 +53,8 @@ def uses_trial(policy: StopPolicy) -> bool:
 
 
 def reads_prefix(policy: StopPolicy) -> bool:
-    """Whether checkpoints pay for the SLM reading the LLM's text so far (the shadow pass): the policy
-    reads that pass's features, or trial answers, which the SLM gives from what that pass read."""
+    """Whether checkpoints pay for the SLM reading the LLM's text so far: in the shadow pass where the
+    policy reads its features, else in the trial requests where it reads trial answers."""
     return uses_shadow(policy) or uses_trial(policy)
 
 

@@ -307,15 +307,15 @@ class _Run:
 
     # ---- checkpoints -------------------------------------------------------------------------
     def _start_shadow(self, policy: StopPolicy) -> None:
-        """Whether checkpoints score question + insights with the SLM (the policy reads those features,
-        or trial answers given from what the SLM read, and the SLM can score raw text), and the rendered
-        solve prompt the scored text starts with."""
+        """Whether checkpoints score question + insights with the SLM (the policy reads those features
+        and the SLM can score raw text), and the rendered solve prompt the scored text starts with; and
+        whether they ask the SLM for trial answers (the policy reads them: math answers only). A trial
+        request reads the prefix itself where no scoring pass did (on a warm cache, or an engine's prefix
+        cache: a scoring request with prompt log-probs would re-read all of it on vLLM)."""
         caps = self.t.slm.info.capabilities
-        reads = capabilities.uses_shadow(policy) or (self.cfg.task == "math" and capabilities.uses_trial(policy))
-        self.can_shadow = self.cfg.shadow and reads and caps.score and caps.raw_prompt
+        self.can_shadow = self.cfg.shadow and capabilities.uses_shadow(policy) and caps.score and caps.raw_prompt
         self.base_text = self.t.slm.render(self.prompts.solve(self.q)) if self.can_shadow else ""
-        # trial answers: where the policy reads them, on the SLM's warm cache (math answers only)
-        self.uses_trial = self.can_shadow and self.cfg.task == "math" and capabilities.uses_trial(policy)
+        self.uses_trial = self.cfg.shadow and self.cfg.task == "math" and capabilities.uses_trial(policy)
         self.prev_trial: dict[str, Any] | None = None
 
     def _checkpoint(self, policy: StopPolicy, walk: HandoverWalk, stage: int, llm_text: str,
