@@ -39,3 +39,14 @@ def test_report_regenerates_from_the_committed_stores(name: str, tmp_path: Path,
     for data in ("summary.json", "agreement.json"):
         if (committed / data).exists():  # a real comparison: the regenerated file was read
             assert json.loads((tmp_path / name / data).read_text())
+
+
+def test_every_committed_probe_store_loads_as_typed_records() -> None:
+    from tandem.bench.replay_run import load_probe
+    from tandem.bench.store import read_manifest
+
+    dirs = [m.parent for m in (ROOT / "results").rglob("manifest.json") if read_manifest(m.parent).get("kind") == "probe"]
+    assert len(dirs) >= 10
+    for d in dirs:
+        _, recs = load_probe(d)
+        assert recs and all("error" in r or r["checkpoints"] is not None for r in recs), d
