@@ -513,7 +513,10 @@ def test_reasoning_parser_thought_streams_counts_and_hands_over(pool: ServerPool
         slm.close()
     assert r.stop_reason == "budget" and r.handover_tokens is not None and r.handover_tokens >= 12
     handed = slm.prompts[-1].assistant_prefix
-    assert handed.strip() and handed == r.llm_text and expected.startswith(r.llm_text)
+    with backend(server, LLM, api="chat", reasoning=True) as again:  # the same prompt, streamed whole
+        whole = "".join(s.text for s in again.stream(GenerationRequest(PromptSet("math").solve(QUESTION),
+                                                                       max_tokens=48)))
+    assert handed.strip() and handed == r.llm_text and whole.startswith(r.llm_text)
     assert r.text.startswith(THINK_OPEN + r.llm_text + THINK_SEP)
     cost = r.cost.models["llm"]
     assert cost.generated_tokens == r.handover_tokens  # the cancelled stream: one log-prob entry a token
