@@ -122,6 +122,8 @@ def main() -> None:
     ap.add_argument("--request-timeout", type=float, default=1.0)
     ap.add_argument("--max-queue", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-in-flight", type=int, default=1, help="pipelines the server runs at once (the "
+                    "scripted SLM then takes as many calls)")
     args = ap.parse_args()
     rng = random.Random(args.seed)
     tags = rng.choices(list(MIX), weights=list(MIX.values()), k=args.requests)
@@ -140,9 +142,11 @@ max_retries = 0
 kind = "scripted"
 model = "small"
 reply = "So the answer is 2."
+max_in_flight = {args.max_in_flight}
 [pipeline]
 handover = "hint"
 [server]
+max_in_flight = {args.max_in_flight}
 max_queue = {args.max_queue}
 request_timeout_s = {args.request_timeout}
 body_timeout_s = 1.0
@@ -157,7 +161,7 @@ log_level = "error"
             "command": "python benchmarks/server_soak.py " + " ".join(sys.argv[1:]),
             "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
             "requests": args.requests, "concurrency": args.concurrency, "request_timeout_s": args.request_timeout,
-            "max_queue": args.max_queue, "mix": MIX,
+            "max_queue": args.max_queue, "max_in_flight": args.max_in_flight, "mix": MIX,
         }
         try:
             wait_until_ready(base + "/health", alive=lambda: proc.poll() is None, log=lambda: "(output discarded)",
@@ -181,6 +185,16 @@ log_level = "error"
             sampler = threading.Thread(target=sample, daemon=True)
             sampler.start()
 
+            done, done_lock = [0], threading.Lock()
+
+            def counted(i: int, tag: str) -> tuple[str, int, float, bool]:
+                res = one(i, tag)
+                with done_lock:
+                    done[0] += 1
+                    if done[0] == min(200, len(tags)):  # RSS growth is measured from here to the end
+                        out["rss_mb_at_200"] = proc_status(proc.pid, "VmRSS")
+                return res
+
             def one(i: int, tag: str) -> tuple[str, int, float, bool]:
                 """(tag, status, seconds, whether the answer quoted the upstream's internals)"""
                 body = payload(tag, i)
@@ -197,8 +211,10 @@ log_level = "error"
 
             t0 = time.perf_counter()
             with cf.ThreadPoolExecutor(args.concurrency) as ex:
-                results = list(ex.map(one, range(len(tags)), tags))
+                results = list(ex.map(counted, range(len(tags)), tags))
             wall = time.perf_counter() - t0
+            out["rss_mb_at_last"] = proc_status(proc.pid, "VmRSS")
+            out["rss_growth_200_to_last"] = round(out["rss_mb_at_last"] / out["rss_mb_at_200"] - 1, 4)
             # the queue empties: every worker came back, every slot returned
             t_end = time.perf_counter()
             with httpx.Client(timeout=5) as c:
