@@ -157,3 +157,23 @@ def test_probe_in_flight_writes_the_serial_records_and_says_so(tmp_path: Any) ->
         run_probe(problems, Counting("big", max_in_flight=None), Counting("small", max_in_flight=1),
                   get_grader("gsm8k"), RunStore(tmp_path / "x"), cfg, dataset="x/test[0:6]", grader_name="gsm8k",
                   concurrency=2)
+
+
+@pytest.mark.anyio
+async def test_deadlines_and_shutdown_hold_with_runs_in_flight() -> None:
+    big, small = Counting("big", max_in_flight=None, delay=0.05), Counting("small", max_in_flight=None, delay=0.05)
+    app = create_app(TandemSettings(server={"max_in_flight": 3, "max_queue": 8, "request_timeout_s": 0.3}),
+                     tandem=Tandem(big, small))
+    runner = app.state.tandem_state.runner
+    rs = await burst(app, 3)  # each run needs ~0.7 s: all three pass their deadline together
+    assert [r.status_code for r in rs] == [504] * 3 and big.peak == 3
+    for _ in range(200):  # every worker comes back and gives its slot up
+        if runner.active == 0 and big.open_now == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert runner.active == 0 and big.open_now == 0  # the streams were closed, not left running
+    big.token_delay_s = small.token_delay_s = 0.0
+    assert [r.status_code for r in await burst(app, 3)] == [200] * 3
+    state = app.state.tandem_state
+    await state.shutdown()  # idle: nothing to cancel, backends closed
+    assert state.draining
