@@ -127,8 +127,10 @@ class CheckpointFinder:
         if self.closed_at >= 0:  # after the thought: the LLM answers, no more checkpoints
             return None
         if self.thinks:
-            close = self.closes_at if self.closes_at is not None and len(self.text) > self.closes_at else (
-                -1 if self.closes_at is not None else self.text.find(THINK_CLOSE, max(0, before - len(THINK_CLOSE))))
+            if self.closes_at is not None:  # known beforehand: the tag starts in this token or not
+                close = self.closes_at if len(self.text) > self.closes_at else -1
+            else:  # seen as it comes: the tag is complete in the text (it may end in this token)
+                close = self.text.find(THINK_CLOSE, max(0, before - len(THINK_CLOSE)))
             if close >= 0:
                 self.closed_at = close
                 self.new_units = self.seg.feed(self.text[before:close] if close > before else "", self.n_tokens)
