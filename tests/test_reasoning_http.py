@@ -208,6 +208,33 @@ def test_a_hidden_thought_is_refused_for_a_handover_and_still_counted() -> None:
     assert len(endpoint.generations) == n
 
 
+# vLLM with `include_reasoning: false` and a parser that cannot count reasoning tokens: no thought, no
+# log-probs, no reasoning tokens in the usage, only more generated tokens than it streamed
+UNREPORTED = reasoning_stream([], ANSWER, lp=None, usage=(12, 305, 0))
+UNREPORTED_NO_ANSWER = reasoning_stream([], [], lp=None, usage=(12, 48, 0))
+
+
+@pytest.mark.parametrize(("events", "hidden"), [(UNREPORTED, 300), (UNREPORTED_NO_ANSWER, 48)])
+def test_a_thought_hidden_without_its_count_is_refused_and_counted(events: list[dict[str, Any]],
+                                                                   hidden: int) -> None:
+    b = backend(Endpoint(events))
+    stream = b.stream(GenerationRequest(PROMPT, max_tokens=400, thought_handover=True))
+    with pytest.raises(UnsupportedError, match=f"hides the model's thought .{hidden} reasoning tokens"):
+        next(stream)
+    assert stream.usage.generated_tokens == events[-1]["usage"]["completion_tokens"]
+
+
+@pytest.mark.parametrize(("streamed", "reported"), [(5, 6), (5, 10), (5, 21), (0, 16), (40, 60)])
+def test_a_few_tokens_more_than_streamed_are_no_hidden_thought(streamed: int, reported: int) -> None:
+    """Chunks of several tokens, an end-of-text token without text: up to as many tokens again as
+    streamed, and up to TOKEN_SLACK, are not read as a hidden thought."""
+    answer = [f" w{i}" for i in range(streamed)]
+    b = backend(Endpoint(reasoning_stream([], answer, lp=None, usage=(12, reported, 0))))
+    got, stream = texts(b, thought_handover=True)
+    assert "".join(got) == (THOUGHT_CLOSE + "".join(answer) if answer else "")
+    assert stream.usage.generated_tokens == reported
+
+
 def test_an_empty_thought_is_read_ahead_then_yielded() -> None:
     b = backend(Endpoint(reasoning_stream([], ANSWER, usage=(12, 5, 0))))
     got, stream = texts(b, thought_handover=True)

@@ -40,7 +40,9 @@ own field (`delta.reasoning`, `delta.reasoning_content`: a server's reasoning pa
 API, OpenRouter) and is streamed as the text, then `\n</think>\n\n` on the first answer token
 (`_wire.ThoughtFields`); over the completions API it is the raw text up to `</think>`. An endpoint
 that hides the thought (it streams no thought but reports `completion_tokens_details.
-reasoning_tokens`) is refused for a request that may hand its thought over
+reasoning_tokens`, or reports many more generated tokens than it streamed: vLLM's
+`include_reasoning = false` under a parser that cannot count reasoning tokens) is refused for a request
+that may hand its thought over
 (`GenerationRequest.thought_handover`): such a stream whose answer starts without a thought is read
 to its end before anything is yielded, and then either refused (`UnsupportedError`; its usage,
 reasoning tokens included, is filled in first) or yielded as an empty thought and the answer. Once
@@ -106,6 +108,15 @@ __all__ = [
 ]
 
 Api = Literal["completions", "chat"]
+
+
+def unstreamed_tokens(reported: int, streamed: int) -> int:
+    """The tokens a stream's usage reports beyond those it streamed, when they are more than it
+    streamed and more than `TOKEN_SLACK` (a thought generated and not shown, as the reasoning tokens
+    of an endpoint that hides it without saying how many); otherwise 0 (chunks of several tokens, a
+    final token without text)."""
+    unseen = reported - streamed
+    return unseen if unseen > max(streamed, TOKEN_SLACK) else 0
 
 
 @dataclass(frozen=True)
@@ -343,10 +354,11 @@ class OpenAIBackend(BackendBase):
         return {**dict(self.config.extra_body), **body}
 
     def _hidden_message(self, n: int | None = None) -> str:
-        seen = f"it reported {n} reasoning tokens" if n is not None else "it reported reasoning tokens"
-        return (f"{self._info.name}: the endpoint hides the model's thought ({seen} and streamed no reasoning "
-                "text): a continue, conclude or hint hand-over needs the thought; run the LLM alone (method llm) "
-                "or serve the model where its thought is streamed (e.g. vLLM with --reasoning-parser)")
+        seen = f"{n} reasoning tokens generated" if n is not None else "reasoning tokens generated"
+        return (f"{self._info.name}: the endpoint hides the model's thought ({seen}, no reasoning text "
+                "streamed): a continue, conclude or hint hand-over needs the thought; run the LLM alone (method llm) "
+                "or serve the model where its thought is streamed (e.g. vLLM with --reasoning-parser and "
+                "include_reasoning left on)")
 
     def _generation_body(self, req: GenerationRequest) -> tuple[str, dict[str, Any], dict[str, Any]]:
         cfg = self.config
@@ -432,6 +444,8 @@ class OpenAIBackend(BackendBase):
             if not done and finish is None:
                 raise BackendError(f"{name}: stream ended unexpectedly (neither [DONE] nor a finish reason)")
             ended_well = True
+            if thought is not None and cfg.reasoning and thought.thought_chars == 0 and reported:
+                hidden_tokens = hidden_tokens or unstreamed_tokens(usage.generated_tokens, n_tokens)
             if thought is not None and cfg.reasoning and hidden_tokens > 0 and thought.thought_chars == 0:
                 self._hides_thought = True
                 if handover:
