@@ -5,9 +5,10 @@ tests run when it exists or when TANDEM_VLLM=1 (which builds it, ~3 minutes); ot
 With TANDEM_VLLM=1 and TANDEM_REQUIRE_REAL=1 anything missing is a failure instead.
 
 At most one vLLM server runs at a time: one shared server (both roles, as two served model names of
-one engine) for most tests, stopped before the last two tests start dedicated servers: one with a
-reasoning parser and a template that opens a thought (~35 s with its start), and one that the last
-test kills mid-stream. Servers run with one OpenMP thread; requests stay short (max_tokens <= 64).
+one engine) for most tests, then one with a reasoning parser and a template that opens a thought
+(~35 s with its start) for the reasoning tests, then one that the last test kills mid-stream.
+Servers run with one OpenMP thread; requests stay short (max_tokens <= 64, or a few hundred where a
+hand-over must cancel the request before it ends).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -26,7 +28,7 @@ import pytest
 
 from tandem.backends.openai_http import OpenAIBackend, OpenAIBackendConfig
 from tandem.cost import ModelCost
-from tandem.errors import BackendError
+from tandem.errors import BackendError, UnsupportedError
 from tandem.features import available_groups
 from tandem.pipeline import THINK_OPEN, THINK_SEP, DecodingSettings, PipelineConfig, Tandem
 from tandem.policy import EffortSetting, StopRule
@@ -99,14 +101,15 @@ def smol_hf(vllm_py: Path, smol_gguf: Path) -> Path:
 
 
 class ServerPool:
-    """Hands out the shared server (started on first use) or a dedicated one; never two at once."""
+    """Hands out a server started with given arguments, kept for the next test that asks for the same
+    ones (the shared server; the reasoning server), or a dedicated one; never two at once."""
 
     def __init__(self, py: Path, model_dir: Path, log_dir: Path) -> None:
         self.py, self.model_dir, self.log_dir = py, model_dir, log_dir
         self.current: VllmServer | None = None
-        self.shared_up = False
+        self.current_args: tuple[str, ...] | None = None  # None: dedicated to one test, not for reuse
 
-    def _start(self, extra_args: tuple[str, ...] = FEATURE_ARGS) -> VllmServer:
+    def _start(self, extra_args: tuple[str, ...]) -> VllmServer:
         self.close()
         server = start_vllm(self.py, self.model_dir, [LLM, SLM], log_dir=self.log_dir, extra_args=extra_args,
                             startup_timeout_s=180.0)
@@ -114,15 +117,18 @@ class ServerPool:
         self.current = server
         return server
 
-    def shared(self) -> VllmServer:
-        if not (self.shared_up and self.current is not None and self.current.alive):
-            self._start()
-            self.shared_up = True
+    def kept(self, extra_args: tuple[str, ...] = FEATURE_ARGS) -> VllmServer:
+        if not (self.current_args == extra_args and self.current is not None and self.current.alive):
+            self._start(extra_args)
+            self.current_args = extra_args
         assert self.current is not None
         return self.current
 
+    def shared(self) -> VllmServer:
+        return self.kept(FEATURE_ARGS)
+
     def dedicated(self, extra_args: tuple[str, ...] = FEATURE_ARGS) -> VllmServer:
-        self.shared_up = False
+        self.current_args = None
         return self._start(extra_args)
 
     def close(self) -> None:
@@ -198,6 +204,24 @@ def test_scoring_agrees_with_the_stream(server: VllmServer) -> None:
     diffs = [abs((a.logprob or 0.0) - (g.logprob or 0.0)) for a, g in zip(scored, steps, strict=True)]
     assert max(diffs) < 0.15, diffs  # prefill vs decode arithmetic in bfloat16; measured <= ~0.05
     assert sr.usage.prompt_tokens == len(sr.steps) and sr.usage.generated_tokens <= 1
+
+
+def test_the_same_seed_gives_the_same_text_and_another_seed_another(server: VllmServer) -> None:
+    """Sampled decoding on the engine: the role's sampling values reach vLLM (top_k = 1 makes a hot
+    temperature greedy), and the request's seed makes a sample repeatable."""
+    story = prompt("Write a short poem about the sea and a lighthouse keeper.")
+
+    def sample(seed: int, **sampling: object) -> str:
+        with backend(server, sampling={"temperature": 1.0, "top_p": 0.95, **sampling}) as b:
+            return "".join(s.text for s in b.stream(GenerationRequest(story, max_tokens=32, seed=seed)))
+
+    first, again, other, third = sample(1), sample(1), sample(2), sample(3)
+    assert first and first == again
+    assert len({first, other, third}) == 3  # 32 tokens at temperature 1: different seeds, different text
+    greedy = sample(2, top_k=1)
+    assert greedy == sample(3, top_k=1) != other  # top_k went through: the seed no longer matters
+    with backend(server) as b:
+        assert greedy == "".join(s.text for s in b.stream(GenerationRequest(story, max_tokens=32)))
 
 
 class ReadsFeatures:
@@ -352,38 +376,31 @@ def _guide_config(tmp_path: Path, server: VllmServer) -> Path:
     return path
 
 
-def test_tandem_serve_in_front_of_vllm_with_the_guides_config(server: VllmServer, tmp_path: Path) -> None:
+@contextmanager
+def tandem_serve(config: Path, tmp_path: Path, env: dict[str, str] | None = None) -> Iterator[str]:
+    """`tandem serve --config CONFIG` on a free loopback port, up and healthy: yields its root URL."""
     pytest.importorskip("fastapi")
     from vllm_server import free_port
 
-    cfg = _guide_config(tmp_path, server)
     port = free_port()
-    env = {**os.environ, "TANDEM_LLM_KEY": "unused-by-vllm", "TANDEM_SLM_KEY": "unused-by-vllm",
-           "TANDEM_API_KEYS": "client-key"}
-    log = (tmp_path / "serve.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "tandem.cli", "serve", "--config", str(cfg), "--host", "127.0.0.1",
-                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, env=env,
-                            start_new_session=True)
+    log_path = tmp_path / "serve.log"
+    log = log_path.open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "tandem.cli", "serve", "--config", str(config), "--host",
+                             "127.0.0.1", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, **(env or {})}, start_new_session=True)
     root = f"http://127.0.0.1:{port}"
-    headers = {"Authorization": "Bearer client-key"}
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 90
         while True:
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            assert proc.poll() is None, log_path.read_text()[-3000:]
             try:
                 if httpx.get(f"{root}/health", timeout=2.0).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
-            assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, log_path.read_text()[-3000:]
             time.sleep(0.2)
-        resp = httpx.post(f"{root}/v1/chat/completions", headers=headers, timeout=120.0, json={
-            "model": "tandem-low", "max_tokens": 48, "messages": [{"role": "user", "content": QUESTION}]})
-        assert resp.status_code == 200, resp.text
-        assert resp.json()["choices"][0]["message"]["content"]
-        metrics = httpx.get(f"{root}/metrics", headers=headers, timeout=10.0).text
-        assert re.search(r'tandem_model_tokens_total\{[^}]*role="llm"', metrics)
-        assert re.search(r'tandem_model_tokens_total\{[^}]*role="slm"', metrics)
+        yield root
     finally:
         os.killpg(proc.pid, 15)
         try:
@@ -392,6 +409,20 @@ def test_tandem_serve_in_front_of_vllm_with_the_guides_config(server: VllmServer
             os.killpg(proc.pid, 9)
             proc.wait(timeout=10)
         log.close()
+
+
+def test_tandem_serve_in_front_of_vllm_with_the_guides_config(server: VllmServer, tmp_path: Path) -> None:
+    cfg = _guide_config(tmp_path, server)
+    env = {"TANDEM_LLM_KEY": "unused-by-vllm", "TANDEM_SLM_KEY": "unused-by-vllm", "TANDEM_API_KEYS": "client-key"}
+    headers = {"Authorization": "Bearer client-key"}
+    with tandem_serve(cfg, tmp_path, env) as root:
+        resp = httpx.post(f"{root}/v1/chat/completions", headers=headers, timeout=120.0, json={
+            "model": "tandem-low", "max_tokens": 48, "messages": [{"role": "user", "content": QUESTION}]})
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["choices"][0]["message"]["content"]
+        metrics = httpx.get(f"{root}/metrics", headers=headers, timeout=10.0).text
+        assert re.search(r'tandem_model_tokens_total\{[^}]*role="llm"', metrics)
+        assert re.search(r'tandem_model_tokens_total\{[^}]*role="slm"', metrics)
 
 
 # ---- feature parity with llama.cpp -------------------------------------------------------------------
@@ -476,15 +507,26 @@ def _raw_stream(server: VllmServer, body: dict[str, object]) -> tuple[dict[str, 
     return fields, usage
 
 
-def test_reasoning_parser_thought_streams_counts_and_hands_over(pool: ServerPool, smol_hf: Path,
-                                                                tmp_path: Path) -> None:
+@pytest.fixture(scope="session")
+def thinking_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("templates") / "thinking.jinja"
+    path.write_text(THINKING_TEMPLATE)
+    return path
+
+
+@pytest.fixture
+def reasoning_server(pool: ServerPool, thinking_template: Path) -> VllmServer:
     """vLLM with a reasoning parser (`olmo3`: it finds `</think>` as text, which SmolLM2's vocabulary
-    splits into pieces) and a template that opens the thought: the backend streams the thought from
-    `delta.reasoning` as vLLM's own answer has it, counts tokens as vLLM's usage does (with and without
-    the usage chunk), and a tandem run hands the thought over, cancelling the LLM's request."""
-    template = tmp_path / "thinking.jinja"
-    template.write_text(THINKING_TEMPLATE)
-    server = pool.dedicated((*FEATURE_ARGS, "--reasoning-parser", "olmo3", "--chat-template", str(template)))
+    splits into pieces) and a template that opens the thought; kept for the tests that follow."""
+    return pool.kept((*FEATURE_ARGS, "--reasoning-parser", "olmo3", "--chat-template", str(thinking_template)))
+
+
+def test_reasoning_parser_thought_streams_counts_and_hands_over(reasoning_server: VllmServer,
+                                                                smol_hf: Path) -> None:
+    """A reasoning server: the backend streams the thought from `delta.reasoning` as vLLM's own answer
+    has it, counts tokens as vLLM's usage does (with and without the usage chunk), and a tandem run
+    hands the thought over, cancelling the LLM's request."""
+    server = reasoning_server
     fields, usage = _raw_stream(server, {"model": LLM, "messages": [{"role": "user", "content": QUESTION}],
                                          "max_tokens": 24, "temperature": 0.0})
     assert fields["reasoning"]  # the parser put the output in the thought's field
@@ -529,6 +571,103 @@ def test_reasoning_parser_thought_streams_counts_and_hands_over(pool: ServerPool
     while server.log_count(ABORT_LOG) == aborts and time.monotonic() < deadline:
         time.sleep(0.05)
     assert server.log_count(ABORT_LOG) > aborts, server.log(2000)
+
+
+def _serve_config(tmp_path: Path, server: VllmServer) -> Path:
+    """`tandem serve` with the reasoning LLM on vLLM and the SLM embedded (llama.cpp, SmolLM2)."""
+    path = tmp_path / "tandem.toml"
+    path.write_text(f"""classifier = "budget"
+[llm]
+kind = "openai"
+base_url = "{server.base_url}"
+model = "{LLM}"
+api = "chat"
+reasoning = true
+n_params = {SMOL_PARAMS}
+n_ctx = 2048
+max_retries = 0
+[slm]
+model = "smollm2-135m"
+n_threads = 1
+n_ctx = 2048
+[pipeline]
+stage_budgets = [12]
+effort_budgets = {{ low = 12, medium = 12, high = 12 }}
+shadow = false
+llm_max_tokens = 400
+slm_max_tokens = 16
+[server]
+stream_keepalive_s = 1.0
+""")
+    return path
+
+
+def test_tandem_serve_sends_the_llms_thought_in_its_own_field(reasoning_server: VllmServer, tmp_path: Path) -> None:
+    """In front of a reasoning LLM on vLLM, a streamed answer opens with the role chunk, carries the
+    LLM's thought up to the hand-over in `delta.reasoning_content` and the SLM's answer in `content`;
+    a whole answer carries the same two in its message."""
+    messages = [{"role": "user", "content": QUESTION}]
+    body = {"model": "tandem-low", "messages": messages}
+    with tandem_serve(_serve_config(tmp_path, reasoning_server), tmp_path) as root:
+        chunks: list[dict[str, object]] = []
+        with httpx.stream("POST", f"{root}/v1/chat/completions", timeout=120.0,
+                          json={**body, "stream": True}) as resp:
+            assert resp.status_code == 200
+            for line in resp.iter_lines():
+                if line.startswith("data: ") and line != "data: [DONE]":
+                    chunks.append(json.loads(line[len("data: "):]))
+        whole = httpx.post(f"{root}/v1/chat/completions", timeout=120.0, json=body)
+    assert whole.status_code == 200, whole.text
+    deltas = [c["choices"][0]["delta"] for c in chunks if c.get("choices")]  # type: ignore[index]
+    assert deltas[0].get("role") == "assistant"
+    thought = "".join(d.get("reasoning_content") or "" for d in deltas)
+    answer = "".join(d.get("content") or "" for d in deltas)
+    assert thought.strip() and answer.strip()
+    assert "<think>" not in answer and "</think>" not in answer and "</think>" not in thought
+    solve = [{"role": m.role, "content": m.content} for m in PromptSet("math").solve(QUESTION).messages]
+    own, _ = _raw_stream(reasoning_server, {"model": LLM, "messages": solve, "max_tokens": 48, "temperature": 0.0})
+    assert own["reasoning"].startswith(thought)  # the LLM's own thought, cut at the hand-over
+    message = whole.json()["choices"][0]["message"]
+    assert message["reasoning_content"] == thought and message["content"] == answer
+
+
+def test_an_endpoint_that_hides_the_thought_is_refused_and_its_tokens_paid(reasoning_server: VllmServer) -> None:
+    """vLLM asked to leave the thought out (`include_reasoning: false`, as a deployment that keeps it
+    private): the stream has no thought and no log-probs, and its usage no reasoning tokens (`olmo3`
+    cannot count them), only the generated count. A hand-over is refused with the one clear error (the
+    next one before any request); the LLM alone still answers, every generated token paid."""
+    hide = {"sampling": {"extra_body": {"include_reasoning": False}}}
+    solve = PromptSet("math").solve(QUESTION)
+    fields, usage = _raw_stream(reasoning_server, {
+        "model": LLM, "max_tokens": 48, "temperature": 0.0, "include_reasoning": False,
+        "messages": [{"role": m.role, "content": m.content} for m in solve.messages]})
+    assert not fields["reasoning"] and usage["completion_tokens"] > 0  # what the endpoint shows
+    with backend(reasoning_server, LLM, api="chat", reasoning=True, **hide) as llm:
+        stream = llm.stream(GenerationRequest(solve, max_tokens=48, thought_handover=True))
+        with pytest.raises(UnsupportedError, match="hides the model's thought"):
+            list(stream)
+        assert stream.usage.generated_tokens == usage["completion_tokens"]
+        with pytest.raises(UnsupportedError, match="hides the model's thought"):
+            llm.stream(GenerationRequest(solve, max_tokens=48, thought_handover=True))
+
+    def pair() -> Tandem:
+        cfg = PipelineConfig(effort="low", stage_budgets=(12,), max_unit_tokens=8, shadow=False,
+                             decoding=DecodingSettings(llm_max_tokens=48, slm_max_tokens=16))
+        return Tandem(backend(reasoning_server, LLM, api="chat", reasoning=True, **hide), backend(reasoning_server),
+                      rule=StopRule({"low": EffortSetting(max_budget=12)}), config=cfg)
+
+    for method in ("tandem", "llm"):
+        t = pair()
+        try:
+            if method == "tandem":
+                with pytest.raises(UnsupportedError, match="hides the model's thought"):
+                    t.solve(QUESTION)
+            else:
+                alone = t.solve(QUESTION, method="llm")
+                assert alone.cost.models["llm"].generated_tokens == usage["completion_tokens"]
+        finally:
+            t.llm.close()
+            t.slm.close()
 
 
 # ---- a server that dies (last: stops the shared server, starts one of its own) ---------------------
