@@ -7,12 +7,18 @@ allowed beside them). Plots are not compared. A refactor that changes no number 
 changes a decision or a price fails here.
 
     python scripts/check_reports.py [NAME ...]     (names as in REPORTS; default: all)
+    python scripts/check_reports.py --write [NAME ...]
+
+`--write` copies each regenerated report.md / summary.json (agreement.md / agreement.json) over the
+committed one, for a change that adds to every report (a column, a key): review the diff, which
+must add and change nothing else.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -82,8 +88,9 @@ def json_differences(committed: Any, fresh: Any, where: str = "") -> list[str]:
     return [] if committed == fresh else [f"{where}: {committed!r} -> {fresh!r}"]
 
 
-def check(name: str, scratch: Path) -> list[str]:
-    """The differences between a committed report and its regeneration (empty: the same)."""
+def check(name: str, scratch: Path, write: bool = False) -> list[str]:
+    """The differences between a committed report and its regeneration (empty: the same); `write`:
+    then put the regenerated text and data files in the committed report's place."""
     from tandem.cli import app
 
     committed, argv = REPORTS[name]
@@ -101,10 +108,16 @@ def check(name: str, scratch: Path) -> list[str]:
         if old.exists():
             diffs = json_differences(json.loads(old.read_text()), json.loads((out / data).read_text()))
             problems += [f"{data}{d}" for d in diffs[:5]]
+    if write:
+        for kept in ("report.md", "agreement.md", "summary.json", "agreement.json"):
+            if (ROOT / committed / kept).exists():
+                shutil.copyfile(out / kept, ROOT / committed / kept)
     return problems
 
 
 def main(names: list[str]) -> int:
+    write = "--write" in names
+    names = [n for n in names if n != "--write"]
     unknown = sorted(set(names) - set(REPORTS))
     if unknown:
         print(f"unknown report(s): {', '.join(unknown)}; known: {', '.join(REPORTS)}", file=sys.stderr)
@@ -113,12 +126,13 @@ def main(names: list[str]) -> int:
     failed = 0
     with tempfile.TemporaryDirectory() as tmp:
         for name in names or list(REPORTS):
-            problems = check(name, Path(tmp))
-            print(f"{'ok  ' if not problems else 'DIFF'} {name} ({REPORTS[name][0]})")
+            problems = check(name, Path(tmp), write)
+            tag = "ok  " if not problems else "WROTE" if write else "DIFF"
+            print(f"{tag} {name} ({REPORTS[name][0]})")
             for p in problems:
                 print(f"     {p}")
             failed += bool(problems)
-    return 1 if failed else 0
+    return 1 if failed and not write else 0
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from tandem.bench.report import (
     mcnemar_exact,
     options_from_outcomes,
     oracle_frontier,
+    paired_difference_interval,
     plot_handover_hist,
     plot_pareto,
     plot_tradeoff,
@@ -51,6 +52,36 @@ def test_mcnemar_known_values() -> None:
     assert mcnemar_exact(0, 1) == 1.0
     assert mcnemar_exact(0, 30) < 1e-8
     assert 0 < mcnemar_exact(0, 3000) < 1e-300 or mcnemar_exact(0, 3000) == 0.0  # no overflow
+
+
+def test_paired_difference_interval_holds_the_difference_and_is_symmetric() -> None:
+    lo, hi = paired_difference_interval(50, 12, 4, 34)  # 8 points better (the exact McNemar p: 0.077)
+    assert 0 < lo < 0.08 < hi < 0.16
+    assert paired_difference_interval(50, 4, 12, 34) == pytest.approx((-hi, -lo))
+    assert paired_difference_interval(0, 0, 0, 0) == (-1.0, 1.0)
+    assert paired_difference_interval(10, 0, 0, 0)[0] < 0 < paired_difference_interval(10, 0, 0, 0)[1]
+    assert paired_difference_interval(0, 20, 0, 0)[1] == 1.0  # never beyond the possible range
+    wide, narrow = paired_difference_interval(5, 2, 1, 2), paired_difference_interval(500, 200, 100, 200)
+    assert wide[1] - wide[0] > 5 * (narrow[1] - narrow[0])
+    with pytest.raises(ValueError):
+        paired_difference_interval(1, -1, 0, 0)
+
+
+@pytest.mark.parametrize(("n", "cells"), [(30, (0.5, 0.15, 0.05, 0.3)), (100, (0.6, 0.1, 0.1, 0.2)),
+                                          (60, (0.85, 0.02, 0.08, 0.05))])
+def test_paired_difference_interval_covers_the_true_difference(n: int, cells: tuple[float, ...]) -> None:
+    """Simulated paired outcomes: the interval holds the true difference about 95% of the time."""
+
+    rng = random.Random(7)
+    truth = cells[1] - cells[2]
+    trials, covered = 3000, 0
+    for _ in range(trials):
+        counts = [0, 0, 0, 0]
+        for x in rng.choices(range(4), weights=cells, k=n):
+            counts[x] += 1
+        lo, hi = paired_difference_interval(*counts)
+        covered += lo <= truth <= hi
+    assert 0.93 <= covered / trials <= 0.985
 
 
 def test_statistics_match_scipy() -> None:
@@ -120,6 +151,8 @@ def test_summarize_handmade() -> None:
     assert tandem.wall_ratio == pytest.approx(8 / 30)
     assert (tandem.mcnemar_b, tandem.mcnemar_c) == (1, 1)  # p3 won, p4 lost
     assert tandem.mcnemar_p == pytest.approx(1.0)
+    assert (tandem.diff_low, tandem.diff_high) == pytest.approx(paired_difference_interval(1, 1, 1, 0))
+    assert llm.diff_low is None  # the baseline has no difference with itself
 
 
 def test_summarize_other_baseline_and_missing_baseline() -> None:
@@ -167,7 +200,11 @@ def test_summary_discordant_counts_on_many_problems() -> None:
     slm = summarize(outs)[1]
     assert (slm.mcnemar_b, slm.mcnemar_c) == (b, c)
     assert slm.mcnemar_p == pytest.approx(mcnemar_exact(b, c))
+    both = sum(o.correct for o in outs if o.method == "slm") - b
+    assert (slm.diff_low, slm.diff_high) == pytest.approx(paired_difference_interval(both, b, c, 200 - both - b - c))
     assert slm.flops_ratio == pytest.approx(0.1)
+    md = render_markdown(summarize(outs), "t")
+    assert f"{100 * (b - c) / 200:+.1f} [{100 * slm.diff_low:+.1f}, {100 * slm.diff_high:+.1f}]" in md
 
 
 # --- oracle frontier ---------------------------------------------------------------------------

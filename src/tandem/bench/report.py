@@ -83,6 +83,30 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
     return lo, hi
 
 
+def paired_difference_interval(both: int, b: int, c: int, neither: int, z: float = Z95) -> tuple[float, float]:
+    """95% interval of the difference of two paired proportions, (b - c) / n: Newcombe's hybrid score
+    interval for paired data (his method 10, Stat Med 1998; Altman et al., Statistics with Confidence),
+    from the Wilson intervals of the two proportions and their continuity-corrected correlation. `both`, `b`, `c`, `neither`: pairs right on both sides, only
+    on the first, only on the second, on neither. (-1, 1) when there are no pairs."""
+    if min(both, b, c, neither) < 0:
+        raise ValueError(f"counts must be >= 0, got {both}, {b}, {c}, {neither}")
+    n = both + b + c + neither
+    if n == 0:
+        return -1.0, 1.0
+    p1, p2 = (both + b) / n, (both + c) / n
+    l1, u1 = wilson_interval(both + b, n, z)
+    l2, u2 = wilson_interval(both + c, n, z)
+    margins = (both + b) * (c + neither) * (both + c) * (b + neither)
+    # the correlation of the pairs, with Newcombe's continuity correction of a positive one
+    cross = both * neither - b * c
+    corrected = cross - n / 2 if cross > n / 2 else float(min(cross, 0))
+    phi = corrected / math.sqrt(margins) if margins > 0 else 0.0
+    below = (p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2
+    above = (u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2
+    diff = p1 - p2
+    return max(-1.0, diff - math.sqrt(max(below, 0.0))), min(1.0, diff + math.sqrt(max(above, 0.0)))
+
+
 def mcnemar_exact(b: int, c: int) -> float:
     """Two-sided exact McNemar p-value: a binomial test of `b` against `b + c` at 1/2.
 
@@ -137,6 +161,8 @@ class MethodSummary:
     mcnemar_b: int | None
     mcnemar_c: int | None
     mcnemar_p: float | None
+    diff_low: float | None = None  # the paired accuracy difference with the baseline: its 95% interval
+    diff_high: float | None = None
     samples: int = 1  # most samples of one problem
     pass_at: dict[str, float] | None = None  # with samples: "k" -> pass@k (unbiased), k = 1, 2, 4, ..., samples
     majority_accuracy: float | None = None  # with samples: the per-problem majority vote's accuracy
@@ -299,6 +325,8 @@ def summarize(outcomes: Iterable[Outcome], baseline: str = "llm") -> list[Method
         exact = compare and not sampled and not base_sampled  # McNemar: one sample a problem on both sides
         b = sum(o.correct and not r.correct for o, r in paired)
         c = sum(r.correct and not o.correct for o, r in paired)
+        both = sum(o.correct and r.correct for o, r in paired)
+        diff = paired_difference_interval(both, b, c, len(paired) - both - b - c) if exact else (None, None)
         extra = {"samples": max(len(outs) for outs in problems.values()), **_sample_stats(ok_by_problem)} \
             if sampled else {}
         summaries.append(
@@ -335,6 +363,8 @@ def summarize(outcomes: Iterable[Outcome], baseline: str = "llm") -> list[Method
                 mcnemar_b=b if exact else None,
                 mcnemar_c=c if exact else None,
                 mcnemar_p=mcnemar_exact(b, c) if exact else None,
+                diff_low=diff[0],
+                diff_high=diff[1],
                 **extra,
             )
         )
@@ -683,6 +713,15 @@ def _mcnemar(s: MethodSummary) -> str:
     return f"{s.mcnemar_p:.3g} ({s.mcnemar_b}/{s.mcnemar_c})"
 
 
+def _difference(s: MethodSummary) -> str:
+    if s.is_baseline:
+        return "(baseline)"
+    if s.diff_low is None or s.diff_high is None or s.mcnemar_b is None or s.mcnemar_c is None or not s.n_paired:
+        return "–"
+    diff = 100 * (s.mcnemar_b - s.mcnemar_c) / s.n_paired
+    return f"{diff:+.1f} [{100 * s.diff_low:+.1f}, {100 * s.diff_high:+.1f}]"
+
+
 def render_markdown(
     summaries: Sequence[MethodSummary],
     title: str,
@@ -710,6 +749,7 @@ def render_markdown(
         "extraction failures",
         "truncated",
         f"McNemar p vs {baseline} (b/c)",
+        f"points vs {baseline} [95% CI]",
     ]
     lines = [f"# {title}", ""]
     lines.append("| " + " | ".join(headers) + " |")
@@ -734,6 +774,7 @@ def render_markdown(
             str(s.extraction_failures),
             str(s.truncations),
             _mcnemar(s),
+            _difference(s),
         ]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     if not summaries:
@@ -765,7 +806,8 @@ def render_markdown(
         "TFLOPs generated counts generated tokens only.",
         f"- Ratios are the method's mean over `{baseline}`'s on the paired problems (below 1: cheaper).",
         "- McNemar: exact two-sided binomial test on the discordant pairs; b = method right and "
-        f"`{baseline}` wrong, c = the reverse.",
+        f"`{baseline}` wrong, c = the reverse. Points vs `{baseline}`: the paired accuracy difference "
+        "(b - c) / n in percentage points, with Newcombe's 95% interval for paired proportions.",
         "- Extraction failures: no final answer could be extracted. Truncated: generation hit its token limit.",
     ]
     for caption, rel in images:
