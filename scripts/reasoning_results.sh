@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The reasoning regime's measurements in docs/RESULTS.md, one step at a time, from the committed probe
+# tables of scripts/reasoning_probes.sh (QwQ-32B and R1-Distill-Qwen-14B recorded, Qwen2.5-Coder-1.5B
+# live, `conclude`). Every step reads committed tables only.
+#   scripts/reasoning_results.sh classifier   fit on the train table (logistic and gbdt, the features a
+#                                             recorded LLM allows without a scoring pass), score both on
+#                                             the calibration table, calibrate both on its finished rows
+#   KIND=… scripts/reasoning_results.sh ship   ship the chosen kind as the pair's classifier
+#   scripts/reasoning_results.sh test         every method on each test set: all rows and finished rows
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export TANDEM_DATA_DIR="${TANDEM_DATA_DIR:-$(cd .. && pwd)/shared/data}"
+T=.venv/bin/tandem
+R=results/reasoning
+OUT=results/reasoning-classifier
+TRAIN=("$R/qwq-gsm8k-test-32-88-conclude")
+CALIB=("$R/qwq-gsm8k-test-146-184-conclude" "$R/qwq-gsm8k-test-185-222-conclude")
+QWQ_TEST=("$R/qwq-gsm8k-test-223-296-conclude" "$R/qwq-gsm8k-test-297-374-conclude")
+R14_TEST=("$R/r1-14b-math500-test-168-333-conclude" "$R/r1-14b-math500-test-334-499-conclude")
+CLF=src/tandem/data/classifiers/qwq-32b+qwen2.5-coder-1.5b.json
+# no shadow pass: a recording has no log-probs (no llm_stream group), and with the trial answers the
+# SLM's scoring features add nothing measurable on the train table (docs/RESULTS.md)
+FEATURES=progress,thought,trial
+# medium and high: the least-cost point within 2 points of the LLM alone on the finished calibration
+# rows; low: within 5 points
+GAP=0.05,0.02,0.02
+present() { for d in "$@"; do [[ -f "$d/manifest.json" ]] || return 1; done; }
+
+for step in "$@"; do
+  case "$step" in
+    classifier)
+      mkdir -p "$OUT"
+      for kind in logistic gbdt; do
+        $T train fit "${TRAIN[@]}" --kind "$kind" --feature-groups "$FEATURES" --split train \
+          --out "$OUT/$kind.json" --plot "$OUT/reliability-$kind.png"
+        $T train score "$OUT/$kind.json" "${CALIB[@]}" --out "$OUT/score-$kind-calibration.json"
+        $T train calibrate "$OUT/$kind.json" "${CALIB[@]}" --objective gap --accuracy-gap "$GAP" \
+          --finished-only --out "$OUT/$kind.json"
+      done
+      ;;
+    ship)
+      kind="${KIND:?set KIND to the classifier kind chosen in docs/RESULTS.md}"
+      cp "$OUT/$kind.json" "$CLF"
+      ;;
+    test)
+      for set in qwq r14; do
+        if [[ $set == qwq ]]; then dirs=("${QWQ_TEST[@]}"); name="QwQ-32B GSM8K test ids 300+"
+        else dirs=("${R14_TEST[@]}"); name="R1-Distill-Qwen-14B MATH-500 rows 168-499"; fi
+        present "${dirs[@]}" || { echo "skipped $name: its tables are not all there" >&2; continue; }
+        $T replay "${dirs[@]}" --classifier "$CLF" --out "$R/report-$set-all" --title "$name: every method, all rows"
+        $T replay "${dirs[@]}" --classifier "$CLF" --finished-only --out "$R/report-$set-finished" \
+          --title "$name: every method, rows whose thought closed"
+      done
+      ;;
+    *) echo "unknown step: $step (classifier, ship, test)" >&2; exit 2 ;;
+  esac
+done
