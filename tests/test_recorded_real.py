@@ -82,3 +82,35 @@ def test_the_qwen_tokenizer_counts_the_recordings_as_their_readme_says(data_dir:
         for o, i in list(zip(outputs, ids, strict=True))[:20]:
             assert "".join(tok.pieces(i)) == o  # the pieces give the text back, character for character
     assert medians == {"qwq-32b_gsm8k-test": 1551, "r1-distill-qwen-32b_gsm8k-test": 438}
+
+
+def test_the_recorded_qwq_pair_gets_its_shipped_classifier(data_dir: Path, qwen_tokenizer_path: Path) -> None:
+    """Solving with QwQ-32B's recordings and Qwen2.5-Coder-1.5B picks the reasoning regime's shipped
+    classifier (matched by the recording file's and the GGUF's checksums): fitted on the train table,
+    calibrated on the calibration table, reading no feature of a scoring pass (so a live run sends
+    none) and no LLM log-prob (a recording has none)."""
+    import warnings
+
+    from tandem.classifier import ModelPairWarning, load_classifier, shipped_classifier_for
+    from tandem.features import FEATURE_GROUPS
+    from tandem.models import DEFAULT_MODELS
+    from tandem.types import ModelInfo
+
+    llm = RecordedBackend(RecordedConfig(str(data_dir / "traces" / "qwq-32b_gsm8k-test.jsonl")),
+                          GGUFTokenizer(qwen_tokenizer_path))
+    spec = DEFAULT_MODELS["qwen2.5-coder-1.5b"]
+    slm = ModelInfo(spec.name, n_params=1, n_ctx=1, checksum=spec.sha256)
+    path = shipped_classifier_for(llm.info, slm)
+    assert path is not None and path.name == "qwq-32b+qwen2.5-coder-1.5b.json"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ModelPairWarning)
+        clf = load_classifier(path, llm=llm.info, slm=slm)
+    read = set(clf.spec.features)
+    shadow = {*FEATURE_GROUPS["slm_question"], *FEATURE_GROUPS["slm_insights"], *FEATURE_GROUPS["llm_stream"]}
+    assert read and not read & shadow
+    assert [r.dataset for r in clf.spec.training.probe_runs] == ["gsm8k/test[32:89]"]
+    cal = clf.spec.calibration
+    assert cal is not None and cal.medium is not None and cal.low is not None
+    assert [r.dataset for r in cal.medium.probe_runs] == ["gsm8k/test[146:185]", "gsm8k/test[185:223]"]
+    assert cal.medium.problems == 60  # the finished rows: those whose thought closed (of 77)
+    assert cal.low.relative_cost <= cal.medium.relative_cost <= 0.5
