@@ -176,7 +176,7 @@ def recorded_only(problems: Any, llm: Any, console: Console | None = None) -> An
     if not kept:
         raise InputError(f"none of the {len(problems)} selected problems has a recording in {recs.path.name}")
     if console is not None and len(kept) < len(problems):
-        console.print(f"{len(kept)} of {len(problems)} selected problems have a recording: probing those")
+        console.print(f"{len(kept)} of {len(problems)} selected problems have a recording: running those only")
     return kept
 
 
