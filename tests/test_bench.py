@@ -460,6 +460,22 @@ def test_agree_command_pairs_a_live_run_with_its_replay(tmp_path, data_dir):
     assert isinstance(res.exception, InputError) and "in two probe tables" in str(res.exception)
 
 
+def test_a_table_recorded_before_an_option_existed_pairs_with_a_live_run():
+    """A probe table written before `decoding.sampling` existed decodes as a live run with no sampling
+    values: comparable; one whose decoding really differs is refused."""
+    from tandem.bench.agreement import comparable
+
+    models = {"llm": {"name": "a", "checksum": "1"}, "slm": {"name": "b", "checksum": "2"}}
+    decoding = {"llm_max_tokens": 64, "seed": 0, "slm_max_tokens": 32, "stop_at_answer": True, "temperature": 0.0}
+    config = {"handover": "conclude", "stage_budgets": [4, 8], "max_unit_tokens": 32}
+    old = {"kind": "probe", **models, "config": {**config, "decoding": decoding}}
+    live = {"kind": "live", **models, "config": {**config, "decoding": {**decoding, "sampling": []}}}
+    comparable(live, old, "t")
+    sampled = {**live, "config": {**config, "decoding": {**decoding, "sampling": [["top_p", 0.95]]}}}
+    with pytest.raises(InputError, match="decoding differs"):
+        comparable(sampled, old, "t")
+
+
 def test_agreement_counts_and_lists_disagreements():
     from tandem.bench.agreement import agreement_by_method, pair_outcomes, render_agreement
     from tandem.bench.records import Outcome

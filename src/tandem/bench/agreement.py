@@ -21,6 +21,7 @@ from ..types import StopPolicy
 from .records import Outcome
 from .replay import PairParams
 from .replay_run import load_probe, replay_method
+from .store import config_as_now
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,8 @@ def comparable(live_manifest: Mapping[str, Any], probe_manifest: Mapping[str, An
         a, b = live_manifest.get(role, {}), probe_manifest.get(role, {})
         if (a.get("name"), a.get("checksum")) != (b.get("name"), b.get("checksum")):
             raise InputError(f"{where}: the {role} differs from the live run's ({b.get('name')} vs {a.get('name')})")
-    lc, pc = live_manifest.get("config", {}), probe_manifest.get("config", {})
+    # options added since either was recorded count at the value that behaves as that run did
+    lc, pc = config_as_now(dict(live_manifest)), config_as_now(dict(probe_manifest))
     for key in ("handover", "stage_budgets", "max_unit_tokens", "decoding"):
         if lc.get(key) != pc.get(key):
             raise InputError(f"{where}: {key} differs from the live run's ({pc.get(key)} vs {lc.get(key)})")

@@ -56,16 +56,22 @@ def _identity(manifest: dict[str, Any]) -> dict[str, Any]:
         ident.setdefault("concurrency", 1)
     if "dataset" in manifest:
         ident["dataset (without rows)"] = str(manifest["dataset"]).split("[", 1)[0]
-    if isinstance(ident.get("config"), dict):  # options added later, at the value that means "as before"
-        cfg = json.loads(json.dumps(ident["config"]))
-        for path, value in _LATER_OPTIONS.get(str(manifest.get("kind")), ()):
-            node = cfg
-            for key in path[:-1]:
-                node = node.get(key) if isinstance(node, dict) else None
-            if isinstance(node, dict):
-                node.setdefault(path[-1], value)
-        ident["config"] = cfg
+    if isinstance(ident.get("config"), dict):
+        ident["config"] = config_as_now(manifest)
     return ident
+
+
+def config_as_now(manifest: dict[str, Any]) -> dict[str, Any]:
+    """A run's `config`, with the options added since it was recorded at the value that behaves as
+    that run did (a copy)."""
+    cfg = json.loads(json.dumps(manifest.get("config") or {}))
+    for path, value in _LATER_OPTIONS.get(str(manifest.get("kind")), ()):
+        node = cfg
+        for key in path[:-1]:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.setdefault(path[-1], value)
+    return cfg
 
 
 # run options added after runs were recorded, with the value that behaves as those runs did
