@@ -28,6 +28,7 @@ from typer.testing import CliRunner
 
 ROOT = Path(__file__).resolve().parent.parent
 CLF = "src/tandem/data/classifiers/qwen2.5-coder-1.5b+0.5b.json"
+REASONING_CLF = "src/tandem/data/classifiers/qwq-32b+qwen2.5-coder-1.5b.json"
 GSM8K = ["results/test/gsm8k-test-0-149-continue", "results/test/gsm8k-test-150-299-continue"]
 HUMANEVAL = ["results/test/humaneval-test-0-81-continue", "results/test/humaneval-test-82-163-continue"]
 TITLES = {"gsm8k": "GSM8K test 0-299: every method", "humaneval": "HumanEval 164, math-trained"}
@@ -62,6 +63,9 @@ REPORTS: dict[str, tuple[str, list[str]]] = {
         "--title", f"{TITLES[bench]} ({kind}{cal})"])
        for bench in ("gsm8k", "humaneval") for kind in ("logistic", "gbdt", "logistic-llm-only")
        for cal in ("", "-budget")},
+    "reasoning-agree-dev-live": ("results/reasoning/agree-dev-live-tandem", [
+        "agree", "results/reasoning/dev-live-tandem-1.5b", "results/reasoning/dev-conclude-1.5b",
+        "--classifier", REASONING_CLF, "--out", "{out}"]),
     **{f"{bench}-shipped": (f"results/test/report-{bench}-shipped", [
         "replay", *(GSM8K if bench == "gsm8k" else HUMANEVAL), "--classifier", CLF, "--out", "{out}",
         "--title", f"{bench}: every method (shipped classifier, logistic)"]) for bench in ("gsm8k", "humaneval")},
