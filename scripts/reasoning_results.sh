@@ -24,7 +24,16 @@ FEATURES=progress,thought,trial
 # medium and high: the least-cost point within 2 points of the LLM alone on the finished calibration
 # rows; low: within 5 points
 GAP=0.05,0.02,0.02
-present() { for d in "$@"; do [[ -f "$d/manifest.json" ]] || return 1; done; }
+# a table is complete when every problem its manifest selected has a record (a test set is replayed
+# only whole: a partial table is never looked at)
+present() {
+  for d in "$@"; do
+    [[ -f "$d/manifest.json" ]] || return 1
+    .venv/bin/python -c "import sys; from tandem.bench.store import read_manifest, read_records
+m = read_manifest(sys.argv[1]); done = {r['problem_id'] for r in read_records(sys.argv[1])}
+sys.exit(0 if set(m['problem_ids']) <= done else 1)" "$d" || return 1
+  done
+}
 
 for step in "$@"; do
   case "$step" in
@@ -46,7 +55,7 @@ for step in "$@"; do
       for set in qwq r14; do
         if [[ $set == qwq ]]; then dirs=("${QWQ_TEST[@]}"); name="QwQ-32B GSM8K test ids 300+"
         else dirs=("${R14_TEST[@]}"); name="R1-Distill-Qwen-14B MATH-500 rows 168-499"; fi
-        present "${dirs[@]}" || { echo "skipped $name: its tables are not all there" >&2; continue; }
+        present "${dirs[@]}" || { echo "skipped $name: its tables are not all there and complete" >&2; continue; }
         $T replay "${dirs[@]}" --classifier "$CLF" --out "$R/report-$set-all" --title "$name: every method, all rows"
         $T replay "${dirs[@]}" --classifier "$CLF" --finished-only --out "$R/report-$set-finished" \
           --title "$name: every method, rows whose thought closed"
