@@ -29,6 +29,7 @@ from typer.testing import CliRunner
 ROOT = Path(__file__).resolve().parent.parent
 CLF = "src/tandem/data/classifiers/qwen2.5-coder-1.5b+0.5b.json"
 REASONING_CLF = "src/tandem/data/classifiers/qwq-32b+qwen2.5-coder-1.5b.json"
+QWQ_TEST = ["results/reasoning/qwq-gsm8k-test-223-296-conclude", "results/reasoning/qwq-gsm8k-test-297-374-conclude"]
 GSM8K = ["results/test/gsm8k-test-0-149-continue", "results/test/gsm8k-test-150-299-continue"]
 HUMANEVAL = ["results/test/humaneval-test-0-81-continue", "results/test/humaneval-test-82-163-continue"]
 TITLES = {"gsm8k": "GSM8K test 0-299: every method", "humaneval": "HumanEval 164, math-trained"}
@@ -63,6 +64,10 @@ REPORTS: dict[str, tuple[str, list[str]]] = {
         "--title", f"{TITLES[bench]} ({kind}{cal})"])
        for bench in ("gsm8k", "humaneval") for kind in ("logistic", "gbdt", "logistic-llm-only")
        for cal in ("", "-budget")},
+    **{f"reasoning-qwq-{rows}": (f"results/reasoning/report-qwq-{rows}", [
+        "replay", *QWQ_TEST, "--classifier", REASONING_CLF, *(["--finished-only"] if rows == "finished" else []),
+        "--out", "{out}", "--title", f"QwQ-32B GSM8K test ids 300+: every method, {title}"])
+       for rows, title in (("all", "all rows"), ("finished", "rows whose thought closed"))},
     "reasoning-agree-dev-live": ("results/reasoning/agree-dev-live-tandem", [
         "agree", "results/reasoning/dev-live-tandem-1.5b", "results/reasoning/dev-conclude-1.5b",
         "--classifier", REASONING_CLF, "--out", "{out}"]),
