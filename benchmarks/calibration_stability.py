@@ -1,0 +1,93 @@
+"""How far a calibrated operating point's accuracy moves off the problems it was chosen on.
+
+Splits the calibration problems in two halves at random, calibrates the classifier's efforts on one
+half (the same objectives as `tandem train calibrate`), replays the chosen points on the other half,
+and repeats. Prints, per effort, the accuracy gap to the LLM alone that the calibration half promised
+and the one the held-out half gave: the optimism of choosing a point on a table of this size. Reads
+calibration tables only, never a test table.
+
+    python benchmarks/calibration_stability.py CLASSIFIER.json CALIB_DIR [CALIB_DIR ...] \\
+        [--accuracy-gap 0.05,0.02,0.02] [--finished-only] [--splits 20] [--json-out PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from tandem.classifier import load_classifier
+from tandem.train.calibrate import CalibrationTable, calibrate, objectives_from_options
+from tandem.train.data import ProbeTable, load_tables
+
+
+def halves(tables: list[ProbeTable], rng: random.Random) -> tuple[list[ProbeTable], list[ProbeTable]]:
+    """The tables' problems split in two halves at random (each table split alike)."""
+    ids = sorted({r["problem_id"] for t in tables for r in t.records})
+    rng.shuffle(ids)
+    first = set(ids[: len(ids) // 2])
+
+    def keep(chosen: bool) -> list[ProbeTable]:
+        return [replace(t, records=[r for r in t.records if (r["problem_id"] in first) == chosen]) for t in tables]
+
+    return keep(True), keep(False)
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("classifier")
+    ap.add_argument("tables", nargs="+")
+    ap.add_argument("--accuracy-gap", default="0.05,0.02,0.02")
+    ap.add_argument("--finished-only", action="store_true")
+    ap.add_argument("--splits", type=int, default=20)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json-out")
+    args = ap.parse_args(argv)
+    clf = load_classifier(args.classifier)
+    tables = load_tables(args.tables, finished_only=args.finished_only)
+    objectives, _ = objectives_from_options("all", "gap", gap=args.accuracy_gap)
+    rng = random.Random(args.seed)
+    gaps: dict[str, list[tuple[float, float, float, float]]] = {}
+    for _ in range(args.splits):
+        fit_half, held_half = halves(tables, rng)
+        _, res = calibrate(clf, fit_half, objectives, route=None, cascade=None)
+        held = CalibrationTable(held_half, clf)
+        for effort, c in res.chosen.items():
+            p = c.point
+            assert p.budget is not None
+            out = held.tandem(p.budget, p.threshold, dict(p.stage_thresholds), p.finish)
+            gaps.setdefault(effort, []).append((p.accuracy - res.table.llm_accuracy, out.accuracy - held.llm_accuracy,
+                                                p.relative_cost, out.relative_cost))
+    summary = {
+        effort: {
+            "splits": len(rows),
+            "promised_gap_mean": statistics.fmean(r[0] for r in rows),
+            "held_out_gap_mean": statistics.fmean(r[1] for r in rows),
+            "held_out_gap_min": min(r[1] for r in rows),
+            "held_out_gap_max": max(r[1] for r in rows),
+            "promised_cost_mean": statistics.fmean(r[2] for r in rows),
+            "held_out_cost_mean": statistics.fmean(r[3] for r in rows),
+        }
+        for effort, rows in gaps.items()
+    }
+    n = len({r["problem_id"] for t in tables for r in t.records})
+    print(f"{args.splits} random halves of {n} calibration problems (finished only: {args.finished_only})")
+    print("effort  accuracy - LLM alone's: promised / held out (min..max)   cost vs LLM: promised / held out")
+    for effort, s in summary.items():
+        print(f"{effort:7s} {100 * s['promised_gap_mean']:+6.1f} / {100 * s['held_out_gap_mean']:+6.1f} points "
+              f"({100 * s['held_out_gap_min']:+.1f}..{100 * s['held_out_gap_max']:+.1f})"
+              f"          {s['promised_cost_mean']:.3f} / {s['held_out_cost_mean']:.3f}")
+    result = {"classifier": args.classifier, "tables": args.tables, "problems": n, "finished_only": args.finished_only,
+           "accuracy_gap": args.accuracy_gap, "seed": args.seed, "efforts": summary}
+    if args.json_out:
+        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
