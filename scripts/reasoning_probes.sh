@@ -5,8 +5,8 @@
 # (run again to continue), packed for committing when it finishes.
 #   scripts/reasoning_probes.sh JOB [JOB ...]
 # JOBs: dev-continue-1.5b dev-continue-0.5b dev-conclude dev-hint  (the dev slice: GSM8K test rows
-#       0 to DEV_HI-1: the first 20 QwQ-32B recordings by default), train, train-more, calib, qwq-test,
-#       r1-math500, r1-32b-test.
+#       0 to DEV_HI-1: the first 20 QwQ-32B recordings by default), train, train-more, calib,
+#       calib-more, qwq-test, r1-math500, r1-32b-test.
 # SLM=qwen2.5-coder-1.5b|qwen2.5-coder-0.5b and MODE=continue|conclude|hint choose the frozen pair and
 # hand-over for the non-dev jobs. Each table is marked with its purpose (dev, train, calibration, test).
 # WORKERS=N runs N jobs at once (default 2, one per core).
@@ -58,6 +58,9 @@ for j in "$@"; do
     # 146 and 223 hold ids 37, 200 and 300): train ids 37-199, calibration 200-299, tests 300 and above
     train) JOBS+=("qwq-gsm8k-test-32-88-$MODE $QWQ gsm8k 32 89 $SLM $MODE train") ;;  # ids 37-117 (57 rows)
     train-more) JOBS+=("qwq-gsm8k-test-89-145-$MODE $QWQ gsm8k 89 146 $SLM $MODE train") ;;  # ids 118-199
+    # ids 118-199 as more calibration problems (a point chosen on 60 finished problems cannot resolve a
+    # 2-point gap; the classifier stays fitted on the train table)
+    calib-more) JOBS+=("qwq-gsm8k-test-89-145-$MODE $QWQ gsm8k 89 146 $SLM $MODE calibration") ;;
     calib) JOBS+=("qwq-gsm8k-test-146-184-$MODE $QWQ gsm8k 146 185 $SLM $MODE calibration" "qwq-gsm8k-test-185-222-$MODE $QWQ gsm8k 185 223 $SLM $MODE calibration") ;;
     qwq-test) JOBS+=("qwq-gsm8k-test-223-296-$MODE $QWQ gsm8k 223 297 $SLM $MODE test" "qwq-gsm8k-test-297-374-$MODE $QWQ gsm8k 297 375 $SLM $MODE test") ;;
     r1-math500) JOBS+=("r1-14b-math500-test-168-333-$MODE $R14 math500 168 334 $SLM $MODE test" "r1-14b-math500-test-334-499-$MODE $R14 math500 334 500 $SLM $MODE test") ;;
