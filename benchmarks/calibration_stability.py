@@ -7,7 +7,7 @@ and the one the held-out half gave: the optimism of choosing a point on a table 
 calibration tables only, never a test table.
 
     python benchmarks/calibration_stability.py CLASSIFIER.json CALIB_DIR [CALIB_DIR ...] \\
-        [--accuracy-gap 0.05,0.02,0.02] [--finished-only] [--splits 20] [--json-out PATH]
+        [--accuracy-gap 0.05,0.02,0.02] [--confidence C] [--finished-only] [--splits 20] [--json-out PATH]
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("classifier")
     ap.add_argument("tables", nargs="+")
     ap.add_argument("--accuracy-gap", default="0.05,0.02,0.02")
+    ap.add_argument("--confidence", type=float, help="judge the gap by this one-sided lower bound")
     ap.add_argument("--finished-only", action="store_true")
     ap.add_argument("--splits", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
@@ -49,9 +50,9 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     clf = load_classifier(args.classifier)
     tables = load_tables(args.tables, finished_only=args.finished_only)
-    objectives, _ = objectives_from_options("all", "gap", gap=args.accuracy_gap)
+    objectives, _ = objectives_from_options("all", "gap", gap=args.accuracy_gap, confidence=args.confidence)
     rng = random.Random(args.seed)
-    gaps: dict[str, list[tuple[float, float, float, float]]] = {}
+    gaps: dict[str, list[tuple[float, float, float, float, float]]] = {}
     for _ in range(args.splits):
         fit_half, held_half = halves(tables, rng)
         _, res = calibrate(clf, fit_half, objectives, route=None, cascade=None)
@@ -61,7 +62,7 @@ def main(argv: list[str]) -> int:
             assert p.budget is not None
             out = held.tandem(p.budget, p.threshold, dict(p.stage_thresholds), p.finish)
             gaps.setdefault(effort, []).append((p.accuracy - res.table.llm_accuracy, out.accuracy - held.llm_accuracy,
-                                                p.relative_cost, out.relative_cost))
+                                                p.relative_cost, out.relative_cost, float(c.satisfied)))
     summary = {
         effort: {
             "splits": len(rows),
@@ -71,18 +72,23 @@ def main(argv: list[str]) -> int:
             "held_out_gap_max": max(r[1] for r in rows),
             "promised_cost_mean": statistics.fmean(r[2] for r in rows),
             "held_out_cost_mean": statistics.fmean(r[3] for r in rows),
+            "satisfied_share": statistics.fmean(r[4] for r in rows),
+            # how often the held-out half kept the promise the objective makes
+            "held_out_within_gap_share": statistics.fmean(r[1] >= -objectives[effort].value - 1e-9 for r in rows),
         }
         for effort, rows in gaps.items()
     }
     n = len({r["problem_id"] for t in tables for r in t.records})
     print(f"{args.splits} random halves of {n} calibration problems (finished only: {args.finished_only})")
-    print("effort  accuracy - LLM alone's: promised / held out (min..max)   cost vs LLM: promised / held out")
+    print("effort  accuracy - LLM alone's: promised / held out (min..max)   cost vs LLM: promised / held out"
+          "   met on the half / held out within the gap")
     for effort, s in summary.items():
         print(f"{effort:7s} {100 * s['promised_gap_mean']:+6.1f} / {100 * s['held_out_gap_mean']:+6.1f} points "
               f"({100 * s['held_out_gap_min']:+.1f}..{100 * s['held_out_gap_max']:+.1f})"
-              f"          {s['promised_cost_mean']:.3f} / {s['held_out_cost_mean']:.3f}")
+              f"          {s['promised_cost_mean']:.3f} / {s['held_out_cost_mean']:.3f}"
+              f"        {100 * s['satisfied_share']:.0f}% / {100 * s['held_out_within_gap_share']:.0f}%")
     result = {"classifier": args.classifier, "tables": args.tables, "problems": n, "finished_only": args.finished_only,
-           "accuracy_gap": args.accuracy_gap, "seed": args.seed, "efforts": summary}
+           "accuracy_gap": args.accuracy_gap, "confidence": args.confidence, "seed": args.seed, "efforts": summary}
     if args.json_out:
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n")

@@ -18,9 +18,11 @@ from tandem.errors import ConfigError
 from tandem.features import FEATURE_GROUPS
 from tandem.train.calibrate import (
     DEFAULT_LAMBDAS,
+    NEVER,
     Objective,
     Point,
     calibrate,
+    choose_certified,
     objectives_from_options,
     refine_per_stage,
 )
@@ -210,6 +212,70 @@ def test_calibrate_gap_to_the_llm_alone(model: Path, tables: dict[str, Path]) ->
     assert [o.value for o in objs.values()] == [0.05, 0.02, 0.02]
     with pytest.raises(ConfigError, match="fraction in"):
         objectives_from_options("medium", "gap", gap="2")
+
+
+def _paired(threshold: float, budget: int, wins: int, losses: int, cost: float, n: int = 100) -> Point:
+    """A point paired with an LLM alone that is right on 90 of `n` problems."""
+    both = 90 - losses
+    return Point(threshold, budget, (both + wins) / n, cost, both=both, wins=wins, losses=losses,
+                 neither=n - both - wins - losses)
+
+
+def test_certified_choice_tests_fixed_sequences_from_the_cautious_end() -> None:
+    obj = Objective("gap", 0.02, confidence=0.8)
+    cautious = _paired(NEVER, 64, 0, 0, 1.0)
+    # at budget 32: the cautious thresholds win problems back, the next loses many, a later one looks
+    # fine again - the sequence stops at its first failure, so the later lucky point is never taken
+    seq32 = [_paired(NEVER, 32, 6, 0, 0.9), _paired(0.8, 32, 6, 0, 0.7), _paired(0.6, 32, 0, 12, 0.5),
+             _paired(0.4, 32, 6, 0, 0.3)]
+    chosen, ok = choose_certified(seq32, obj, sequence=lambda p: p.budget, cautious=cautious)
+    assert ok and (chosen.threshold, chosen.relative_cost) == (0.8, 0.7)
+    # the point estimate alone takes the lucky point
+    assert Objective("gap", 0.02).on(0.9).choose(seq32)[0].threshold == 0.4
+    # a point within the gap by its estimate but not by its bound is not certified: the cautious one
+    loose = [_paired(NEVER, 32, 0, 1, 0.4)]
+    assert loose[0].accuracy >= 0.9 - 0.02
+    assert choose_certified(loose, obj, sequence=lambda p: p.budget, cautious=cautious) == (cautious, False)
+    # more sequences split the level: a point that passes alone can fail beside 20 other sequences
+    alone = [_paired(NEVER, 32, 2, 0, 0.5)]
+    others = [_paired(NEVER, 100 + i, 0, 30, 0.1) for i in range(20)]
+    level = 1 - 0.2 / 21
+    assert alone[0].difference_bound(0.8) >= -0.02 > alone[0].difference_bound(level)
+    assert choose_certified(alone, obj, sequence=lambda p: p.budget, cautious=cautious)[1]
+    assert not choose_certified(alone + others, obj, sequence=lambda p: p.budget, cautious=cautious)[1]
+
+
+def test_confidence_objective_is_checked_and_recorded(model: Path, tables: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="gap only"):
+        objectives_from_options("all", "lambda", confidence=0.9)
+    with pytest.raises(ConfigError, match="one-sided level"):
+        objectives_from_options("all", "gap", gap="0.05,0.02,0.02", confidence=1.2)
+    objs, shared = objectives_from_options("all", "gap", gap="0.05,0.02,0.02", confidence=0.9)
+    assert {o.confidence for o in objs.values()} == {0.9}
+    clf, calib = load_classifier(model), load_tables([tables["calib"]])
+    new, res = calibrate(clf, calib, objs, route=shared, cascade=shared)
+    for key in ("low", "medium", "high", "route", "cascade"):
+        entry = getattr(new.spec.calibration, key)
+        assert entry.objective.confidence == 0.9 and entry.satisfied == res.chosen[key].satisfied
+        p = res.chosen[key].point
+        assert (entry.paired.wins, entry.paired.losses) == (p.wins, p.losses)
+        assert p.both + p.wins == round(p.accuracy * res.table.n)  # the counts pair the same problems
+    # the file reads back; an unset confidence is not written (older files read as they did)
+    assert load_classifier(new.save(tmp_path / "c.json")).spec.calibration.medium.objective.confidence == 0.9
+    plain, _ = calibrate(clf, calib, {"medium": Objective("gap", 0.02)})
+    assert "confidence" not in json.dumps(plain.to_dict()["calibration"]["medium"]["objective"])
+    # from the command line
+    from tandem.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / "cli.json"
+    res_cli = runner.invoke(app, ["train", "calibrate", str(model), str(tables["calib"]), "--objective", "gap",
+                                  "--accuracy-gap", "0.05,0.02,0.02", "--confidence", "0.9", "--out", str(out)])
+    assert res_cli.exit_code == 0, res_cli.output
+    assert load_classifier(out).spec.calibration.low.objective.confidence == 0.9
+    res_cli = runner.invoke(app, ["train", "calibrate", str(model), str(tables["calib"]), "--confidence", "0.9",
+                                  "--out", str(out)])
+    assert isinstance(res_cli.exception, ConfigError) and "gap only" in str(res_cli.exception)
 
 
 def test_objective_options_are_checked() -> None:

@@ -224,14 +224,25 @@ class Objective(_Strict):
     value: float
     cost: Literal["flops_total"] = "flops_total"
     llm_accuracy: float | None = None  # gap: the LLM alone's accuracy on the calibration table
+    confidence: float | None = None  # gap: judged by this one-sided lower bound of the paired difference
 
     @model_serializer(mode="wrap")
     def _without_unset_reference(self, handler: Any) -> dict[str, Any]:
-        """Files of the other objectives read as they did before `gap` existed."""
+        """Files of the other objectives read as they did before `gap` (and its confidence) existed."""
         data: dict[str, Any] = handler(self)
-        if data.get("llm_accuracy") is None:
-            data.pop("llm_accuracy", None)
+        for key in ("llm_accuracy", "confidence"):
+            if data.get(key) is None:
+                data.pop(key, None)
         return data
+
+
+class PairedCounts(_Strict):
+    """A point's problems against the LLM alone's: right on both, only here, only there, on neither."""
+
+    both: int
+    wins: int
+    losses: int
+    neither: int
 
 
 class PointSummary(_Strict):
@@ -260,6 +271,15 @@ class CalibrationEntry(_Strict):
     stage_thresholds: dict[int, float] = Field(default_factory=dict)  # chosen by the per-stage search
     finish: bool = False  # the LLM finishes where no checkpoint was judged sufficient
     before_per_stage: PointSummary | None = None  # the single-threshold point the search started from
+    paired: PairedCounts | None = None  # against the LLM alone on the calibration table
+
+    @model_serializer(mode="wrap")
+    def _without_unset_pairs(self, handler: Any) -> dict[str, Any]:
+        """Files calibrated before the paired counts were kept read as they did."""
+        data: dict[str, Any] = handler(self)
+        if data.get("paired") is None:
+            data.pop("paired", None)
+        return data
 
 
 class Calibration(_Strict):

@@ -11,6 +11,16 @@ Objectives (one per effort; route and cascade use the medium effort's, or the on
 - `budget` F: the best accuracy at relative cost <= F (if none fits: the cheapest, unsatisfied);
 - `gap` G: the least relative cost at which accuracy >= the LLM alone's accuracy on the table - G
   (a `target` relative to the LLM: the reasoning regime's rule, 0.02 for medium, 0.05 for low).
+  With a `confidence` C, a point must be shown within G, not merely look so: the points are tested
+  as in Learn-then-Test (Angelopoulos et al. 2021; CALM, Schuster et al. 2022, for early exits) -
+  per sequence of thresholds at one budget (and finish), from the most cautious threshold down, each
+  point passes when the lower one-sided bound of its paired accuracy difference against the LLM alone
+  (Newcombe's interval, as the reports use) is >= -G at level 1 - (1 - C) / (number of sequences);
+  a sequence stops at its first failure. The cheapest point that passed is chosen; when none did,
+  the most cautious point (the LLM alone, or the largest budget), marked unsatisfied. Choosing from
+  many candidates by their point estimates picks the luckiest one on the table; the fixed sequences
+  and the split level keep the chance that any chosen point misses G on the problems' population
+  near 1 - C (the interval being approximate). The per-stage search is skipped.
 Ties go to the cheaper candidate. By default the efforts are three points of the same curve:
 lambda 0.5 (low), 0.2 (medium) and 0.05 (high) - accuracy points worth 2%, 5% and 20% of the LLM
 alone's cost each.
@@ -34,12 +44,14 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any, Literal
 
 import numpy as np
 
 from ..bench.records import Outcome
 from ..bench.replay import PairParams, ck_features, replay, replay_cascade, replay_policy, replay_route
+from ..bench.report import paired_difference_interval
 from ..classifier import SufficiencyClassifier
 from ..errors import ConfigError
 from ..policy import EFFORTS, EffortSetting, StopRule
@@ -65,6 +77,16 @@ class Point:
     relative_cost: float
     stage_thresholds: tuple[tuple[int, float], ...] = ()  # (stage, threshold) overriding `threshold`
     finish: bool = False  # at the budget the LLM finishes instead of handing over
+    # paired with the LLM alone on the same problems: right / wrong on both, right only here, right only there
+    both: int = 0
+    wins: int = 0
+    losses: int = 0
+    neither: int = 0
+
+    def difference_bound(self, confidence: float) -> float:
+        """Lower one-sided `confidence` bound of (this point's accuracy - the LLM alone's)."""
+        z = NormalDist().inv_cdf(confidence)
+        return paired_difference_interval(self.both, self.wins, self.losses, self.neither, z)[0]
 
 
 @dataclass(frozen=True)
@@ -72,6 +94,7 @@ class Objective:
     kind: ObjectiveKind
     value: float
     reference: float | None = None  # gap: the LLM alone's accuracy on the calibration table
+    confidence: float | None = None  # gap: judged by this one-sided lower bound of the paired difference
 
     def __post_init__(self) -> None:
         if self.kind not in OBJECTIVES:
@@ -86,6 +109,11 @@ class Objective:
             raise ConfigError("objective budget: the FLOPs budget is a fraction of the LLM alone's, > 0")
         if self.kind == "gap" and not 0 <= self.value < 1:
             raise ConfigError("objective gap: the accuracy gap to the LLM alone is a fraction in [0, 1)")
+        if self.confidence is not None:
+            if self.kind != "gap":
+                raise ConfigError(f"a confidence applies to the gap objective only, not {self.kind}")
+            if not 0.5 <= self.confidence < 1:
+                raise ConfigError("objective gap: the confidence is a one-sided level in [0.5, 1), e.g. 0.9")
 
     def on(self, llm_accuracy: float) -> Objective:
         """This objective against a table whose LLM alone is right on `llm_accuracy` of the problems."""
@@ -104,6 +132,8 @@ class Objective:
         return p.accuracy - self.value * p.relative_cost if self.kind == "lambda" else None
 
     def feasible(self, p: Point) -> bool:
+        if self.confidence is not None:
+            return p.difference_bound(self.confidence) >= -self.value - _EPS
         if self.kind in ("target", "gap"):
             return p.accuracy >= self.target - _EPS
         if self.kind == "budget":
@@ -115,6 +145,9 @@ class Objective:
         if self.kind == "lambda":
             return (-(p.accuracy - self.value * p.relative_cost), p.relative_cost, -p.threshold)
         ok = self.feasible(p)
+        if self.confidence is not None:
+            return (0.0, p.relative_cost, -p.accuracy, -p.threshold) if ok else \
+                (1.0, -p.difference_bound(self.confidence), p.relative_cost, -p.threshold)
         if self.kind in ("target", "gap"):
             return (0.0, p.relative_cost, -p.accuracy, -p.threshold) if ok else \
                 (1.0, -p.accuracy, p.relative_cost, -p.threshold)
@@ -136,14 +169,18 @@ class Objective:
         d: dict[str, Any] = {"kind": self.kind, "value": self.value, "cost": "flops_total"}
         if self.kind == "gap" and self.reference is not None:
             d["llm_accuracy"] = self.reference
+        if self.confidence is not None:
+            d["confidence"] = self.confidence
         return d
 
     def describe(self) -> str:
         return {"lambda": f"max accuracy - {self.value:g} x relative cost",
                 "target": f"accuracy >= {self.value:g} at least cost",
                 "budget": f"best accuracy at relative cost <= {self.value:g}",
-                "gap": f"accuracy >= the LLM alone's - {self.value:g} at least cost"
-                + (f" (>= {self.target:.3f})" if self.reference is not None else "")}[self.kind]
+                "gap": (f"the {self.confidence:g} lower bound of accuracy - the LLM alone's >= -{self.value:g} "
+                        "at least cost" if self.confidence is not None else
+                        f"accuracy >= the LLM alone's - {self.value:g} at least cost"
+                        + (f" (>= {self.target:.3f})" if self.reference is not None else ""))}[self.kind]
 
 
 class _Cached(PolicyBase):
@@ -181,6 +218,7 @@ class CalibrationTable:
         self.policy = _Cached(clf)
         llm = [replay(rec, "llm", p) for _, rec, p in self.items]
         slm = [replay(rec, "slm", p) for _, rec, p in self.items]
+        self.llm_correct = [o.correct for o in llm]
         self.llm_cost = float(np.mean([o.flops_total for o in llm]))
         if self.llm_cost <= 0:
             raise ConfigError("the LLM alone costs nothing on these tables: cannot price relative cost")
@@ -198,7 +236,10 @@ class CalibrationTable:
     def _point(self, outs: Sequence[Outcome], threshold: float, budget: int | None) -> Point:
         acc = sum(o.correct for o in outs) / len(outs)
         rel = float(np.mean([o.flops_total for o in outs])) / self.llm_cost
-        return Point(threshold, budget, acc, rel)
+        pairs = list(zip((o.correct for o in outs), self.llm_correct, strict=True))
+        return Point(threshold, budget, acc, rel, both=sum(a and b for a, b in pairs),
+                     wins=sum(a and not b for a, b in pairs), losses=sum(b and not a for a, b in pairs),
+                     neither=sum(not a and not b for a, b in pairs))
 
     @property
     def can_finish(self) -> bool:
@@ -305,6 +346,27 @@ def refine_per_stage(table: CalibrationTable, start: Point, obj: Objective, *, g
     return best
 
 
+def choose_certified(points: Sequence[Point], obj: Objective, *, sequence: Any, cautious: Point) -> tuple[Point, bool]:
+    """The cheapest point that passes the fixed-sequence test of the module docstring (`obj` a gap
+    objective with a confidence); `sequence(point)` names the sequence a point belongs to; `cautious`
+    when none passes (unsatisfied)."""
+    if obj.confidence is None:
+        raise ConfigError("a certified choice needs an objective with a confidence")
+    groups: dict[Any, list[Point]] = {}
+    for p in points:
+        groups.setdefault(sequence(p), []).append(p)
+    level = 1.0 - (1.0 - obj.confidence) / max(len(groups), 1)
+    passed: list[Point] = []
+    for group in groups.values():
+        for p in sorted(group, key=lambda q: -q.threshold):  # the most cautious threshold first
+            if p.difference_bound(level) < -obj.value - _EPS:
+                break
+            passed.append(p)
+    if not passed:
+        return cautious, False
+    return min(passed, key=lambda q: (q.relative_cost, -q.accuracy, -q.threshold)), True
+
+
 def calibrate(clf: SufficiencyClassifier, tables: Sequence[ProbeTable], objectives: Mapping[str, Objective], *,
               route: Objective | None = None, cascade: Objective | None = None, grid: int = DEFAULT_GRID,
               split: str | None = None, per_stage: bool = True, finish: bool = True,
@@ -327,6 +389,11 @@ def calibrate(clf: SufficiencyClassifier, tables: Sequence[ProbeTable], objectiv
         res.tandem_points = [table.tandem(b, t, finish=f) for f in finishes for b in table.budgets
                              for t in thresholds]
         for effort, obj in objectives.items():
+            if obj.confidence is not None:
+                cautious = table.tandem(table.budgets[-1], NEVER, finish=finishes[-1])
+                res.chosen[effort] = Chosen(obj, *choose_certified(
+                    res.tandem_points, obj, sequence=lambda p: (p.budget, p.finish), cautious=cautious))
+                continue
             point, _ = obj.choose(res.tandem_points)
             res.global_points[effort] = point
             if per_stage:
@@ -335,13 +402,17 @@ def calibrate(clf: SufficiencyClassifier, tables: Sequence[ProbeTable], objectiv
     if route is not None:
         thresholds = threshold_grid(table.probabilities(stage0_only=True), grid, low=0.0, high=NEVER)
         res.route_points = [table.route(t) for t in thresholds]
-        res.chosen["route"] = Chosen(route, *route.choose(res.route_points))
+        res.chosen["route"] = Chosen(route, *(
+            route.choose(res.route_points) if route.confidence is None else
+            choose_certified(res.route_points, route, sequence=lambda p: None, cautious=table.route(NEVER))))
     if cascade is not None:
         lps = table.slm_logprobs()
         lo = math.floor(float(lps.min())) - 1.0 if len(lps) else -1.0
         thresholds = threshold_grid(lps, grid, low=lo, high=0.01)  # lo: never escalate; 0.01: always
         res.cascade_points = [table.cascade(t) for t in thresholds]
-        res.chosen["cascade"] = Chosen(cascade, *cascade.choose(res.cascade_points))
+        res.chosen["cascade"] = Chosen(cascade, *(
+            cascade.choose(res.cascade_points) if cascade.confidence is None else
+            choose_certified(res.cascade_points, cascade, sequence=lambda p: None, cautious=table.cascade(0.01))))
     return _apply(clf, res, split, grid), res
 
 
@@ -367,13 +438,15 @@ def _apply(clf: SufficiencyClassifier, res: CalibrationResult, split: str | None
             "objective": c.objective.as_dict(), "probe_runs": runs, "split": split_label, "problems": t.n,
             "threshold": p.threshold, "max_budget": p.budget, "accuracy": p.accuracy,
             "relative_cost": p.relative_cost, "objective_value": c.objective.value_of(p),
-            "satisfied": c.satisfied, "grid_points": n_points.get(key, len(res.tandem_points)),
+            "satisfied": c.satisfied, "paired": {"wins": p.wins, "losses": p.losses, "both": p.both,
+                                                 "neither": p.neither}, "grid_points": n_points.get(key, len(res.tandem_points)),
             "llm_accuracy": t.llm_accuracy, "slm_accuracy": t.slm_accuracy, "created": created,
         }
-        g = res.global_points.get(key)
-        if g is not None:
+        if key in EFFORTS:
             calibration[key]["stage_thresholds"] = stage_thresholds
             calibration[key]["finish"] = p.finish
+        g = res.global_points.get(key)
+        if g is not None:
             calibration[key]["before_per_stage"] = {"accuracy": g.accuracy, "relative_cost": g.relative_cost,
                                                     "objective_value": c.objective.value_of(g)}
     return clf.replace(efforts=efforts, calibration=calibration, **changes)
@@ -398,12 +471,13 @@ def parse_values(text: str | None, option: str) -> list[float] | None:
 
 
 def objectives_from_options(effort: str, objective: str, *, lam: str | None = None, target: str | None = None,
-                            budget: str | None = None, gap: str | None = None,
+                            budget: str | None = None, gap: str | None = None, confidence: float | None = None,
                             ) -> tuple[dict[str, Objective], Objective]:
     """Per-effort objectives from command-line options, and the one route and cascade use.
 
     `effort` 'all' calibrates low, medium and high (three values, or the default lambdas);
-    a single effort takes one value. Options for another objective than the chosen one are refused.
+    a single effort takes one value. Options for another objective than the chosen one are refused;
+    `confidence` applies to the gap objective.
     """
     if objective not in OBJECTIVES:
         raise ConfigError(f"unknown objective {objective!r}; choose {', '.join(OBJECTIVES)}")
@@ -414,6 +488,8 @@ def objectives_from_options(effort: str, objective: str, *, lam: str | None = No
     stray = [opt for kind, (opt, v) in given.items() if v is not None and kind != objective]
     if stray:
         raise ConfigError(f"{', '.join(stray)} does not apply to --objective {objective}")
+    if confidence is not None and objective != "gap":
+        raise ConfigError(f"--confidence does not apply to --objective {objective} (gap only)")
     efforts: tuple[str, ...] = tuple(EFFORTS) if effort == "all" else (effort,)
     opt, raw = given[objective]
     vals = parse_values(raw, opt)
@@ -423,7 +499,7 @@ def objectives_from_options(effort: str, objective: str, *, lam: str | None = No
         vals = [DEFAULT_LAMBDAS[e] for e in efforts]
     if len(vals) != len(efforts):
         raise ConfigError(f"{opt}: give {len(efforts)} value(s) for {', '.join(efforts)}, got {len(vals)}")
-    objs = {e: Objective(objective, v) for e, v in zip(efforts, vals, strict=True)}
+    objs = {e: Objective(objective, v, confidence=confidence) for e, v in zip(efforts, vals, strict=True)}
     shared = objs.get("medium") or next(iter(objs.values()))
     return objs, shared
 

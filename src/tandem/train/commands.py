@@ -107,6 +107,9 @@ def calibrate_cmd(
     gap: Annotated[str | None, typer.Option(
         "--accuracy-gap", help="accuracy the LLM alone's may exceed per effort (fraction, e.g. 0.05,0.02,0.02): "
                                "reached at least cost")] = None,
+    confidence: Annotated[float | None, typer.Option(
+        help="with --objective gap: judge the gap by this one-sided lower bound of the paired accuracy "
+             "difference against the LLM alone (e.g. 0.9), not by the point estimate")] = None,
     finished_only: Annotated[bool, typer.Option(help="reasoning LLMs: calibrate on the problems whose thought "
                                                      "closed")] = False,
     grid: Annotated[int, typer.Option(help="threshold grid points (quantiles of the probabilities)")] = 50,
@@ -127,7 +130,8 @@ def calibrate_cmd(
     from .calibrate import calibrate, check_held_out, objectives_from_options, plot_calibration
     from .data import load_tables
 
-    objs, shared = objectives_from_options(effort, objective, lam=lam, target=target, budget=budget, gap=gap)
+    objs, shared = objectives_from_options(effort, objective, lam=lam, target=target, budget=budget, gap=gap,
+                                           confidence=confidence)
     clf = load_classifier(model)
     tables = load_tables(probe_dirs, allow_test_split=allow_test_split, finished_only=finished_only)
     for table in tables:
@@ -152,7 +156,8 @@ def calibrate_cmd(
         p = ch.point
         stages = ", ".join(f"{k}: {v:g}" for k, v in p.stage_thresholds) or "–"
         at_budget = "–" if p.budget is None else _at_budget(p.threshold, dict(p.stage_thresholds), p.finish)
-        t.add_row(key, f"{ch.objective.kind} {ch.objective.value:g}", str(p.budget or "–"), f"{p.threshold:g}", stages,
+        conf = ch.objective.confidence
+        t.add_row(key, f"{ch.objective.kind} {ch.objective.value:g}" + (f" @{conf:g}" if conf is not None else ""), str(p.budget or "–"), f"{p.threshold:g}", stages,
                   at_budget, f"{p.accuracy:.3f}",
                   f"{p.relative_cost:.3f}", "yes" if ch.satisfied else "[red]no[/]")
     out.print(t)
