@@ -6,7 +6,10 @@
 #                                             recorded LLM allows without a scoring pass), score both on
 #                                             the calibration table, calibrate both on its finished rows
 #   KIND=… scripts/reasoning_results.sh ship   ship the chosen kind as the pair's classifier
+#   scripts/reasoning_results.sh certify      the shipped classifier calibrated again with the gap certified
+#                                             at CONFIDENCE (default 0.8) on the same calibration rows
 #   scripts/reasoning_results.sh test         every method on each test set: all rows and finished rows
+#                                             (and the certified efforts, when certify has run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export TANDEM_DATA_DIR="${TANDEM_DATA_DIR:-$(cd .. && pwd)/shared/data}"
@@ -24,6 +27,8 @@ FEATURES=progress,thought,trial
 # medium and high: the least-cost point within 2 points of the LLM alone on the finished calibration
 # rows; low: within 5 points
 GAP=0.05,0.02,0.02
+CONFIDENCE="${CONFIDENCE:-0.8}"
+CERTIFIED="$OUT/certified-$CONFIDENCE.json"
 # a table is complete when every problem its manifest selected has a record (a test set is replayed
 # only whole: a partial table is never looked at)
 present() {
@@ -51,6 +56,10 @@ for step in "$@"; do
       kind="${KIND:?set KIND to the classifier kind chosen in docs/RESULTS.md}"
       cp "$OUT/$kind.json" "$CLF"
       ;;
+    certify)
+      $T train calibrate "$CLF" "${CALIB[@]}" --objective gap --accuracy-gap "$GAP" --confidence "$CONFIDENCE" \
+        --finished-only --out "$CERTIFIED"
+      ;;
     test)
       for set in qwq r14; do
         if [[ $set == qwq ]]; then dirs=("${QWQ_TEST[@]}"); name="QwQ-32B GSM8K test ids 300+"
@@ -59,8 +68,15 @@ for step in "$@"; do
         $T replay "${dirs[@]}" --classifier "$CLF" --out "$R/report-$set-all" --title "$name: every method, all rows"
         $T replay "${dirs[@]}" --classifier "$CLF" --finished-only --out "$R/report-$set-finished" \
           --title "$name: every method, rows whose thought closed"
+        if [[ -f $CERTIFIED ]]; then
+          for rows in all finished; do
+            $T replay "${dirs[@]}" --classifier "$CERTIFIED" --methods llm,tandem:low,tandem:medium,route,cascade \
+              $([[ $rows == finished ]] && echo --finished-only) --out "$R/report-$set-certified-$rows" \
+              --title "$name: efforts with the gap certified at $CONFIDENCE, $rows rows"
+          done
+        fi
       done
       ;;
-    *) echo "unknown step: $step (classifier, ship, test)" >&2; exit 2 ;;
+    *) echo "unknown step: $step (classifier, ship, certify, test)" >&2; exit 2 ;;
   esac
 done
