@@ -28,8 +28,14 @@ from typer.testing import CliRunner
 
 ROOT = Path(__file__).resolve().parent.parent
 CLF = "src/tandem/data/classifiers/qwen2.5-coder-1.5b+0.5b.json"
-REASONING_CLF = "src/tandem/data/classifiers/qwq-32b+qwen2.5-coder-1.5b.json"
+# the reasoning pair's efforts as first calibrated (point estimates), and as certified (now shipped)
+REASONING_CLF = "results/reasoning-classifier/logistic.json"
+REASONING_CERTIFIED = "results/reasoning-classifier/certified-0.8.json"
 QWQ_TEST = ["results/reasoning/qwq-gsm8k-test-223-296-conclude", "results/reasoning/qwq-gsm8k-test-297-374-conclude"]
+R14_TEST = ["results/reasoning/r1-14b-math500-test-168-333-conclude",
+            "results/reasoning/r1-14b-math500-test-334-499-conclude"]
+REASONING_SETS = {"qwq": (QWQ_TEST, "QwQ-32B GSM8K test ids 300+"),
+                  "r14": (R14_TEST, "R1-Distill-Qwen-14B MATH-500 rows 168-499")}
 GSM8K = ["results/test/gsm8k-test-0-149-continue", "results/test/gsm8k-test-150-299-continue"]
 HUMANEVAL = ["results/test/humaneval-test-0-81-continue", "results/test/humaneval-test-82-163-continue"]
 TITLES = {"gsm8k": "GSM8K test 0-299: every method", "humaneval": "HumanEval 164, math-trained"}
@@ -64,10 +70,16 @@ REPORTS: dict[str, tuple[str, list[str]]] = {
         "--title", f"{TITLES[bench]} ({kind}{cal})"])
        for bench in ("gsm8k", "humaneval") for kind in ("logistic", "gbdt", "logistic-llm-only")
        for cal in ("", "-budget")},
-    **{f"reasoning-qwq-{rows}": (f"results/reasoning/report-qwq-{rows}", [
-        "replay", *QWQ_TEST, "--classifier", REASONING_CLF, *(["--finished-only"] if rows == "finished" else []),
-        "--out", "{out}", "--title", f"QwQ-32B GSM8K test ids 300+: every method, {title}"])
+    **{f"reasoning-{key}-{rows}": (f"results/reasoning/report-{key}-{rows}", [
+        "replay", *dirs, "--classifier", REASONING_CLF, *(["--finished-only"] if rows == "finished" else []),
+        "--out", "{out}", "--title", f"{name}: every method, {title}"])
+       for key, (dirs, name) in REASONING_SETS.items()
        for rows, title in (("all", "all rows"), ("finished", "rows whose thought closed"))},
+    **{f"reasoning-{key}-certified-{rows}": (f"results/reasoning/report-{key}-certified-{rows}", [
+        "replay", *dirs, "--classifier", REASONING_CERTIFIED, "--methods",
+        "llm,tandem:low,tandem:medium,route,cascade", *(["--finished-only"] if rows == "finished" else []),
+        "--out", "{out}", "--title", f"{name}: efforts with the gap certified at 0.8, {rows} rows"])
+       for key, (dirs, name) in REASONING_SETS.items() for rows in ("all", "finished")},
     "reasoning-agree-dev-live": ("results/reasoning/agree-dev-live-tandem", [
         "agree", "results/reasoning/dev-live-tandem-1.5b", "results/reasoning/dev-conclude-1.5b",
         "--classifier", REASONING_CLF, "--out", "{out}"]),

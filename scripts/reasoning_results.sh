@@ -5,11 +5,13 @@
 #   scripts/reasoning_results.sh classifier   fit on the train table (logistic and gbdt, the features a
 #                                             recorded LLM allows without a scoring pass), score both on
 #                                             the calibration table, calibrate both on its finished rows
-#   KIND=… scripts/reasoning_results.sh ship   ship the chosen kind as the pair's classifier
-#   scripts/reasoning_results.sh certify      the shipped classifier calibrated again with the gap certified
-#                                             at CONFIDENCE (default 0.8) on the same calibration rows
-#   scripts/reasoning_results.sh test         every method on each test set: all rows and finished rows
-#                                             (and the certified efforts, when certify has run)
+#   scripts/reasoning_results.sh certify      the chosen kind (logistic, by the rule in docs/RESULTS.md)
+#                                             calibrated again with the gap certified at CONFIDENCE
+#                                             (default 0.8) on the same calibration rows
+#   KIND=… scripts/reasoning_results.sh ship   ship OUT/KIND.json as the pair's classifier (certified-0.8 now;
+#                                             logistic, the point-estimate calibration, before)
+#   scripts/reasoning_results.sh test         every method on each test set: all rows and finished rows, with
+#                                             the point-estimate efforts; and the certified efforts
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export TANDEM_DATA_DIR="${TANDEM_DATA_DIR:-$(cd .. && pwd)/shared/data}"
@@ -28,6 +30,7 @@ FEATURES=progress,thought,trial
 # rows; low: within 5 points
 GAP=0.05,0.02,0.02
 CONFIDENCE="${CONFIDENCE:-0.8}"
+FIRST="$OUT/logistic.json"  # the efforts calibrated by point estimates, frozen before the first test
 CERTIFIED="$OUT/certified-$CONFIDENCE.json"
 # a table is complete when every problem its manifest selected has a record (a test set is replayed
 # only whole: a partial table is never looked at)
@@ -57,7 +60,7 @@ for step in "$@"; do
       cp "$OUT/$kind.json" "$CLF"
       ;;
     certify)
-      $T train calibrate "$CLF" "${CALIB[@]}" --objective gap --accuracy-gap "$GAP" --confidence "$CONFIDENCE" \
+      $T train calibrate "$FIRST" "${CALIB[@]}" --objective gap --accuracy-gap "$GAP" --confidence "$CONFIDENCE" \
         --finished-only --out "$CERTIFIED"
       ;;
     test)
@@ -65,8 +68,8 @@ for step in "$@"; do
         if [[ $set == qwq ]]; then dirs=("${QWQ_TEST[@]}"); name="QwQ-32B GSM8K test ids 300+"
         else dirs=("${R14_TEST[@]}"); name="R1-Distill-Qwen-14B MATH-500 rows 168-499"; fi
         present "${dirs[@]}" || { echo "skipped $name: its tables are not all there and complete" >&2; continue; }
-        $T replay "${dirs[@]}" --classifier "$CLF" --out "$R/report-$set-all" --title "$name: every method, all rows"
-        $T replay "${dirs[@]}" --classifier "$CLF" --finished-only --out "$R/report-$set-finished" \
+        $T replay "${dirs[@]}" --classifier "$FIRST" --out "$R/report-$set-all" --title "$name: every method, all rows"
+        $T replay "${dirs[@]}" --classifier "$FIRST" --finished-only --out "$R/report-$set-finished" \
           --title "$name: every method, rows whose thought closed"
         if [[ -f $CERTIFIED ]]; then
           for rows in all finished; do
