@@ -4,10 +4,11 @@ Replays one method (default `tandem:medium`) with the classifier's stop rule and
 by where the LLM stopped: before it wrote anything (checkpoint 0: the SLM alone), at a stage budget
 or a boundary past it, where the thought ended, or nowhere (the LLM answered itself). For each group:
 problems, the method right, and the LLM alone right on the same problems - the pairs behind the
-report's accuracy difference.
+report's accuracy difference. `--llm-complete` keeps only the problems whose LLM-alone answer was not
+cut by its token limit (a recording cut mid-answer counts as wrong for the LLM alone).
 
     python benchmarks/handover_breakdown.py CLASSIFIER.json PROBE_DIR [PROBE_DIR ...] \\
-        [--method tandem:medium] [--finished-only] [--json-out PATH]
+        [--method tandem:medium] [--finished-only] [--llm-complete] [--json-out PATH]
 """
 
 from __future__ import annotations
@@ -39,17 +40,22 @@ def main(argv: list[str]) -> int:
     ap.add_argument("tables", nargs="+")
     ap.add_argument("--method", default="tandem:medium")
     ap.add_argument("--finished-only", action="store_true")
+    ap.add_argument("--llm-complete", action="store_true")
     ap.add_argument("--json-out")
     args = ap.parse_args(argv)
     outcomes, _, _ = replay_dirs([Path(t) for t in args.tables], f"llm,{args.method}", Path(args.classifier),
                                  finished_only=args.finished_only)
-    llm = {o.problem_id: o.correct for o in outcomes if o.method == "llm" and o.error is None}
+    llm_runs = {o.problem_id: o for o in outcomes if o.method == "llm" and o.error is None
+                and not (args.llm_complete and o.truncated)}
+    llm = {pid: o.correct for pid, o in llm_runs.items()}
+    method = [o for o in outcomes if o.method == args.method and o.error is None and o.problem_id in llm]
+    cost = sum(o.flops_total for o in method) / max(sum(llm_runs[o.problem_id].flops_total for o in method), 1e-9)
     groups: dict[tuple[int, str], list[tuple[bool, bool]]] = defaultdict(list)
-    for o in outcomes:
-        if o.method == args.method and o.error is None and o.problem_id in llm:
-            groups[where(o.handover_tokens, o.stop_reason)].append((o.correct, llm[o.problem_id]))
+    for o in method:
+        groups[where(o.handover_tokens, o.stop_reason)].append((o.correct, llm[o.problem_id]))
     n = sum(len(g) for g in groups.values())
-    print(f"{args.method} on {n} problems (finished only: {args.finished_only}), {args.classifier}")
+    print(f"{args.method} on {n} problems (finished only: {args.finished_only}, LLM answer complete only: "
+          f"{args.llm_complete}), {args.classifier}")
     print(f"{'where the LLM stopped':44s} {'problems':>8s} {'right':>6s} {'LLM alone right':>16s}")
     rows = []
     for key in sorted(groups):
@@ -57,10 +63,14 @@ def main(argv: list[str]) -> int:
         right, llm_right = sum(a for a, _ in pairs), sum(b for _, b in pairs)
         print(f"{key[1]:44s} {len(pairs):8d} {right:6d} {llm_right:16d}")
         rows.append({"where": key[1], "problems": len(pairs), "right": right, "llm_right": llm_right})
+    total = [pair for pairs in groups.values() for pair in pairs]
+    print(f"{'all':44s} {n:8d} {sum(a for a, _ in total):6d} {sum(b for _, b in total):16d}")
+    print(f"total FLOPs vs the LLM alone on these problems: {cost:.3f}")
     if args.json_out:
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json_out).write_text(json.dumps({"classifier": args.classifier, "tables": args.tables,
                                                    "method": args.method, "finished_only": args.finished_only,
+                                                   "llm_complete": args.llm_complete, "relative_cost": cost,
                                                    "groups": rows}, indent=2) + "\n")
     return 0
 
