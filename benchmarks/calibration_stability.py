@@ -7,7 +7,8 @@ and the one the held-out half gave: the optimism of choosing a point on a table 
 calibration tables only, never a test table.
 
     python benchmarks/calibration_stability.py CLASSIFIER.json CALIB_DIR [CALIB_DIR ...] \\
-        [--accuracy-gap 0.05,0.02,0.02] [--confidence C] [--finished-only] [--splits 20] [--json-out PATH]
+        [--accuracy-gap 0.05,0.02,0.02] [--confidence C] [--finished-only | --complete-only] [--splits 20]
+        [--json-out PATH]
 """
 
 from __future__ import annotations
@@ -44,12 +45,13 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--accuracy-gap", default="0.05,0.02,0.02")
     ap.add_argument("--confidence", type=float, help="judge the gap by this one-sided lower bound")
     ap.add_argument("--finished-only", action="store_true")
+    ap.add_argument("--complete-only", action="store_true", help="the LLM alone's answer not cut either")
     ap.add_argument("--splits", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json-out")
     args = ap.parse_args(argv)
     clf = load_classifier(args.classifier)
-    tables = load_tables(args.tables, finished_only=args.finished_only)
+    tables = load_tables(args.tables, finished_only=args.finished_only, complete_only=args.complete_only)
     objectives, _ = objectives_from_options("all", "gap", gap=args.accuracy_gap, confidence=args.confidence)
     rng = random.Random(args.seed)
     gaps: dict[str, list[tuple[float, float, float, float, float]]] = {}
@@ -79,7 +81,8 @@ def main(argv: list[str]) -> int:
         for effort, rows in gaps.items()
     }
     n = len({r["problem_id"] for t in tables for r in t.records})
-    print(f"{args.splits} random halves of {n} calibration problems (finished only: {args.finished_only})")
+    print(f"{args.splits} random halves of {n} calibration problems (finished only: {args.finished_only}, "
+          f"LLM answer complete only: {args.complete_only})")
     print("effort  accuracy - LLM alone's: promised / held out (min..max)   cost vs LLM: promised / held out"
           "   met on the half / held out within the gap")
     for effort, s in summary.items():
@@ -88,6 +91,7 @@ def main(argv: list[str]) -> int:
               f"          {s['promised_cost_mean']:.3f} / {s['held_out_cost_mean']:.3f}"
               f"        {100 * s['satisfied_share']:.0f}% / {100 * s['held_out_within_gap_share']:.0f}%")
     result = {"classifier": args.classifier, "tables": args.tables, "problems": n, "finished_only": args.finished_only,
+              "complete_only": args.complete_only,
            "accuracy_gap": args.accuracy_gap, "confidence": args.confidence, "seed": args.seed, "efforts": summary}
     if args.json_out:
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)

@@ -288,6 +288,30 @@ def test_replay_of_a_recorded_table_finished_only_and_unknown_wall(recordings: P
     rows = {s.method: s for s in summarize(outs, baseline="llm")}
     assert rows["llm"].mean_wall_seconds is None and rows["fixed:16"].wall_ratio is None
     assert rows["slm"].mean_wall_seconds is not None  # the SLM ran live: its time is measured
+    # an LLM answer cut after its thought closed: finished, but not complete
+    import json
+    import shutil
+
+    from tandem.bench.probe_records import llm_answer_complete, thought_closed
+    from tandem.bench.store import read_records
+    from tandem.train.data import load_tables
+
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    shutil.copy(tmp_path / "t" / "manifest.json", cut / "manifest.json")
+    recs = list(read_records(tmp_path / "t"))
+    for r in recs:
+        if r["problem_id"] == "p1":
+            assert thought_closed(r) and llm_answer_complete(r)  # type: ignore[arg-type]
+            r["llm"]["finish"] = "length"
+            assert thought_closed(r) and not llm_answer_complete(r)  # type: ignore[arg-type]
+    (cut / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    outs, _, notes = replay_dirs([cut], "llm", None, finished_only=True)
+    assert {o.problem_id for o in outs} == {"p1"}
+    outs, _, notes = replay_dirs([cut], "llm", None, complete_only=True)
+    assert outs == [] and "of 2: those whose LLM answer is complete" in notes[0]
+    kept = load_tables([cut], allow_test_split=True, complete_only=True)[0].records
+    assert kept == [] and len(load_tables([cut], allow_test_split=True, finished_only=True)[0].records) == 1
 
 
 class _AgreeingTrials:

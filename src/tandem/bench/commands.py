@@ -344,12 +344,15 @@ def replay_cmd(
     title: Annotated[str, typer.Option(help="report title")] = "tandem replay",
     finished_only: Annotated[bool, typer.Option(help="reasoning LLMs: only the problems whose thought closed "
                                                      "(where the LLM alone is fully known)")] = False,
+    complete_only: Annotated[bool, typer.Option(help="reasoning LLMs: only the problems whose thought closed "
+                                                     "and whose LLM-alone answer was not cut")] = False,
 ) -> None:
     """Replay methods from probe tables and write a report (accuracy, FLOPs, Pareto plot)."""
     from .replay_run import replay_dirs
     from .report import write_report
 
-    outcomes, frontier, notes = replay_dirs(probe_dirs, methods, classifier, finished_only=finished_only)
+    outcomes, frontier, notes = replay_dirs(probe_dirs, methods, classifier, finished_only=finished_only,
+                                            complete_only=complete_only)
     path = write_report(outcomes, out_dir, title, frontier_options=frontier, notes=notes)
     out.print(path.read_text())
     err.print(f"report written to {path}")

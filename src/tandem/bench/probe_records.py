@@ -105,6 +105,18 @@ def is_thinking(rec: ProbeRecord) -> bool:
     return str(rec.get("version", "")) >= "probe-v2"
 
 
+def thought_closed(rec: ProbeRecord) -> bool:
+    """Whether the LLM closed its thought within its token limit, so that its own answer is known (always,
+    for an LLM that does not reason); the answer after the thought may still be cut."""
+    return bool(rec["llm"].get("thought_closed", True))
+
+
+def llm_answer_complete(rec: ProbeRecord) -> bool:
+    """Whether the LLM alone's answer is fully known *and* whole: its thought closed and its answer was
+    not cut by its token limit (a recording cut mid-answer grades the LLM alone wrong)."""
+    return thought_closed(rec) and rec["llm"].get("finish") != "length"
+
+
 def probe_records(rows: Iterable[dict[str, Any]], where: str) -> list[ProbeRecord]:
     """The records of a probe store, in order (a problem that failed to probe is kept as its id and
     error); a line that is neither is refused in one line, naming the store."""

@@ -9,7 +9,7 @@ from typing import Any
 from ..errors import ConfigError, InputError
 from ..policy import StopRule
 from ..types import StopPolicy
-from .probe_records import ProbeRecord, probe_records
+from .probe_records import ProbeRecord, llm_answer_complete, probe_records, thought_closed
 from .records import Outcome
 from .replay import PairParams, options, replay, replay_cascade, replay_route
 from .store import read_manifest, read_records
@@ -51,17 +51,12 @@ def load_probe(run_dir: str | Path) -> tuple[dict[str, Any], list[ProbeRecord]]:
     return man, probe_records(read_records(run_dir), str(run_dir))
 
 
-def thought_closed(rec: ProbeRecord) -> bool:
-    """Whether the LLM's own answer is fully known: its thought closed within its token limit (always,
-    for an LLM that does not reason)."""
-    return bool(rec["llm"].get("thought_closed", True))
-
-
 def replay_dirs(dirs: Sequence[Path], methods: str | None, classifier: Path | None, *,
-                finished_only: bool = False,
+                finished_only: bool = False, complete_only: bool = False,
                 ) -> tuple[list[Outcome], dict[str, list[tuple[float, bool]]], list[str]]:
     """Replay every method on the probe tables in `dirs`; `finished_only`: only the problems whose
-    reasoning LLM closed its thought (where the LLM alone is fully known)."""
+    reasoning LLM closed its thought (where the LLM alone is fully known); `complete_only`: only those
+    whose LLM-alone answer is also whole (not cut by its token limit)."""
     policy: StopPolicy | None = None
     rule: StopRule | None = None
     route_thr = cascade_thr = None
@@ -79,7 +74,9 @@ def replay_dirs(dirs: Sequence[Path], methods: str | None, classifier: Path | No
         man, recs = load_probe(d)
         thinks = str(man.get("probe_version", "")) >= "probe-v2"
         n_all = len(recs)
-        if finished_only:
+        if complete_only:
+            recs = [r for r in recs if "error" in r or llm_answer_complete(r)]
+        elif finished_only:
             recs = [r for r in recs if "error" in r or thought_closed(r)]
         p = PairParams(man["llm"]["n_params"], man["slm"]["n_params"])
         cfg = man["config"]
@@ -100,7 +97,8 @@ def replay_dirs(dirs: Sequence[Path], methods: str | None, classifier: Path | No
                                               budgets=budgets, route_threshold=route_thr,
                                               cascade_threshold=cascade_thr))
             frontier[rec["problem_id"]] = [(o.flops_total, o.correct) for o in options(rec, p)]
-        kept = f" (of {n_all}: those whose thought closed)" if finished_only else ""
+        kept = (f" (of {n_all}: those whose LLM answer is complete)" if complete_only else
+                f" (of {n_all}: those whose thought closed)" if finished_only else "")
         notes.append(f"{d}: {len(recs)} problems{kept} replayed from a probe table ({man['dataset']}, "
                      f"{cfg['handover']} hand-over, budgets {list(budgets)}, LLM {man['llm']['name']}, "
                      f"SLM {man['slm']['name']}){f', {errors} probe errors' if errors else ''}")

@@ -112,6 +112,8 @@ def calibrate_cmd(
              "difference against the LLM alone (e.g. 0.9), not by the point estimate")] = None,
     finished_only: Annotated[bool, typer.Option(help="reasoning LLMs: calibrate on the problems whose thought "
                                                      "closed")] = False,
+    complete_only: Annotated[bool, typer.Option(help="reasoning LLMs: calibrate on the problems whose thought "
+                                                     "closed and whose LLM-alone answer was not cut")] = False,
     grid: Annotated[int, typer.Option(help="threshold grid points (quantiles of the probabilities)")] = 50,
     route: Annotated[bool, typer.Option(help="calibrate the route threshold (checkpoint 0)")] = True,
     cascade: Annotated[bool, typer.Option(help="calibrate the cascade threshold (SLM mean log-prob)")] = True,
@@ -133,7 +135,8 @@ def calibrate_cmd(
     objs, shared = objectives_from_options(effort, objective, lam=lam, target=target, budget=budget, gap=gap,
                                            confidence=confidence)
     clf = load_classifier(model)
-    tables = load_tables(probe_dirs, allow_test_split=allow_test_split, finished_only=finished_only)
+    tables = load_tables(probe_dirs, allow_test_split=allow_test_split, finished_only=finished_only,
+                         complete_only=complete_only)
     for table in tables:
         clf.check_models(table.manifest["llm"], table.manifest["slm"])
     overlap = check_held_out(clf, tables)

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ..bench.probe_records import ProbeRecord, probe_records
+from ..bench.probe_records import ProbeRecord, llm_answer_complete, probe_records, thought_closed
 from ..bench.store import entropy_kinds_of, git_revision, read_manifest, read_records
 from ..errors import ConfigError, InputError
 from ..features import FEATURE_GROUPS
@@ -97,10 +97,10 @@ def _is_test_split(dataset: str) -> bool:
 
 
 def load_tables(dirs: Sequence[str | Path], *, allow_test_split: bool = False,
-                finished_only: bool = False) -> list[ProbeTable]:
+                finished_only: bool = False, complete_only: bool = False) -> list[ProbeTable]:
     """Read probe runs; refuse test splits (unless allowed) and tables from different model pairs.
     `finished_only`: keep the problems whose reasoning LLM closed its thought (where the LLM alone is
-    fully known)."""
+    fully known); `complete_only`: of those, the ones whose LLM-alone answer was not cut either."""
     if not dirs:
         raise ConfigError("no probe tables given")
     tables = []
@@ -118,7 +118,9 @@ def load_tables(dirs: Sequence[str | Path], *, allow_test_split: bool = False,
         for r in probe_records(read_records(d), str(d)):
             if "error" in r:
                 errors += 1
-            elif not finished_only or r["llm"].get("thought_closed", True):
+            elif complete_only and not llm_answer_complete(r):
+                continue
+            elif not finished_only or thought_closed(r):
                 recs.append(r)
         tables.append(ProbeTable(Path(d), man, recs, errors))
     first = tables[0].manifest
