@@ -44,6 +44,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("tables", nargs="+")
     ap.add_argument("--accuracy-gap", default="0.05,0.02,0.02")
     ap.add_argument("--confidence", type=float, help="judge the gap by this one-sided lower bound")
+    ap.add_argument("--certify-order", default="threshold", choices=["threshold", "cost"])
     ap.add_argument("--finished-only", action="store_true")
     ap.add_argument("--complete-only", action="store_true", help="the LLM alone's answer not cut either")
     ap.add_argument("--splits", type=int, default=20)
@@ -52,7 +53,8 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     clf = load_classifier(args.classifier)
     tables = load_tables(args.tables, finished_only=args.finished_only, complete_only=args.complete_only)
-    objectives, _ = objectives_from_options("all", "gap", gap=args.accuracy_gap, confidence=args.confidence)
+    objectives, _ = objectives_from_options("all", "gap", gap=args.accuracy_gap, confidence=args.confidence,
+                                            order=args.certify_order)
     rng = random.Random(args.seed)
     gaps: dict[str, list[tuple[float, float, float, float, float]]] = {}
     for _ in range(args.splits):
@@ -91,7 +93,7 @@ def main(argv: list[str]) -> int:
               f"          {s['promised_cost_mean']:.3f} / {s['held_out_cost_mean']:.3f}"
               f"        {100 * s['satisfied_share']:.0f}% / {100 * s['held_out_within_gap_share']:.0f}%")
     result = {"classifier": args.classifier, "tables": args.tables, "problems": n, "finished_only": args.finished_only,
-              "complete_only": args.complete_only,
+              "complete_only": args.complete_only, "certify_order": args.certify_order,
            "accuracy_gap": args.accuracy_gap, "confidence": args.confidence, "seed": args.seed, "efforts": summary}
     if args.json_out:
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)

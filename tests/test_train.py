@@ -243,6 +243,17 @@ def test_certified_choice_tests_fixed_sequences_from_the_cautious_end() -> None:
     assert alone[0].difference_bound(0.8) >= -0.02 > alone[0].difference_bound(level)
     assert choose_certified(alone, obj, sequence=lambda p: p.budget, cautious=cautious)[1]
     assert not choose_certified(alone + others, obj, sequence=lambda p: p.budget, cautious=cautious)[1]
+    # in one sequence from the dearest point down, the level is not split: the cheap losers come after
+    by_cost = Objective("gap", 0.02, confidence=0.8, order="cost")
+    assert choose_certified(alone + others, by_cost, sequence=lambda p: p.budget, cautious=cautious)[0] == alone[0]
+    # ... and the sequence stops at its first failure, however cheap the points after it
+    dear_loser = _paired(NEVER, 64, 0, 30, 0.95)
+    assert choose_certified([dear_loser, *alone], by_cost, sequence=lambda p: p.budget,
+                            cautious=cautious) == (cautious, False)
+    with pytest.raises(ConfigError, match="needs a confidence"):
+        Objective("gap", 0.02, order="cost")
+    with pytest.raises(ConfigError, match="needs --confidence"):
+        objectives_from_options("all", "gap", gap="0.05,0.02,0.02", order="cost")
 
 
 def test_confidence_objective_is_checked_and_recorded(model: Path, tables: dict[str, Path], tmp_path: Path) -> None:

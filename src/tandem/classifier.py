@@ -225,12 +225,13 @@ class Objective(_Strict):
     cost: Literal["flops_total"] = "flops_total"
     llm_accuracy: float | None = None  # gap: the LLM alone's accuracy on the calibration table
     confidence: float | None = None  # gap: judged by this one-sided lower bound of the paired difference
+    order: Literal["threshold", "cost"] | None = None  # with a confidence: the sequences tested
 
     @model_serializer(mode="wrap")
     def _without_unset_reference(self, handler: Any) -> dict[str, Any]:
         """Files of the other objectives read as they did before `gap` (and its confidence) existed."""
         data: dict[str, Any] = handler(self)
-        for key in ("llm_accuracy", "confidence"):
+        for key in ("llm_accuracy", "confidence", "order"):
             if data.get(key) is None:
                 data.pop(key, None)
         return data

@@ -20,7 +20,10 @@ Objectives (one per effort; route and cascade use the medium effort's, or the on
   the most cautious point (the LLM alone, or the largest budget), marked unsatisfied. Choosing from
   many candidates by their point estimates picks the luckiest one on the table; the fixed sequences
   and the split level keep the chance that any chosen point misses G on the problems' population
-  near 1 - C (the interval being approximate). The per-stage search is skipped.
+  near 1 - C (the interval being approximate). The per-stage search is skipped. With the `cost`
+  order instead, all tandem points form one sequence, from the dearest on the table down (a point's
+  cost depends on where the classifier stops, not on whether the answers are right), tested at the
+  level C itself: no split, so more power, at the price of an order read off the table's features.
 Ties go to the cheaper candidate. By default the efforts are three points of the same curve:
 lambda 0.5 (low), 0.2 (medium) and 0.05 (high) - accuracy points worth 2%, 5% and 20% of the LLM
 alone's cost each.
@@ -95,6 +98,7 @@ class Objective:
     value: float
     reference: float | None = None  # gap: the LLM alone's accuracy on the calibration table
     confidence: float | None = None  # gap: judged by this one-sided lower bound of the paired difference
+    order: Literal["threshold", "cost"] = "threshold"  # with a confidence: the sequences tested
 
     def __post_init__(self) -> None:
         if self.kind not in OBJECTIVES:
@@ -114,6 +118,10 @@ class Objective:
                 raise ConfigError(f"a confidence applies to the gap objective only, not {self.kind}")
             if not 0.5 <= self.confidence < 1:
                 raise ConfigError("objective gap: the confidence is a one-sided level in [0.5, 1), e.g. 0.9")
+        if self.order not in ("threshold", "cost"):
+            raise ConfigError(f"unknown certification order {self.order!r}; choose threshold or cost")
+        if self.order != "threshold" and self.confidence is None:
+            raise ConfigError("a certification order needs a confidence")
 
     def on(self, llm_accuracy: float) -> Objective:
         """This objective against a table whose LLM alone is right on `llm_accuracy` of the problems."""
@@ -171,6 +179,7 @@ class Objective:
             d["llm_accuracy"] = self.reference
         if self.confidence is not None:
             d["confidence"] = self.confidence
+            d["order"] = self.order
         return d
 
     def describe(self) -> str:
@@ -348,17 +357,21 @@ def refine_per_stage(table: CalibrationTable, start: Point, obj: Objective, *, g
 
 def choose_certified(points: Sequence[Point], obj: Objective, *, sequence: Any, cautious: Point) -> tuple[Point, bool]:
     """The cheapest point that passes the fixed-sequence test of the module docstring (`obj` a gap
-    objective with a confidence); `sequence(point)` names the sequence a point belongs to; `cautious`
-    when none passes (unsatisfied)."""
+    objective with a confidence); `sequence(point)` names the sequence a point belongs to (the
+    `threshold` order); `cautious` when none passes (unsatisfied)."""
     if obj.confidence is None:
         raise ConfigError("a certified choice needs an objective with a confidence")
     groups: dict[Any, list[Point]] = {}
-    for p in points:
-        groups.setdefault(sequence(p), []).append(p)
+    if obj.order == "cost":  # one sequence, the dearest point first
+        groups[None] = sorted(points, key=lambda q: (-q.relative_cost, -q.threshold))
+    else:  # per sequence, the most cautious threshold first
+        for p in points:
+            groups.setdefault(sequence(p), []).append(p)
+        groups = {k: sorted(g, key=lambda q: -q.threshold) for k, g in groups.items()}
     level = 1.0 - (1.0 - obj.confidence) / max(len(groups), 1)
     passed: list[Point] = []
     for group in groups.values():
-        for p in sorted(group, key=lambda q: -q.threshold):  # the most cautious threshold first
+        for p in group:
             if p.difference_bound(level) < -obj.value - _EPS:
                 break
             passed.append(p)
@@ -472,7 +485,7 @@ def parse_values(text: str | None, option: str) -> list[float] | None:
 
 def objectives_from_options(effort: str, objective: str, *, lam: str | None = None, target: str | None = None,
                             budget: str | None = None, gap: str | None = None, confidence: float | None = None,
-                            ) -> tuple[dict[str, Objective], Objective]:
+                            order: str = "threshold") -> tuple[dict[str, Objective], Objective]:
     """Per-effort objectives from command-line options, and the one route and cascade use.
 
     `effort` 'all' calibrates low, medium and high (three values, or the default lambdas);
@@ -490,6 +503,8 @@ def objectives_from_options(effort: str, objective: str, *, lam: str | None = No
         raise ConfigError(f"{', '.join(stray)} does not apply to --objective {objective}")
     if confidence is not None and objective != "gap":
         raise ConfigError(f"--confidence does not apply to --objective {objective} (gap only)")
+    if order != "threshold" and confidence is None:
+        raise ConfigError("--certify-order needs --confidence")
     efforts: tuple[str, ...] = tuple(EFFORTS) if effort == "all" else (effort,)
     opt, raw = given[objective]
     vals = parse_values(raw, opt)
@@ -499,7 +514,8 @@ def objectives_from_options(effort: str, objective: str, *, lam: str | None = No
         vals = [DEFAULT_LAMBDAS[e] for e in efforts]
     if len(vals) != len(efforts):
         raise ConfigError(f"{opt}: give {len(efforts)} value(s) for {', '.join(efforts)}, got {len(vals)}")
-    objs = {e: Objective(objective, v, confidence=confidence) for e, v in zip(efforts, vals, strict=True)}
+    objs = {e: Objective(objective, v, confidence=confidence, order=order)  # type: ignore[arg-type]
+            for e, v in zip(efforts, vals, strict=True)}
     shared = objs.get("medium") or next(iter(objs.values()))
     return objs, shared
 

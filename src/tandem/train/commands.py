@@ -110,6 +110,9 @@ def calibrate_cmd(
     confidence: Annotated[float | None, typer.Option(
         help="with --objective gap: judge the gap by this one-sided lower bound of the paired accuracy "
              "difference against the LLM alone (e.g. 0.9), not by the point estimate")] = None,
+    certify_order: Annotated[str, typer.Option(
+        help="with --confidence: test the points per budget from the most cautious threshold (threshold), or "
+             "in one sequence from the dearest (cost)")] = "threshold",
     finished_only: Annotated[bool, typer.Option(help="reasoning LLMs: calibrate on the problems whose thought "
                                                      "closed")] = False,
     complete_only: Annotated[bool, typer.Option(help="reasoning LLMs: calibrate on the problems whose thought "
@@ -133,7 +136,7 @@ def calibrate_cmd(
     from .data import load_tables
 
     objs, shared = objectives_from_options(effort, objective, lam=lam, target=target, budget=budget, gap=gap,
-                                           confidence=confidence)
+                                           confidence=confidence, order=certify_order)
     clf = load_classifier(model)
     tables = load_tables(probe_dirs, allow_test_split=allow_test_split, finished_only=finished_only,
                          complete_only=complete_only)
