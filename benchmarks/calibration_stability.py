@@ -1,14 +1,14 @@
 """How far a calibrated operating point's accuracy moves off the problems it was chosen on.
 
-Splits the calibration problems in two halves at random, calibrates the classifier's efforts on one
-half (the same objectives as `tandem train calibrate`), replays the chosen points on the other half,
-and repeats. Prints, per effort, the accuracy gap to the LLM alone that the calibration half promised
+Splits the calibration problems in two at random (halves, or `--fit-share` of them to choose on),
+calibrates the classifier's efforts on one part (the same objectives as `tandem train calibrate`),
+replays the chosen points on the other part, and repeats. Prints, per effort, the accuracy gap to the LLM alone that the calibration half promised
 and the one the held-out half gave: the optimism of choosing a point on a table of this size. Reads
 calibration tables only, never a test table.
 
     python benchmarks/calibration_stability.py CLASSIFIER.json CALIB_DIR [CALIB_DIR ...] \\
         [--accuracy-gap 0.05,0.02,0.02] [--confidence C] [--finished-only | --complete-only] [--splits 20]
-        [--json-out PATH]
+        [--fit-share 0.5] [--json-out PATH]
 """
 
 from __future__ import annotations
@@ -26,11 +26,12 @@ from tandem.train.calibrate import CalibrationTable, calibrate, objectives_from_
 from tandem.train.data import ProbeTable, load_tables
 
 
-def halves(tables: list[ProbeTable], rng: random.Random) -> tuple[list[ProbeTable], list[ProbeTable]]:
-    """The tables' problems split in two halves at random (each table split alike)."""
+def halves(tables: list[ProbeTable], rng: random.Random, share: float = 0.5) -> tuple[list[ProbeTable], list[ProbeTable]]:
+    """The tables' problems split in two at random, `share` of them in the first part (each table split
+    alike)."""
     ids = sorted({r["problem_id"] for t in tables for r in t.records})
     rng.shuffle(ids)
-    first = set(ids[: len(ids) // 2])
+    first = set(ids[: round(len(ids) * share)])
 
     def keep(chosen: bool) -> list[ProbeTable]:
         return [replace(t, records=[r for r in t.records if (r["problem_id"] in first) == chosen]) for t in tables]
@@ -48,9 +49,12 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--finished-only", action="store_true")
     ap.add_argument("--complete-only", action="store_true", help="the LLM alone's answer not cut either")
     ap.add_argument("--splits", type=int, default=20)
+    ap.add_argument("--fit-share", type=float, default=0.5, help="share of the problems a point is chosen on")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json-out")
     args = ap.parse_args(argv)
+    if not 0 < args.fit_share < 1:
+        ap.error("--fit-share is a fraction in (0, 1)")
     clf = load_classifier(args.classifier)
     tables = load_tables(args.tables, finished_only=args.finished_only, complete_only=args.complete_only)
     objectives, _ = objectives_from_options("all", "gap", gap=args.accuracy_gap, confidence=args.confidence,
@@ -58,7 +62,7 @@ def main(argv: list[str]) -> int:
     rng = random.Random(args.seed)
     gaps: dict[str, list[tuple[float, float, float, float, float]]] = {}
     for _ in range(args.splits):
-        fit_half, held_half = halves(tables, rng)
+        fit_half, held_half = halves(tables, rng, args.fit_share)
         _, res = calibrate(clf, fit_half, objectives, route=None, cascade=None)
         held = CalibrationTable(held_half, clf)
         for effort, c in res.chosen.items():
@@ -83,7 +87,8 @@ def main(argv: list[str]) -> int:
         for effort, rows in gaps.items()
     }
     n = len({r["problem_id"] for t in tables for r in t.records})
-    print(f"{args.splits} random halves of {n} calibration problems (finished only: {args.finished_only}, "
+    print(f"{args.splits} random splits ({args.fit_share:g} to choose on) of {n} calibration problems "
+          f"(finished only: {args.finished_only}, "
           f"LLM answer complete only: {args.complete_only})")
     print("effort  accuracy - LLM alone's: promised / held out (min..max)   cost vs LLM: promised / held out"
           "   met on the half / held out within the gap")
@@ -93,7 +98,7 @@ def main(argv: list[str]) -> int:
               f"          {s['promised_cost_mean']:.3f} / {s['held_out_cost_mean']:.3f}"
               f"        {100 * s['satisfied_share']:.0f}% / {100 * s['held_out_within_gap_share']:.0f}%")
     result = {"classifier": args.classifier, "tables": args.tables, "problems": n, "finished_only": args.finished_only,
-              "complete_only": args.complete_only, "certify_order": args.certify_order,
+              "complete_only": args.complete_only, "certify_order": args.certify_order, "fit_share": args.fit_share,
            "accuracy_gap": args.accuracy_gap, "confidence": args.confidence, "seed": args.seed, "efforts": summary}
     if args.json_out:
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)

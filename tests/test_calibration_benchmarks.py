@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import random
 from pathlib import Path
 from types import ModuleType
 
@@ -12,6 +13,7 @@ import pytest
 
 from synthetic import make_table
 from tandem.bench.replay_run import replay_dirs
+from tandem.train.data import load_tables
 from tandem.train.fit import fit
 
 pytest.importorskip("sklearn")
@@ -54,9 +56,15 @@ def test_calibration_stability_reports_promise_and_held_out(pair: tuple[Path, Pa
     mod = _load("calibration_stability")
     plain, certified = tmp_path / "p.json", tmp_path / "c.json"
     assert mod.main([str(clf), str(calib), "--splits", "3", "--json-out", str(plain)]) == 0
-    assert mod.main([str(clf), str(calib), "--splits", "3", "--confidence", "0.9", "--json-out", str(certified)]) == 0
+    assert mod.main([str(clf), str(calib), "--splits", "3", "--confidence", "0.9", "--certify-order", "cost",
+                     "--fit-share", "0.8", "--json-out", str(certified)]) == 0
     p, c = json.loads(plain.read_text()), json.loads(certified.read_text())
     assert p["problems"] == c["problems"] == 42 and p["confidence"] is None and c["confidence"] == 0.9
+    assert (p["fit_share"], c["fit_share"], c["certify_order"]) == (0.5, 0.8, "cost")
+    with pytest.raises(SystemExit):
+        mod.main([str(clf), str(calib), "--fit-share", "1.5"])
+    first, second = mod.halves(load_tables([calib]), random.Random(0), 0.8)
+    assert (len(first[0].records), len(second[0].records)) == (34, 8)  # 0.8 of 42, rounded
     for effort in ("low", "medium", "high"):
         for summary in (p["efforts"][effort], c["efforts"][effort]):
             assert summary["splits"] == 3
