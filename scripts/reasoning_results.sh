@@ -11,7 +11,14 @@
 #   KIND=… scripts/reasoning_results.sh ship   ship OUT/KIND.json as the pair's classifier (certified-0.8 now;
 #                                             logistic, the point-estimate calibration, before)
 #   scripts/reasoning_results.sh test         every method on each test set: all rows and finished rows, with
-#                                             the point-estimate efforts; and the certified efforts
+#                                             the point-estimate efforts; and the certified efforts (and the
+#                                             next rule's, on the sets it was fixed before)
+#   scripts/reasoning_results.sh select       the next rule's certification order, by stability on the complete
+#                                             rows of calibration + calib-more (docs/RESULTS.md has the rule)
+#   ORDER=… scripts/reasoning_results.sh certify-next   that rule on the whole of those rows
+#   scripts/reasoning_results.sh test-next    the R1-Distill-Qwen-32B GSM8K test (read first after the next rule
+#                                             was fixed): every method with the shipped efforts, and the next
+#                                             rule's; the next rule on the earlier test sets (after the fact)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export TANDEM_DATA_DIR="${TANDEM_DATA_DIR:-$(cd .. && pwd)/shared/data}"
@@ -20,7 +27,9 @@ R=results/reasoning
 OUT=results/reasoning-classifier
 TRAIN=("$R/qwq-gsm8k-test-32-88-conclude")
 CALIB=("$R/qwq-gsm8k-test-146-184-conclude" "$R/qwq-gsm8k-test-185-222-conclude")
+CALIB_NEXT=("$R/qwq-gsm8k-test-89-145-conclude" "${CALIB[@]}")  # + ids 118-199
 QWQ_TEST=("$R/qwq-gsm8k-test-223-296-conclude" "$R/qwq-gsm8k-test-297-374-conclude")
+R32_TEST=("$R/r1-32b-gsm8k-test-223-296-conclude" "$R/r1-32b-gsm8k-test-297-374-conclude")
 R14_TEST=("$R/r1-14b-math500-test-168-333-conclude" "$R/r1-14b-math500-test-334-499-conclude")
 CLF=src/tandem/data/classifiers/qwq-32b+qwen2.5-coder-1.5b.json
 # no shadow pass: a recording has no log-probs (no llm_stream group), and with the trial answers the
@@ -32,6 +41,8 @@ GAP=0.05,0.02,0.02
 CONFIDENCE="${CONFIDENCE:-0.8}"
 FIRST="$OUT/logistic.json"  # the efforts calibrated by point estimates, frozen before the first test
 CERTIFIED="$OUT/certified-$CONFIDENCE.json"
+# the next rule: certified at 0.8 on the rows where the LLM's answer is complete, calibration + calib-more
+NEXT="$OUT/certified-next.json"
 # a table is complete when every problem its manifest selected has a record (a test set is replayed
 # only whole: a partial table is never looked at)
 present() {
@@ -63,6 +74,44 @@ for step in "$@"; do
       $T train calibrate "$FIRST" "${CALIB[@]}" --objective gap --accuracy-gap "$GAP" --confidence "$CONFIDENCE" \
         --finished-only --out "$CERTIFIED"
       ;;
+    select)
+      present "${CALIB_NEXT[@]}" || { echo "the calibration tables are not all there and complete" >&2; exit 1; }
+      for order in threshold cost; do
+        .venv/bin/python benchmarks/calibration_stability.py "$FIRST" "${CALIB_NEXT[@]}" --complete-only \
+          --confidence "$CONFIDENCE" --certify-order "$order" --fit-share 0.8 --splits 200 \
+          --json-out "$OUT/select-$order.json"
+      done
+      ;;
+    certify-next)
+      order="${ORDER:?set ORDER to the order select chose (docs/RESULTS.md)}"
+      $T train calibrate "$FIRST" "${CALIB_NEXT[@]}" --objective gap --accuracy-gap "$GAP" --confidence "$CONFIDENCE" \
+        --certify-order "$order" --complete-only --out "$NEXT"
+      ;;
+    test-next)
+      [[ -f $NEXT ]] || { echo "run certify-next first" >&2; exit 1; }
+      efforts=llm,tandem:low,tandem:medium,route,cascade
+      if present "${R32_TEST[@]}"; then
+        name="R1-Distill-Qwen-32B GSM8K test ids 300+"
+        for rows in all finished complete; do
+          $T replay "${R32_TEST[@]}" --classifier "$CLF" $([[ $rows != all ]] && echo "--$rows-only") \
+            --out "$R/report-r32-$rows" --title "$name: every method (shipped efforts), $rows rows"
+        done
+      else
+        echo "skipped the R1-Distill-Qwen-32B test: its tables are not all there and complete" >&2
+      fi
+      for set in r32 qwq r14; do
+        case $set in
+          r32) dirs=("${R32_TEST[@]}"); name="R1-Distill-Qwen-32B GSM8K test ids 300+" ;;
+          qwq) dirs=("${QWQ_TEST[@]}"); name="QwQ-32B GSM8K test ids 300+ (after the fact)" ;;
+          r14) dirs=("${R14_TEST[@]}"); name="R1-Distill-Qwen-14B MATH-500 rows 168-499 (after the fact)" ;;
+        esac
+        present "${dirs[@]}" || continue
+        for rows in finished complete; do
+          $T replay "${dirs[@]}" --classifier "$NEXT" --methods "$efforts,afterthink" "--$rows-only" \
+            --out "$R/report-$set-next-$rows" --title "$name: the next rule's efforts, $rows rows"
+        done
+      done
+      ;;
     test)
       for set in qwq r14; do
         if [[ $set == qwq ]]; then dirs=("${QWQ_TEST[@]}"); name="QwQ-32B GSM8K test ids 300+"
@@ -80,6 +129,6 @@ for step in "$@"; do
         fi
       done
       ;;
-    *) echo "unknown step: $step (classifier, ship, certify, test)" >&2; exit 2 ;;
+    *) echo "unknown step: $step (classifier, ship, certify, select, certify-next, test, test-next)" >&2; exit 2 ;;
   esac
 done
