@@ -36,6 +36,14 @@ R14_TEST = ["results/reasoning/r1-14b-math500-test-168-333-conclude",
             "results/reasoning/r1-14b-math500-test-334-499-conclude"]
 REASONING_SETS = {"qwq": (QWQ_TEST, "QwQ-32B GSM8K test ids 300+"),
                   "r14": (R14_TEST, "R1-Distill-Qwen-14B MATH-500 rows 168-499")}
+# the shipped classifier and the next rule's efforts (scripts/reasoning_results.sh test-next)
+REASONING_SHIPPED = "src/tandem/data/classifiers/qwq-32b+qwen2.5-coder-1.5b.json"
+REASONING_NEXT = "results/reasoning-classifier/certified-next.json"
+R32_TEST = ["results/reasoning/r1-32b-gsm8k-test-223-296-conclude",
+            "results/reasoning/r1-32b-gsm8k-test-297-374-conclude"]
+NEXT_SETS = {"r32": (R32_TEST, "R1-Distill-Qwen-32B GSM8K test ids 300+"),
+             "qwq": (QWQ_TEST, "QwQ-32B GSM8K test ids 300+ (after the fact)"),
+             "r14": (R14_TEST, "R1-Distill-Qwen-14B MATH-500 rows 168-499 (after the fact)")}
 GSM8K = ["results/test/gsm8k-test-0-149-continue", "results/test/gsm8k-test-150-299-continue"]
 HUMANEVAL = ["results/test/humaneval-test-0-81-continue", "results/test/humaneval-test-82-163-continue"]
 TITLES = {"gsm8k": "GSM8K test 0-299: every method", "humaneval": "HumanEval 164, math-trained"}
@@ -80,6 +88,15 @@ REPORTS: dict[str, tuple[str, list[str]]] = {
         "llm,tandem:low,tandem:medium,route,cascade", *(["--finished-only"] if rows == "finished" else []),
         "--out", "{out}", "--title", f"{name}: efforts with the gap certified at 0.8, {rows} rows"])
        for key, (dirs, name) in REASONING_SETS.items() for rows in ("all", "finished")},
+    **{f"reasoning-r32-{rows}": (f"results/reasoning/report-r32-{rows}", [
+        "replay", *R32_TEST, "--classifier", REASONING_SHIPPED, *([f"--{rows}-only"] if rows != "all" else []),
+        "--out", "{out}", "--title", f"R1-Distill-Qwen-32B GSM8K test ids 300+: every method (shipped efforts), "
+        f"{rows} rows"]) for rows in ("all", "finished", "complete")},
+    **{f"reasoning-{key}-next-{rows}": (f"results/reasoning/report-{key}-next-{rows}", [
+        "replay", *dirs, "--classifier", REASONING_NEXT, "--methods",
+        "llm,tandem:low,tandem:medium,route,cascade,afterthink", f"--{rows}-only",
+        "--out", "{out}", "--title", f"{name}: the next rule's efforts, {rows} rows"])
+       for key, (dirs, name) in NEXT_SETS.items() for rows in ("finished", "complete")},
     "reasoning-agree-dev-live": ("results/reasoning/agree-dev-live-tandem", [
         "agree", "results/reasoning/dev-live-tandem-1.5b", "results/reasoning/dev-conclude-1.5b",
         "--classifier", REASONING_CLF, "--out", "{out}"]),
