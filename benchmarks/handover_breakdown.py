@@ -17,18 +17,21 @@ import argparse
 import json
 import sys
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 
 from tandem.bench.replay_run import replay_dirs
+from tandem.bench.store import read_manifest
 
 
-def where(handover_tokens: int | None, stop_reason: str) -> tuple[int, str]:
-    """A sortable label of where the method's LLM stopped."""
+def where(handover_tokens: int | None, stop_reason: str, budgets: Sequence[int]) -> tuple[int, str]:
+    """A sortable label of where the method's LLM stopped: the stage budget (of the tables') the
+    hand-over came at or just past."""
     if handover_tokens is None:
         return (10**9, f"no hand-over ({stop_reason or 'LLM answered'})")
     if handover_tokens == 0:
         return (0, "checkpoint 0 (SLM alone)")
-    for budget in (256, 512, 1024, 1536):
+    for budget in sorted(budgets):
         if handover_tokens < budget * 1.25:
             return (budget, f"past {budget} thought tokens ({stop_reason})")
     return (10**8, f"later ({stop_reason})")
@@ -50,9 +53,10 @@ def main(argv: list[str]) -> int:
     llm = {pid: o.correct for pid, o in llm_runs.items()}
     method = [o for o in outcomes if o.method == args.method and o.error is None and o.problem_id in llm]
     cost = sum(o.flops_total for o in method) / max(sum(llm_runs[o.problem_id].flops_total for o in method), 1e-9)
+    budgets = sorted({int(b) for t in args.tables for b in read_manifest(t)["config"]["stage_budgets"]})
     groups: dict[tuple[int, str], list[tuple[bool, bool]]] = defaultdict(list)
     for o in method:
-        groups[where(o.handover_tokens, o.stop_reason)].append((o.correct, llm[o.problem_id]))
+        groups[where(o.handover_tokens, o.stop_reason, budgets)].append((o.correct, llm[o.problem_id]))
     n = sum(len(g) for g in groups.values())
     print(f"{args.method} on {n} problems (finished only: {args.finished_only}, LLM answer complete only: "
           f"{args.llm_complete}), {args.classifier}")

@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from tandem.bench.probe_records import thought_closed
 from tandem.bench.replay import PairParams, replay
-from tandem.bench.replay_run import default_methods, load_probe, thought_closed
+from tandem.bench.replay_run import default_methods, load_probe
 
 
 def main() -> None:

@@ -117,6 +117,13 @@ def llm_answer_complete(rec: ProbeRecord) -> bool:
     return thought_closed(rec) and rec["llm"].get("finish") != "length"
 
 
+def kept_row(rec: ProbeRecord, *, finished_only: bool = False, complete_only: bool = False) -> bool:
+    """Whether a (successful) record is kept by the row selection of replay and calibration."""
+    if complete_only:
+        return llm_answer_complete(rec)
+    return thought_closed(rec) if finished_only else True
+
+
 def probe_records(rows: Iterable[dict[str, Any]], where: str) -> list[ProbeRecord]:
     """The records of a probe store, in order (a problem that failed to probe is kept as its id and
     error); a line that is neither is refused in one line, naming the store."""

@@ -9,7 +9,7 @@ from typing import Any
 from ..errors import ConfigError, InputError
 from ..policy import StopRule
 from ..types import StopPolicy
-from .probe_records import ProbeRecord, llm_answer_complete, probe_records, thought_closed
+from .probe_records import ProbeRecord, kept_row, probe_records
 from .records import Outcome
 from .replay import PairParams, options, replay, replay_cascade, replay_route
 from .store import read_manifest, read_records
@@ -74,10 +74,8 @@ def replay_dirs(dirs: Sequence[Path], methods: str | None, classifier: Path | No
         man, recs = load_probe(d)
         thinks = str(man.get("probe_version", "")) >= "probe-v2"
         n_all = len(recs)
-        if complete_only:
-            recs = [r for r in recs if "error" in r or llm_answer_complete(r)]
-        elif finished_only:
-            recs = [r for r in recs if "error" in r or thought_closed(r)]
+        recs = [r for r in recs if "error" in r or kept_row(r, finished_only=finished_only,
+                                                             complete_only=complete_only)]
         p = PairParams(man["llm"]["n_params"], man["slm"]["n_params"])
         cfg = man["config"]
         budgets = tuple(cfg["stage_budgets"])

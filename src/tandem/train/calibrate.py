@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from statistics import NormalDist
@@ -139,9 +139,14 @@ class Objective:
         """The quantity maximised (lambda: accuracy - L x cost); None for constrained objectives."""
         return p.accuracy - self.value * p.relative_cost if self.kind == "lambda" else None
 
+    def shown_within(self, p: Point, level: float) -> bool:
+        """Gap objective: the lower one-sided `level` bound of `p`'s paired difference against the LLM
+        alone is within the gap."""
+        return p.difference_bound(level) >= -self.value - _EPS
+
     def feasible(self, p: Point) -> bool:
         if self.confidence is not None:
-            return p.difference_bound(self.confidence) >= -self.value - _EPS
+            return self.shown_within(p, self.confidence)
         if self.kind in ("target", "gap"):
             return p.accuracy >= self.target - _EPS
         if self.kind == "budget":
@@ -153,9 +158,6 @@ class Objective:
         if self.kind == "lambda":
             return (-(p.accuracy - self.value * p.relative_cost), p.relative_cost, -p.threshold)
         ok = self.feasible(p)
-        if self.confidence is not None:
-            return (0.0, p.relative_cost, -p.accuracy, -p.threshold) if ok else \
-                (1.0, -p.difference_bound(self.confidence), p.relative_cost, -p.threshold)
         if self.kind in ("target", "gap"):
             return (0.0, p.relative_cost, -p.accuracy, -p.threshold) if ok else \
                 (1.0, -p.accuracy, p.relative_cost, -p.threshold)
@@ -231,7 +233,7 @@ class CalibrationTable:
         self.llm_cost = float(np.mean([o.flops_total for o in llm]))
         if self.llm_cost <= 0:
             raise ConfigError("the LLM alone costs nothing on these tables: cannot price relative cost")
-        self.llm_accuracy = float(np.mean([o.correct for o in llm]))
+        self.llm_accuracy = float(np.mean(self.llm_correct))
         self.slm_accuracy = float(np.mean([o.correct for o in slm]))
 
     @property
@@ -355,13 +357,14 @@ def refine_per_stage(table: CalibrationTable, start: Point, obj: Objective, *, g
     return best
 
 
-def choose_certified(points: Sequence[Point], obj: Objective, *, sequence: Any, cautious: Point) -> tuple[Point, bool]:
+def choose_certified(points: Sequence[Point], obj: Objective, *, sequence: Callable[[Point], Hashable],
+                     cautious: Point) -> tuple[Point, bool]:
     """The cheapest point that passes the fixed-sequence test of the module docstring (`obj` a gap
     objective with a confidence); `sequence(point)` names the sequence a point belongs to (the
     `threshold` order); `cautious` when none passes (unsatisfied)."""
     if obj.confidence is None:
         raise ConfigError("a certified choice needs an objective with a confidence")
-    groups: dict[Any, list[Point]] = {}
+    groups: dict[Hashable, list[Point]] = {}
     if obj.order == "cost":  # one sequence, the dearest point first
         groups[None] = sorted(points, key=lambda q: (-q.relative_cost, -q.threshold))
     else:  # per sequence, the most cautious threshold first
@@ -372,7 +375,7 @@ def choose_certified(points: Sequence[Point], obj: Objective, *, sequence: Any, 
     passed: list[Point] = []
     for group in groups.values():
         for p in group:
-            if p.difference_bound(level) < -obj.value - _EPS:
+            if not obj.shown_within(p, level):
                 break
             passed.append(p)
     if not passed:
@@ -451,8 +454,8 @@ def _apply(clf: SufficiencyClassifier, res: CalibrationResult, split: str | None
             "objective": c.objective.as_dict(), "probe_runs": runs, "split": split_label, "problems": t.n,
             "threshold": p.threshold, "max_budget": p.budget, "accuracy": p.accuracy,
             "relative_cost": p.relative_cost, "objective_value": c.objective.value_of(p),
-            "satisfied": c.satisfied, "paired": {"wins": p.wins, "losses": p.losses, "both": p.both,
-                                                 "neither": p.neither}, "grid_points": n_points.get(key, len(res.tandem_points)),
+            "satisfied": c.satisfied, "grid_points": n_points.get(key, len(res.tandem_points)),
+            "paired": {"wins": p.wins, "losses": p.losses, "both": p.both, "neither": p.neither},
             "llm_accuracy": t.llm_accuracy, "slm_accuracy": t.slm_accuracy, "created": created,
         }
         if key in EFFORTS:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ..bench.probe_records import ProbeRecord, llm_answer_complete, probe_records, thought_closed
+from ..bench.probe_records import ProbeRecord, kept_row, probe_records
 from ..bench.store import entropy_kinds_of, git_revision, read_manifest, read_records
 from ..errors import ConfigError, InputError
 from ..features import FEATURE_GROUPS
@@ -118,9 +118,7 @@ def load_tables(dirs: Sequence[str | Path], *, allow_test_split: bool = False,
         for r in probe_records(read_records(d), str(d)):
             if "error" in r:
                 errors += 1
-            elif complete_only and not llm_answer_complete(r):
-                continue
-            elif not finished_only or thought_closed(r):
+            elif kept_row(r, finished_only=finished_only, complete_only=complete_only):
                 recs.append(r)
         tables.append(ProbeTable(Path(d), man, recs, errors))
     first = tables[0].manifest
